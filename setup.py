@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="selftok-hf",
+    version="0.1.0",
+    description="Selftok discrete visual tokens (arXiv 2505.07538) for transformers and diffusers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    package_data={"selftok_hf": ["assets/*.jpg", "assets/*.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "diffusers>=0.35",
+        "tokenizers",
+        "accelerate",
+        "peft",
+        "datasets",
+        "huggingface-hub",
+        "safetensors",
+        "numpy",
+        "pillow",
+        "pyyaml",
+    ],
+    extras_require={"dev": ["pytest"]},
+    entry_points={
+        "console_scripts": [
+            "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
+            "selftok-quickstart=selftok_hf.quickstart:main",
+        ]
+    },
+)

@@ -1,0 +1,40 @@
+"""selftok-hf: Selftok (arXiv 2505.07538) discrete visual tokens in the Hugging Face ecosystem.
+
+Importing the package registers the Selftok classes with the transformers Auto classes.
+"""
+
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from .configuration_selftok import SELFTOK_RELEASE_CONFIG, SELFTOK_TINY_CONFIG, SelftokConfig
+from .image_processing_selftok import SelftokImageProcessor, SelftokImageProcessorPil
+from .modeling_selftok import SelftokEncoderOutput, SelftokModel
+from .token_schedule import TokenSchedule, to_ar_order, to_code_order
+
+__version__ = "0.1.0"
+
+AutoConfig.register("selftok", SelftokConfig, exist_ok=True)
+AutoModel.register(SelftokConfig, SelftokModel, exist_ok=True)
+AutoImageProcessor.register(
+    SelftokConfig,
+    image_processor_classes={"pil": SelftokImageProcessorPil, "torchvision": SelftokImageProcessor},
+    exist_ok=True,
+)
+# `auto_map` entries written on save_pretrained, so saved folders load with trust_remote_code=True
+# in a process that never imported selftok_hf.
+SelftokConfig.register_for_auto_class()
+SelftokModel.register_for_auto_class("AutoModel")
+SelftokImageProcessor.register_for_auto_class()
+SelftokImageProcessorPil.register_for_auto_class()
+
+__all__ = [
+    "SelftokConfig",
+    "SelftokModel",
+    "SelftokEncoderOutput",
+    "SelftokImageProcessor",
+    "SelftokImageProcessorPil",
+    "TokenSchedule",
+    "to_ar_order",
+    "to_code_order",
+    "SELFTOK_RELEASE_CONFIG",
+    "SELFTOK_TINY_CONFIG",
+]

@@ -1,0 +1,353 @@
+"""Convert the official Selftok checkpoints (github selftok-team/SelftokTokenizer) to selftok-hf folders.
+
+Input: the official YAML config (e.g. ``configs/res256/256-eval.yml``) and the official checkpoint,
+a flat ``ImageTokenizer.state_dict()`` (``.pth`` as ``SelftokPipeline`` loads it, or ``.safetensors``).
+
+Output: a diffusers-style multi-folder layout::
+
+    OUT/model_index.json
+    OUT/image_tokenizer/   SelftokModel      (encoder + quantizer; loads with SelftokModel.from_pretrained(OUT, subfolder="image_tokenizer"))
+    OUT/transformer/       SelftokDecoderTransformer  (50-step decoder)
+    OUT/renderer/          SelftokRenderer   (one-step renderer, optional)
+    OUT/vae/, OUT/scheduler/
+
+Conversion is strict: every official key is either mapped or listed in a documented "dropped" set;
+anything else, and anything our model expects but the checkpoint lacks, raises ``ValueError`` naming
+the keys. Official token order (index 0 = finest) is kept inside the weights; the public API flips
+to AR order at its edges, so no weight needs reordering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from typing import Any, Mapping, Optional
+
+import torch
+
+from .configuration_selftok import SelftokConfig
+from .embeddings import sincos_2d
+
+__all__ = [
+    "load_official_config",
+    "load_official_state_dict",
+    "selftok_config_from_official",
+    "convert_official_tokenizer_state_dict",
+    "build_tokenizer_from_official",
+    "convert_official_checkpoint",
+    "main",
+]
+
+# Sizes of the official `Enc-Qformer-Uni-*` encoders (model_zoo.py): patch, width, heads, depth, query width, query heads.
+OFFICIAL_ENCODER_PRESETS: dict[str, dict[str, int]] = {
+    "Enc-Qformer-Uni-XL/2": dict(patch_size=2, hidden_size=64, num_heads=4, depth=16, query_dim=512, query_heads=8),
+    "Enc-Qformer-Uni-M/2": dict(patch_size=2, hidden_size=64, num_heads=4, depth=16, query_dim=64, query_heads=4),
+    "Enc-Qformer-Uni-L/2": dict(patch_size=2, hidden_size=64, num_heads=4, depth=20, query_dim=128, query_heads=8),
+    "Enc-Qformer-Uni-L2/2": dict(patch_size=2, hidden_size=128, num_heads=4, depth=24, query_dim=128, query_heads=4),
+    "Enc-Qformer-Uni-WL/2": dict(patch_size=2, hidden_size=128, num_heads=4, depth=24, query_dim=256, query_heads=8),
+    "Enc-Qformer-Uni-WL/1": dict(patch_size=1, hidden_size=128, num_heads=4, depth=24, query_dim=256, query_heads=8),
+    "Enc-Qformer-Uni-XL/1": dict(patch_size=1, hidden_size=64, num_heads=4, depth=24, query_dim=256, query_heads=8),
+    "Enc-Qformer-Uni-UWL/1": dict(patch_size=1, hidden_size=256, num_heads=8, depth=24, query_dim=256, query_heads=8),
+    "Enc-Qformer-Uni-WXL/1": dict(patch_size=1, hidden_size=256, num_heads=4, depth=28, query_dim=256, query_heads=4),
+    "Enc-Qformer-Uni-WXL/2": dict(patch_size=2, hidden_size=256, num_heads=4, depth=28, query_dim=256, query_heads=4),
+    "Enc-Qformer-Uni-WXL/3": dict(patch_size=1, hidden_size=256, num_heads=4, depth=28, query_dim=512, query_heads=4),
+    "Enc-Qformer-Uni-WXL/4": dict(patch_size=2, hidden_size=256, num_heads=4, depth=28, query_dim=512, query_heads=4),
+    "Enc-Qformer-Uni-WXL/5": dict(patch_size=2, hidden_size=256, num_heads=4, depth=28, query_dim=512, query_heads=8),
+}
+
+# Official encoder keys with no counterpart, and why.
+DROPPED_ENCODER_KEYS = {
+    r"encoder\.final_layer_norm\.(weight|bias)": "pre-quantizer LayerNorm, unused (pre_norm: False)",
+    r"encoder\.final_layer_norm2\.(weight|bias)": "unused LayerNorm of the base Encoder class",
+    r"encoder\.pos_embed": "fixed 2-D sin-cos table, recomputed (checked equal before dropping)",
+    r"encoder\.quantizer\._codebook\.cluster_size_wo_react": "logging-only EMA statistic",
+    r"encoder\.quantizer\.count": "logging-only usage counter",
+    r"encoder\.quantizer\.steps": "step counter of the unused continuous warm-up",
+    r"encoder\.quantizer\.continuous": "continuous warm-up flag (checked to be off)",
+    r"diffusion\..*": "RectifiedFlow schedule buffers, never used at inference",
+}
+
+_ENCODER_BLOCK_RENAMES = {
+    "attn.qkv": "attn.image_qkv",
+    "attn.to_query_kv": "attn.image_to_query_kv",
+    "attn.proj": "attn.image_out",
+    "attn.query_linear": "attn.query_qkv",
+    "attn.query_proj": "attn.query_out",
+    "mlp.fc1": "image_mlp.fc1",
+    "mlp.fc2": "image_mlp.fc2",
+    "q_mlp.fc1": "query_mlp.fc1",
+    "q_mlp.fc2": "query_mlp.fc2",
+    "t_embedder.mlp.0": "query_time_embedder.mlp.0",
+    "t_embedder.mlp.2": "query_time_embedder.mlp.2",
+    "adaLN_modulation.1": "query_modulation",
+}
+
+_ENCODER_RENAMES = {
+    "encoder.x_embedder.proj.weight": "encoder.patch_embed.weight",
+    "encoder.x_embedder.proj.bias": "encoder.patch_embed.bias",
+    "encoder.query_tokens": "encoder.queries",
+    "encoder.final_layer_norm3.weight": "quantizer.post_norm.weight",
+    "encoder.final_layer_norm3.bias": "quantizer.post_norm.bias",
+    "encoder.quantizer.project_in.weight": "quantizer.project_in.weight",
+    "encoder.quantizer.project_in.bias": "quantizer.project_in.bias",
+    "encoder.quantizer.project_out.weight": "quantizer.project_out.weight",
+    "encoder.quantizer.project_out.bias": "quantizer.project_out.bias",
+}
+
+# Codebook buffers carry a leading num_codebooks=1 axis in the official layout.
+_CODEBOOK_RENAMES = {
+    "encoder.quantizer._codebook.embed": "quantizer.embed",
+    "encoder.quantizer._codebook.embed_avg": "quantizer.embed_avg",
+    "encoder.quantizer._codebook.cluster_size": "quantizer.cluster_size",
+    "encoder.quantizer._codebook.timestep_p_over_c": "quantizer.position_code_usage",
+    "encoder.quantizer._codebook.initted": "quantizer.initted",
+    "encoder.quantizer._codebook.tpc_initted": "quantizer.position_usage_initted",
+}
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_official_config(path: str) -> dict:
+    """Read an official YAML config and return its ``tokenizer.params`` dict (plus ``model`` options)."""
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    if not isinstance(cfg, dict) or "tokenizer" not in cfg or "params" not in cfg["tokenizer"]:
+        raise ValueError(f"{path} is not an official Selftok config: no `tokenizer.params` section")
+    params = dict(cfg["tokenizer"]["params"])
+    params["_model_options"] = dict(cfg.get("model") or {})
+    return params
+
+
+def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """Load a flat official ``ImageTokenizer.state_dict()`` from ``.pth``/``.pt``/``.bin`` or ``.safetensors``."""
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path} does not exist")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd = load_file(path)
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated files surface here
+        raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
+    # Some training wrappers nest the weights or prefix them with `module.`.
+    for key in ("state_dict", "model_state_dict", "module"):
+        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping) and len(sd) == 1:
+            sd = sd[key]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} does not hold a flat state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+
+
+def _parse_int_list(value: Any) -> list[int]:
+    if isinstance(value, str):
+        return [int(v) for v in value.split(",") if v.strip()]
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+# ------------------------------------------------------------------------------------------ config
+def selftok_config_from_official(params: dict, state_dict: Optional[Mapping[str, torch.Tensor]] = None) -> SelftokConfig:
+    """Build a [`SelftokConfig`] from an official ``tokenizer.params`` dict.
+
+    Sizes come from, in order: explicit ``encoder_config`` keys, the named official encoder preset,
+    and the state dict's shapes (head counts cannot be inferred from shapes and must come from one
+    of the first two).
+    """
+    enc_cfg = dict(params.get("encoder_config") or {})
+    q_cfg = dict(params.get("quantizer_config") or {})
+    name = params.get("enc", "")
+    if enc_cfg.get("qformer_mode", "dual") != "dual" or "-Bi-" in name or "Multi-Res" in name or "Uni0" in name:
+        raise ValueError(f"encoder {name!r} (qformer_mode={enc_cfg.get('qformer_mode')!r}) is not supported: only the dual-stream 'Uni' Q-Former is")
+    if enc_cfg.get("pre_norm", False):
+        raise ValueError("pre_norm: True encoders are not supported (the releases use pre_norm: False)")
+    if enc_cfg.get("qk_norm", False):
+        raise ValueError("qk_norm: True encoders are not supported (the releases use qk_norm: False)")
+    if q_cfg.get("continuous", False):
+        raise ValueError("quantizer_config.continuous: True is a training warm-up mode, not a tokenizer")
+    if "codebook_size" not in q_cfg:
+        raise ValueError("quantizer_config has no codebook_size: only the VQ configs are supported (not FSQ)")
+
+    sizes = dict(OFFICIAL_ENCODER_PRESETS.get(name, {}))
+    sizes.update({k: enc_cfg[k] for k in ("patch_size", "hidden_size", "num_heads", "depth", "query_dim", "query_heads") if k in enc_cfg})
+    if state_dict is not None:
+        inferred = _encoder_sizes_from_state_dict(state_dict)
+        for key, value in inferred.items():
+            if key in sizes and int(sizes[key]) != value:
+                raise ValueError(f"config says {key}={sizes[key]} but the checkpoint has {value}")
+            sizes.setdefault(key, value)
+    missing = [k for k in ("patch_size", "hidden_size", "num_heads", "depth", "query_dim", "query_heads") if k not in sizes]
+    if missing:
+        raise ValueError(f"encoder {name!r} is not a known official preset and the config does not state {missing}")
+
+    K = int(params["k"])
+    image_size = int(params["image_size"])
+    if image_size % 8:
+        raise ValueError(f"image_size {image_size} is not divisible by 8")
+    latent_size = image_size // 8
+    stages = params.get("stages")
+    if stages is None:
+        raise ValueError("only configs with a `stages`/`k_per_stage` token schedule are supported (DiTi_cont)")
+    code_dim = int(q_cfg["code_dim"])
+    token_dim = int(params.get("encoder_hidden_size", code_dim))
+    return SelftokConfig(
+        latent_channels=int(params.get("in_channels", 16)),
+        latent_size=latent_size,
+        patch_size=int(sizes["patch_size"]),
+        encoder_hidden_size=int(sizes["hidden_size"]),
+        encoder_num_heads=int(sizes["num_heads"]),
+        encoder_depth=int(sizes["depth"]),
+        pos_embed_max_size=2 * latent_size if params.get("enable_enc_variable_size", False) else latent_size // int(sizes["patch_size"]),
+        num_tokens=K,
+        query_dim=int(sizes["query_dim"]),
+        query_heads=int(sizes["query_heads"]),
+        query_adaln=bool(enc_cfg.get("time_adaln", False)),
+        causal_queries=bool(enc_cfg.get("attn_mask", False)),
+        codebook_size=int(q_cfg["codebook_size"]),
+        code_dim=code_dim,
+        token_dim=token_dim,
+        post_norm=bool(enc_cfg.get("post_norm", True)),
+        ema_decay=float(q_cfg.get("decay", 0.99)),
+        commitment_weight=float(q_cfg.get("w_commit", 1.0)),
+        diversity_weight=float(q_cfg.get("w_diversity", 1.0)),
+        ema_entropy_ratio=float(q_cfg.get("ema_entropy_ratio", 0.8)),
+        diversity_schedule=[float(v) for v in q_cfg.get("reg", [0.1, 0.3])],
+        dead_code_threshold=float(q_cfg.get("dead_code_threshold", 0.2)),
+        reset_cluster_size=float(q_cfg.get("reset_cluster_size", q_cfg.get("dead_code_threshold", 0.2))),
+        smart_reactivation=bool(q_cfg.get("smart_react", True)),
+        schedule_stages=_parse_int_list(stages),
+        schedule_tokens_per_stage=_parse_int_list(params["k_per_stage"]),
+    )
+
+
+def _encoder_sizes_from_state_dict(sd: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    sizes = {}
+    w = sd.get("encoder.x_embedder.proj.weight")
+    if w is not None:
+        sizes["hidden_size"], sizes["patch_size"] = int(w.shape[0]), int(w.shape[-1])
+    q = sd.get("encoder.query_tokens")
+    if q is not None:
+        sizes["query_dim"] = int(q.shape[-1])
+    blocks = {int(m.group(1)) for k in sd for m in [re.match(r"encoder\.blocks\.(\d+)\.", k)] if m}
+    if blocks:
+        sizes["depth"] = max(blocks) + 1
+    return sizes
+
+
+# ---------------------------------------------------------------------------------- state dicts
+def _is_dropped(key: str, patterns: Mapping[str, str]) -> bool:
+    return any(re.fullmatch(p, key) for p in patterns)
+
+
+def convert_official_tokenizer_state_dict(
+    official: Mapping[str, torch.Tensor], config: SelftokConfig
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Map the ``encoder.*`` (and ``diffusion.*``) keys of an official state dict to [`SelftokModel`] names.
+
+    ``model.*`` keys (decoder / renderer) are ignored here. Returns ``(state_dict, dropped_keys)``.
+    Raises ``ValueError`` listing unknown keys, and checks the fixed tables and flags it drops.
+    """
+    out: dict[str, torch.Tensor] = {}
+    dropped, unknown = [], []
+    for key, value in official.items():
+        if key.startswith("model."):
+            continue
+        if key in _ENCODER_RENAMES:
+            out[_ENCODER_RENAMES[key]] = value
+        elif key in _CODEBOOK_RENAMES:
+            out[_CODEBOOK_RENAMES[key]] = value.reshape(value.shape[1:]) if value.ndim > 1 else value.reshape(())
+        elif (m := re.fullmatch(r"encoder\.blocks\.(\d+)\.(.+)\.(weight|bias)", key)) and m.group(2) in _ENCODER_BLOCK_RENAMES:
+            out[f"encoder.blocks.{m.group(1)}.{_ENCODER_BLOCK_RENAMES[m.group(2)]}.{m.group(3)}"] = value
+        elif _is_dropped(key, DROPPED_ENCODER_KEYS):
+            dropped.append(key)
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unexpected keys in the official checkpoint (not mapped, not known to be unused): {sorted(unknown)}")
+
+    if "encoder.pos_embed" in official:
+        table = official["encoder.pos_embed"].reshape(-1, config.encoder_hidden_size).float()
+        expected = sincos_2d(config.encoder_hidden_size, config.pos_embed_max_size)
+        if table.shape != expected.shape or (table - expected).abs().max() > 1e-5:
+            raise ValueError(
+                f"encoder.pos_embed {tuple(official['encoder.pos_embed'].shape)} is not the 2-D sin-cos table of a "
+                f"{config.pos_embed_max_size}x{config.pos_embed_max_size} grid this config implies"
+            )
+    if "encoder.quantizer.continuous" in official and bool(official["encoder.quantizer.continuous"].any()):
+        raise ValueError("encoder.quantizer.continuous is set: this checkpoint is in the continuous warm-up, not quantized")
+    return out, dropped
+
+
+def _check_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
+    """Strict key and shape check of a converted state dict against a model's own state dict."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{what}: checkpoint does not match the model. missing: {missing}; unexpected: {unexpected}")
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}" for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ValueError(f"{what}: shape mismatch: {wrong}")
+
+
+def build_tokenizer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
+    """Official config params + state dict -> a loaded [`SelftokModel`] (fp32, eval mode)."""
+    from .modeling_selftok import SelftokModel
+
+    config = selftok_config_from_official(params, official)
+    state_dict, _ = convert_official_tokenizer_state_dict(official, config)
+    model = SelftokModel(config)
+    _check_against_model(state_dict, model, "image_tokenizer")
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------- main
+def convert_official_checkpoint(
+    config_path: str,
+    checkpoint_path: str,
+    output_dir: str,
+    renderer_config_path: Optional[str] = None,
+    renderer_checkpoint_path: Optional[str] = None,
+    vae_path: Optional[str] = None,
+) -> str:
+    """Convert official config + checkpoint(s) into ``output_dir`` (see the module docstring). Returns ``output_dir``."""
+    params = load_official_config(config_path)
+    official = load_official_state_dict(checkpoint_path)
+    tokenizer = build_tokenizer_from_official(params, official)
+    tokenizer.save_pretrained(os.path.join(output_dir, "image_tokenizer"))
+    return output_dir
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="selftok-convert",
+        description="Convert an official Selftok checkpoint (selftok-team/SelftokTokenizer) into a selftok-hf folder.",
+    )
+    parser.add_argument("--config", required=True, help="official tokenizer YAML, e.g. configs/res256/256-eval.yml")
+    parser.add_argument("--checkpoint", required=True, help="official tokenizer checkpoint (.pth or .safetensors)")
+    parser.add_argument("--renderer-config", help="official renderer YAML (configs/renderer/renderer-eval.yml)")
+    parser.add_argument("--renderer-checkpoint", help="official renderer checkpoint")
+    parser.add_argument("--vae", help="folder of a diffusers SD3 AutoencoderKL (e.g. sd3-medium/vae)")
+    parser.add_argument("--output", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    if (args.renderer_config is None) != (args.renderer_checkpoint is None):
+        parser.error("--renderer-config and --renderer-checkpoint go together")
+    try:
+        convert_official_checkpoint(
+            args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae
+        )
+    except ValueError as e:
+        print(f"selftok-convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
