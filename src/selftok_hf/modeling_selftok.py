@@ -247,7 +247,7 @@ class SelftokModel(SelftokPreTrainedModel):
         self.quantizer = CosineVectorQuantizer(
             config.query_dim, config.codebook_size, config.code_dim, config.token_dim, config.num_tokens, config.post_norm
         )
-        self._vae = None
+        self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
         self.post_init()
 
     # ----------------------------------------------------------------------------------------- VAE
@@ -259,7 +259,8 @@ class SelftokModel(SelftokPreTrainedModel):
                 f"VAE has {getattr(vae.config, 'latent_channels', None)} latent channels, the tokenizer expects "
                 f"{self.config.latent_channels}"
             )
-        self._vae = vae
+        # Bypass nn.Module.__setattr__, which would register the VAE as a submodule (and save it).
+        self.__dict__["_vae"] = vae
         return self
 
     @property
