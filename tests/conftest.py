@@ -8,7 +8,6 @@ REFERENCE_DIR = Path(os.environ.get("SELFTOK_REFERENCE_DIR", Path(__file__).pare
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: slower tests (run in CI too)")
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

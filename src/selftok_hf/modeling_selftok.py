@@ -245,7 +245,23 @@ class SelftokModel(SelftokPreTrainedModel):
         super().__init__(config)
         self.encoder = SelftokEncoder(config)
         self.quantizer = CosineVectorQuantizer(
-            config.query_dim, config.codebook_size, config.code_dim, config.token_dim, config.num_tokens, config.post_norm
+            config.query_dim,
+            config.codebook_size,
+            config.code_dim,
+            config.token_dim,
+            config.num_tokens,
+            post_norm=config.post_norm,
+            ema_decay=config.ema_decay,
+            ema_eps=config.ema_eps,
+            kmeans_iters=config.kmeans_iters,
+            commitment_weight=config.commitment_weight,
+            diversity_weight=config.diversity_weight,
+            diversity_temperature=config.diversity_temperature,
+            ema_entropy_ratio=config.ema_entropy_ratio,
+            diversity_schedule=tuple(config.diversity_schedule),
+            dead_code_threshold=config.dead_code_threshold,
+            reset_cluster_size=config.reset_cluster_size,
+            smart_reactivation=config.smart_reactivation,
         )
         self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
         self.post_init()
