@@ -8,7 +8,8 @@ def test_main_job_runs_offline_and_is_deterministic(tmp_path):
     for run in range(2):
         path = tmp_path / f"tokens{run}.json"
         result = subprocess.run(
-            [sys.executable, "-m", "selftok_hf.quickstart", "--output", str(path)], capture_output=True, text=True, timeout=300,
+            [sys.executable, "-m", "selftok_hf.quickstart", "--output", str(path), "--png", str(tmp_path / f"r{run}.png"), "--steps", "4"],
+            capture_output=True, text=True, timeout=300,
             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
         )
         assert result.returncode == 0, result.stderr
@@ -19,6 +20,11 @@ def test_main_job_runs_offline_and_is_deterministic(tmp_path):
     assert set(ids) == {"astronaut.jpg", "coffee.jpg", "chelsea.jpg"}
     assert all(len(v) == outputs[0]["num_tokens"] for v in ids.values())
     assert len({tuple(v) for v in ids.values()}) == 3  # different photos, different ids
+    import PIL.Image
+
+    png = PIL.Image.open(tmp_path / "r0.png")
+    assert png.size == (3 * 64, 3 * 64)  # 3 photos x (input, decoder, renderer) at the tiny 64 px
+    assert (tmp_path / "r0.png").read_bytes() == (tmp_path / "r1.png").read_bytes()
 
 
 def test_bad_image_path_exit_code_2(tmp_path):

@@ -8,6 +8,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel
 from .configuration_selftok import SELFTOK_RELEASE_CONFIG, SELFTOK_TINY_CONFIG, SelftokConfig
 from .image_processing_selftok import SelftokImageProcessor, SelftokImageProcessorPil
 from .modeling_selftok import SelftokEncoderOutput, SelftokModel
+from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
+from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .token_schedule import TokenSchedule, to_ar_order, to_code_order
 
 __version__ = "0.1.0"
@@ -31,6 +33,9 @@ __all__ = [
     "SelftokModel",
     "SelftokEncoderOutput",
     "SelftokImageProcessor",
+    "SelftokDecoderTransformer",
+    "SelftokRenderer",
+    "SelftokDecoderPipeline",
     "SelftokImageProcessorPil",
     "TokenSchedule",
     "to_ar_order",

@@ -3,7 +3,7 @@
 Input: the official YAML config (e.g. ``configs/res256/256-eval.yml``) and the official checkpoint,
 a flat ``ImageTokenizer.state_dict()`` (``.pth`` as ``SelftokPipeline`` loads it, or ``.safetensors``).
 
-Output: a diffusers-style multi-folder layout::
+Output: a diffusers-style multi-folder layout (a saved [`SelftokDecoderPipeline`])::
 
     OUT/model_index.json
     OUT/image_tokenizer/   SelftokModel      (encoder + quantizer; loads with SelftokModel.from_pretrained(OUT, subfolder="image_tokenizer"))
@@ -36,6 +36,9 @@ __all__ = [
     "selftok_config_from_official",
     "convert_official_tokenizer_state_dict",
     "build_tokenizer_from_official",
+    "build_decoder_from_official",
+    "build_renderer_from_official",
+    "build_pipeline_from_official",
     "convert_official_checkpoint",
     "main",
 ]
@@ -310,6 +313,90 @@ def build_tokenizer_from_official(params: dict, official: Mapping[str, torch.Ten
 
 
 # ------------------------------------------------------------------------------------------- main
+def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tensor]):
+    """Official config params + state dict -> a loaded [`SelftokDecoderTransformer`] (fp32, eval mode)."""
+    from .modeling_selftok_decoder import (
+        SelftokDecoderTransformer,
+        convert_official_decoder_state_dict,
+        decoder_config_from_official_state_dict,
+    )
+
+    model_sd = _model_keys(official, "tokenizer checkpoint")
+    config = decoder_config_from_official_state_dict(
+        model_sd, sample_size=int(params["image_size"]) // 8, context_see_xt=bool(params.get("context_see_xt", False))
+    )
+    state_dict, _ = convert_official_decoder_state_dict(model_sd, config)
+    model = SelftokDecoderTransformer(**config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def build_renderer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
+    """Official renderer config params + state dict -> a loaded [`SelftokRenderer`] (fp32, eval mode)."""
+    from .modeling_selftok_decoder import SelftokRenderer, convert_official_renderer_state_dict, renderer_config_from_official_state_dict
+
+    model_sd = _model_keys(official, "renderer checkpoint")
+    if not (params.get("decoder_config") or {}).get("repeat", False):
+        raise ValueError("only the renderer with `repeat: True` (one canvas token repeated over the grid) is supported")
+    patch = int((params.get("encoder_config") or {}).get("patch_size", OFFICIAL_ENCODER_PRESETS.get(params.get("enc"), {}).get("patch_size", 2)))
+    config = renderer_config_from_official_state_dict(model_sd, patch_size=patch)
+    if config["sample_size"] != int(params["image_size"]) // 8:
+        raise ValueError(f"renderer checkpoint is for {config['sample_size']}x{config['sample_size']} latents, config says image_size {params['image_size']}")
+    state_dict, _ = convert_official_renderer_state_dict(model_sd, config)
+    model = SelftokRenderer(**config)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+def _model_keys(official: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The ``model.*`` entries (decoder or renderer) without their prefix."""
+    model_sd = {k[len("model."):]: v for k, v in official.items() if k.startswith("model.")}
+    if not model_sd:
+        raise ValueError(f"the {what} has no `model.*` keys (no decoder / renderer weights)")
+    return model_sd
+
+
+def build_pipeline_from_official(
+    params: dict,
+    official: Mapping[str, torch.Tensor],
+    renderer_params: Optional[dict] = None,
+    renderer_official: Optional[Mapping[str, torch.Tensor]] = None,
+    vae=None,
+):
+    """Build a [`SelftokDecoderPipeline`] from official configs and state dicts.
+
+    The renderer checkpoint's encoder must be the tokenizer's (the release trains the renderer with a frozen
+    encoder); it is checked, since only one codebook is kept. Without ``vae``, a seeded random tiny SD3-shaped
+    VAE stands in, with a ``RandomWeightsWarning``.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from .pipeline_selftok_decoder import SelftokDecoderPipeline
+    from .vae import random_sd3_vae
+
+    tokenizer = build_tokenizer_from_official(params, official)
+    transformer = build_decoder_from_official(params, official)
+    renderer = None
+    if renderer_official is not None:
+        renderer_tokenizer = build_tokenizer_from_official(renderer_params, renderer_official)
+        for name in ("quantizer.embed", "quantizer.post_norm.weight", "quantizer.post_norm.bias"):
+            a, b = dict(tokenizer.state_dict())[name], dict(renderer_tokenizer.state_dict())[name]
+            if a.shape != b.shape or not torch.equal(a, b):
+                raise ValueError(f"renderer checkpoint's {name} differs from the tokenizer's: they were not trained together")
+        renderer = build_renderer_from_official(renderer_params, renderer_official)
+    if vae is None:
+        vae = random_sd3_vae(seed=0)
+    if vae.config.latent_channels != tokenizer.config.latent_channels:
+        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the tokenizer expects {tokenizer.config.latent_channels}")
+    return SelftokDecoderPipeline(
+        image_tokenizer=tokenizer,
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+        renderer=renderer,
+    )
+
+
 def convert_official_checkpoint(
     config_path: str,
     checkpoint_path: str,
@@ -319,10 +406,22 @@ def convert_official_checkpoint(
     vae_path: Optional[str] = None,
 ) -> str:
     """Convert official config + checkpoint(s) into ``output_dir`` (see the module docstring). Returns ``output_dir``."""
+    from diffusers import AutoencoderKL
+
     params = load_official_config(config_path)
     official = load_official_state_dict(checkpoint_path)
-    tokenizer = build_tokenizer_from_official(params, official)
-    tokenizer.save_pretrained(os.path.join(output_dir, "image_tokenizer"))
+    renderer_params = renderer_official = None
+    if renderer_checkpoint_path is not None:
+        renderer_params = load_official_config(renderer_config_path)
+        renderer_official = load_official_state_dict(renderer_checkpoint_path)
+    vae = None
+    if vae_path is not None:
+        try:
+            vae = AutoencoderKL.from_pretrained(vae_path)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not load an AutoencoderKL from {vae_path}: {e}") from e
+    pipe = build_pipeline_from_official(params, official, renderer_params, renderer_official, vae)
+    pipe.save_pretrained(output_dir)
     return output_dir
 
 
