@@ -215,7 +215,11 @@ class SelftokDecoderPipeline(DiffusionPipeline):
                 latents = randn_tensor(self._latent_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
             latents = latents.to(device=device, dtype=torch.float32)
             self.scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
-            codes = codes.to(self.transformer.dtype)
+            # Everything that does not change inside the loop is computed once, on the host: the number of
+            # visible tokens k(τ_i) + 1 for every step, and the model dtype (a module walk in diffusers).
+            visible_counts = self.token_schedule.visible_count(self.scheduler.sigmas[:-1].cpu()).tolist()
+            model_dtype = self.transformer.dtype
+            codes = codes.to(model_dtype)
             do_cfg = guidance_scale > 1.0
             if do_cfg:
                 codes = torch.cat([codes, torch.zeros_like(codes)])
@@ -224,8 +228,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
             #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
             with self.progress_bar(total=num_inference_steps) as progress_bar, self.transformer.cached_token_modulations():
                 for i, t in enumerate(self.scheduler.timesteps):
-                    sigma = self.scheduler.sigmas[i]
-                    num_visible = int(self.token_schedule.visible_count(sigma))
+                    sigma, num_visible = self.scheduler.sigmas[i], visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
                     token_mask = None
                     if do_cfg:
@@ -233,7 +236,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
                         token_mask = torch.zeros(2 * batch_size, num_visible, dtype=torch.bool, device=device)
                         token_mask[:batch_size] = True
                     velocity = self.transformer(
-                        hidden_states=model_input.to(self.transformer.dtype),
+                        hidden_states=model_input.to(model_dtype),
                         timestep=sigma.expand(model_input.shape[0]).to(device),
                         token_codes=codes[:, :num_visible],
                         token_mask=token_mask,
