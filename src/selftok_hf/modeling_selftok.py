@@ -21,6 +21,7 @@ from .configuration_selftok import SelftokConfig
 from .embeddings import TimestepEmbedder, sincos_2d
 from .quantizer import CosineVectorQuantizer
 from .token_schedule import to_ar_order, to_code_order, token_positions
+from .vae import pixels_to_latents
 
 __all__ = ["SelftokModel", "SelftokEncoderOutput", "SelftokPreTrainedModel"]
 
@@ -294,9 +295,8 @@ class SelftokModel(SelftokPreTrainedModel):
                 "No VAE attached: pixel input needs the SD3 VAE. Call `model.attach_vae(AutoencoderKL.from_pretrained("
                 "folder, subfolder='vae'))`, or use `SelftokDecoderPipeline.encode(images)`, or pass `latents=`."
             )
-        vae = self._vae
-        z = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
-        return ((z.float() - self.config.vae_shift_factor) * self.config.vae_scaling_factor).to(self.device)
+        cfg = self.config
+        return pixels_to_latents(self._vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor).to(self.device)
 
     # ---------------------------------------------------------------------------------- validation
     def _check_latents(self, latents: torch.Tensor) -> None:

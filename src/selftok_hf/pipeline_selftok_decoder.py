@@ -33,6 +33,7 @@ from .image_processing_selftok import SelftokImageProcessorPil, postprocess_imag
 from .modeling_selftok import SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .token_schedule import to_code_order
+from .vae import pixels_to_latents
 
 __all__ = ["SelftokDecoderPipeline", "sampler_sigmas"]
 
@@ -42,6 +43,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 _MODEL_SOURCES = ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py")
 _PIPELINE_SOURCES = (
     "pipeline_selftok_decoder.py",
+    "vae.py",
     "image_processing_selftok.py",
     "modeling_selftok.py",
     "configuration_selftok.py",
@@ -158,10 +160,8 @@ class SelftokDecoderPipeline(DiffusionPipeline):
             pixel_values = images
         else:
             pixel_values = self.image_processor(images, return_tensors="pt").pixel_values
-        device = self._execution_device
         cfg = self.image_tokenizer.config
-        z = self.vae.encode(pixel_values.to(device=device, dtype=self.vae.dtype)).latent_dist.mode()
-        latents = (z.float() - cfg.vae_shift_factor) * cfg.vae_scaling_factor
+        latents = pixels_to_latents(self.vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor)
         return self.image_tokenizer.encode(latents=latents.to(self.image_tokenizer.dtype)).token_ids
 
     # ------------------------------------------------------------------------------- decoding

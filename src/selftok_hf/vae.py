@@ -14,7 +14,7 @@ import warnings
 import torch
 from diffusers import AutoencoderKL
 
-__all__ = ["SD3_VAE_CONFIG", "TINY_VAE_CONFIG", "random_sd3_vae", "RandomWeightsWarning"]
+__all__ = ["SD3_VAE_CONFIG", "TINY_VAE_CONFIG", "random_sd3_vae", "RandomWeightsWarning", "pixels_to_latents"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,3 +62,13 @@ def random_sd3_vae(seed: int = 0, tiny: bool = True) -> AutoencoderKL:
     finally:
         torch.random.set_rng_state(generator_state)
     return vae.eval()
+
+
+@torch.no_grad()
+def pixels_to_latents(vae: AutoencoderKL, pixel_values: torch.Tensor, scaling_factor: float, shift_factor: float) -> torch.Tensor:
+    """Images in [-1, 1] ``(B, 3, H, W)`` -> SD3-normalised float32 latents ``(z - shift) * scale``.
+
+    Uses the posterior's mode, as the official inference does.
+    """
+    z = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
+    return (z.float() - shift_factor) * scaling_factor
