@@ -10,7 +10,6 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import DiffusionPipeline
 
 from selftok_hf import SelftokDecoderPipeline
 from selftok_hf.convert_selftok_checkpoint import (

@@ -8,7 +8,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from selftok_hf.convert_selftok_checkpoint import (
     build_tokenizer_from_official,

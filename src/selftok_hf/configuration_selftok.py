@@ -132,7 +132,7 @@ class SelftokConfig(PreTrainedConfig):
         return TokenSchedule(self.num_tokens, tuple(self.schedule_stages), tuple(self.schedule_tokens_per_stage))
 
 
-#: The released 256 px tokenizer (`256-eval.yml`).
+#: The released 256 px tokenizer (`256-eval.yml`): the config defaults, so `SelftokConfig(**SELFTOK_RELEASE_CONFIG)` == `SelftokConfig()`.
 SELFTOK_RELEASE_CONFIG: dict = {}
 
 #: A tiny tokenizer for tests and the embedded default (64 px images, 32 tokens, 64 codes).

@@ -24,7 +24,6 @@ drawn on rank 0 and broadcast, so every rank holds the same codebook.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.distributed as dist
