@@ -136,8 +136,14 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
         return ((images.float().clamp(-1, 1) + 1) / 2)
 
-    def check_inputs(self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type):
+    def check_inputs(self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length=None):
         self.image_tokenizer.check_token_ids(token_ids)
+        if prefix_length is not None:
+            num_tokens = self.image_tokenizer.config.num_tokens
+            if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or not 0 <= prefix_length <= num_tokens:
+                raise ValueError(f"prefix_length must be an integer in [0, {num_tokens}] (or None for all tokens), got {prefix_length!r}")
+            if use_renderer:
+                raise ValueError("prefix_length cannot be used with use_renderer=True: the renderer decodes from all K tokens")
         if use_renderer:
             if self.renderer is None:
                 raise ValueError("use_renderer=True but this pipeline has no renderer component (load or pass one)")
@@ -178,6 +184,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, dict], dict]] = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         use_renderer: bool = False,
+        prefix_length: Optional[int] = None,
     ):
         r"""Decode token ids into images.
 
@@ -192,13 +199,16 @@ class SelftokDecoderPipeline(DiffusionPipeline):
             callback_on_step_end: called as ``fn(pipe, step, timestep, {"latents": ...})`` after every step;
                 may return a replacement ``latents``.
             use_renderer (`bool`): decode in one forward pass with the renderer.
+            prefix_length (`int`, *optional*): decode from only the first ``prefix_length`` tokens in AR order
+                (the coarsest); the others are hidden from the decoder at every step, so 0 decodes
+                unconditionally. None (or K) uses all tokens. Not available with the renderer.
         Returns:
             [`ImagePipelineOutput`] (or a tuple) with `images`.
         """
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, got {name!r}")
-        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type)
+        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length)
         device = self._execution_device
         batch_size = token_ids.shape[0]
 
@@ -221,6 +231,8 @@ class SelftokDecoderPipeline(DiffusionPipeline):
             model_dtype = self.transformer.dtype
             codes = codes.to(model_dtype)
             do_cfg = guidance_scale > 1.0
+            # A prefix of p tokens in AR order is code indices >= K - p: the finest K - p are hidden.
+            num_hidden = 0 if prefix_length is None else self.image_tokenizer.config.num_tokens - prefix_length
             if do_cfg:
                 codes = torch.cat([codes, torch.zeros_like(codes)])
 
@@ -231,10 +243,12 @@ class SelftokDecoderPipeline(DiffusionPipeline):
                     sigma, num_visible = self.scheduler.sigmas[i], visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
                     token_mask = None
-                    if do_cfg:
-                        # Unconditional half: every token dropped (as in training's CFG dropout).
-                        token_mask = torch.zeros(2 * batch_size, num_visible, dtype=torch.bool, device=device)
-                        token_mask[:batch_size] = True
+                    if do_cfg or num_hidden > 0:
+                        # Conditional rows see code indices num_hidden..k(τ_i); the unconditional CFG half sees
+                        # no token (every token dropped, as in training's CFG dropout).
+                        token_mask = (torch.arange(num_visible, device=device) >= num_hidden).expand(batch_size, -1)
+                        if do_cfg:
+                            token_mask = torch.cat([token_mask, torch.zeros_like(token_mask)])
                     velocity = self.transformer(
                         hidden_states=model_input.to(model_dtype),
                         timestep=sigma.expand(model_input.shape[0]).to(device),
