@@ -3,7 +3,7 @@
 Importing the package registers the Selftok classes with the transformers Auto classes.
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
 
 from .configuration_selftok import SELFTOK_RELEASE_CONFIG, SELFTOK_TINY_CONFIG, SelftokConfig
 from .image_processing_selftok import SelftokImageProcessor, SelftokImageProcessorPil
@@ -11,6 +11,11 @@ from .modeling_selftok import SelftokEncoderOutput, SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .token_schedule import TokenSchedule, to_ar_order, to_code_order
+from .visual_vocabulary import VisualVocabulary
+from .modeling_selftok_lm import add_visual_tokens
+from .processing_selftok import SelftokProcessor
+from .generation_selftok import SelftokVisualGrammarLogitsProcessor, generate_image_tokens
+from .pipeline_selftok import SelftokPipeline, SelftokPipelineOutput
 
 __version__ = "0.1.0"
 
@@ -27,6 +32,9 @@ SelftokConfig.register_for_auto_class()
 SelftokModel.register_for_auto_class("AutoModel")
 SelftokImageProcessor.register_for_auto_class()
 SelftokImageProcessorPil.register_for_auto_class()
+# The VLM processor: found by name (processor_config.json) by AutoProcessor in an LM folder.
+AutoProcessor.register(SelftokConfig, SelftokProcessor, exist_ok=True)
+SelftokProcessor.register_for_auto_class()
 
 __all__ = [
     "SelftokConfig",
@@ -42,4 +50,11 @@ __all__ = [
     "to_code_order",
     "SELFTOK_RELEASE_CONFIG",
     "SELFTOK_TINY_CONFIG",
+    "VisualVocabulary",
+    "add_visual_tokens",
+    "SelftokProcessor",
+    "SelftokVisualGrammarLogitsProcessor",
+    "generate_image_tokens",
+    "SelftokPipeline",
+    "SelftokPipelineOutput",
 ]

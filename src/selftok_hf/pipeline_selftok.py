@@ -1,0 +1,351 @@
+"""SelftokPipeline: text-to-image and image understanding with a causal LM that speaks Selftok tokens.
+
+    pipe = SelftokPipeline.from_pretrained("path/to/folder")
+    images = pipe("a red apple on a table", guidance_scale=5.0).images
+    answer = pipe.describe(images[0], "What is on the table?")
+
+The pipeline holds three parts: the LM (any ``AutoModelForCausalLM`` extended by
+:func:`~selftok_hf.add_visual_tokens`), the :class:`~selftok_hf.SelftokProcessor`, and the
+:class:`~selftok_hf.SelftokDecoderPipeline` (Selftok image tokenizer, diffusion decoder, SD3 VAE, optional
+renderer) that turns generated ids into pixels and images into ids.
+
+Folder layout written by :meth:`SelftokPipeline.save_pretrained`::
+
+    folder/
+        selftok_pipeline.json      marks the folder; names the parts
+        config.json, model.safetensors, generation_config.json
+                                   the LM: AutoModelForCausalLM.from_pretrained(folder)
+        tokenizer.json, tokenizer_config.json, processor_config.json
+                                   the processor: SelftokProcessor / AutoProcessor.from_pretrained(folder)
+        decoder/                   SelftokDecoderPipeline.from_pretrained(folder / "decoder")
+
+So the LM folder is also a plain causal-LM checkpoint (trl, PEFT and serving stacks load it directly).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM
+
+from .generation_selftok import (
+    SelftokVisualGrammarLogitsProcessor,
+    context_length,
+    generate_image_tokens,
+)
+from .pipeline_selftok_decoder import SelftokDecoderPipeline
+from .processing_selftok import SelftokProcessor
+from .visual_vocabulary import VisualVocabulary
+
+__all__ = ["SelftokPipeline", "SelftokPipelineOutput"]
+
+PIPELINE_CONFIG_NAME = "selftok_pipeline.json"
+DECODER_SUBFOLDER = "decoder"
+
+
+@dataclass
+class SelftokPipelineOutput(BaseOutput):
+    """Output of [`SelftokPipeline`].
+
+    Args:
+        images: decoded images (PIL list, NumPy ``(N, H, W, 3)``, tensor ``(N, 3, H, W)`` in [0, 1], the final
+            latents for ``output_type="latent"``, or None for ``output_type="ids"``); N = prompts x images per prompt,
+            grouped by prompt.
+        token_ids (`torch.LongTensor` of shape `(N, K)`): the generated Selftok ids (AR order).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
+    token_ids: torch.LongTensor
+
+
+class SelftokPipeline:
+    r"""Text-to-image generation and image understanding with a Selftok VLM.
+
+    Args:
+        language_model: a causal LM extended by [`add_visual_tokens`].
+        processor ([`SelftokProcessor`]): its text tokenizer, image processor and id layout.
+        decoder ([`SelftokDecoderPipeline`]): Selftok ids <-> images.
+    Raises:
+        ValueError: if the LM has no visual tokens, or its K / codebook size / id layout disagree with the
+            image tokenizer or the processor.
+    """
+
+    def __init__(self, language_model, processor: SelftokProcessor, decoder: SelftokDecoderPipeline):
+        vocabulary = VisualVocabulary.from_config(language_model.config)
+        vocabulary.check_image_tokenizer(decoder.image_tokenizer.config)
+        if processor.vocabulary != vocabulary:
+            raise ValueError(f"the processor's visual vocabulary {processor.vocabulary} differs from the language model's {vocabulary}")
+        self.language_model = language_model
+        self.processor = processor
+        self.decoder = decoder
+        self.vocabulary = vocabulary
+        if decoder.image_tokenizer.vae is None:
+            decoder.image_tokenizer.attach_vae(decoder.vae)
+        processor.attach_image_tokenizer(decoder.image_tokenizer)
+        self._lm_offload_hook = None
+        self._offload_device: torch.device | None = None
+        self._progress_bar_config: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------- save / load
+    @classmethod
+    def from_pretrained(cls, pretrained_path: str | os.PathLike, dtype: torch.dtype | None = None, **language_model_kwargs) -> SelftokPipeline:
+        """Load a folder written by :meth:`save_pretrained` (see the module docstring for the layout).
+
+        Args:
+            pretrained_path: the folder.
+            dtype: dtype of the LM and the decoder models (default: as saved / float32).
+            language_model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+        """
+        root = Path(pretrained_path)
+        if not (root / PIPELINE_CONFIG_NAME).is_file():
+            raise ValueError(f"{root} is not a SelftokPipeline folder (no {PIPELINE_CONFIG_NAME}); save one with SelftokPipeline.save_pretrained")
+        layout = json.loads((root / PIPELINE_CONFIG_NAME).read_text())
+        language_model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, **language_model_kwargs).eval()
+        processor = SelftokProcessor.from_pretrained(root)
+        decoder_kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        decoder = SelftokDecoderPipeline.from_pretrained(root / layout.get("decoder", DECODER_SUBFOLDER), **decoder_kwargs)
+        return cls(language_model, processor, decoder)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write the LM and processor at the root of ``save_directory`` and the decoder pipeline in ``decoder/``.
+
+        ``kwargs`` go to the LM's ``save_pretrained`` (e.g. ``max_shard_size``). A LoRA-wrapped LM must be merged
+        first (:meth:`merge_lora`), or its adapter saved on its own with ``language_model.save_pretrained``.
+        """
+        if self.has_lora:
+            raise ValueError("the language model carries a LoRA adapter: call pipe.merge_lora() before save_pretrained, or save the adapter with pipe.language_model.save_pretrained(dir)")
+        root = Path(save_directory)
+        root.mkdir(parents=True, exist_ok=True)
+        self.language_model.save_pretrained(root, **kwargs)
+        self.processor.save_pretrained(root)
+        self.decoder.save_pretrained(root / DECODER_SUBFOLDER)
+        layout = {"_class_name": type(self).__name__, "language_model": ".", "processor": ".", "decoder": DECODER_SUBFOLDER}
+        (root / PIPELINE_CONFIG_NAME).write_text(json.dumps(layout, indent=2) + "\n")
+
+    # --------------------------------------------------------------------------------- LoRA
+    @property
+    def has_lora(self) -> bool:
+        """Whether the LM is wrapped with a PEFT adapter."""
+        from peft import PeftModel
+
+        return isinstance(self.language_model, PeftModel)
+
+    def load_lora(self, adapter_path: str | os.PathLike, merge: bool = False) -> SelftokPipeline:
+        """Put a PEFT LoRA adapter (e.g. from ``selftok-train-lm --lora``) on the LM; with ``merge=True`` fold it in."""
+        from peft import PeftModel
+
+        self.language_model = PeftModel.from_pretrained(self.language_model, adapter_path).eval()
+        return self.merge_lora() if merge else self
+
+    def merge_lora(self) -> SelftokPipeline:
+        """Fold the LoRA adapter into the LM weights (``merge_and_unload``)."""
+        if not self.has_lora:
+            raise ValueError("the language model has no LoRA adapter to merge")
+        self.language_model = self.language_model.merge_and_unload()
+        return self
+
+    # ------------------------------------------------------------------------------ devices
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SelftokPipeline:
+        """Move (and cast) the LM and the decoder models."""
+        self.language_model.to(device=device, dtype=dtype)
+        self.decoder.to(device, dtype) if dtype is not None else self.decoder.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where inputs go: the offload device when model CPU offload is on, else the LM's device."""
+        if self._offload_device is not None:
+            return self._offload_device
+        return next(self.language_model.parameters()).device
+
+    def enable_model_cpu_offload(self, gpu_id: int | None = None, device: str | torch.device = "cuda") -> None:
+        """Keep every model on the CPU and move each to the accelerator only while it runs: the LM while it
+        generates, then the decoder's models one by one (diffusers' model offload)."""
+        from accelerate import cpu_offload_with_hook
+
+        device = torch.device(device)
+        if gpu_id is not None:
+            device = torch.device(device.type, gpu_id)
+        self.language_model.to("cpu")
+        _, self._lm_offload_hook = cpu_offload_with_hook(self.language_model, device)
+        self._offload_device = device
+        self.decoder.enable_model_cpu_offload(device=device)
+
+    def _offload_language_model(self) -> None:
+        if self._lm_offload_hook is not None:
+            self._lm_offload_hook.offload()
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options (e.g. ``disable=True``) for the token and the decoder progress bars."""
+        self._progress_bar_config = kwargs
+        self.decoder.set_progress_bar_config(**kwargs)
+
+    # ------------------------------------------------------------------------------- checks
+    def _check_prompts(self, prompt, name: str = "prompt") -> list[str]:
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"{name} must be a string or a non-empty list of strings, got {prompt!r}")
+        if any(not p.strip() for p in prompts):
+            raise ValueError(f"{name} must not be empty (got {prompts!r})")
+        return list(prompts)
+
+    def _check_length(self, length: int, new_tokens: int) -> None:
+        limit = context_length(self.language_model.config)
+        if limit is not None and length + new_tokens > limit:
+            raise ValueError(f"the prompt has {length} tokens; with {new_tokens} tokens to generate it exceeds the model's context of {limit}")
+
+    # ---------------------------------------------------------------------------- text -> image
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        guidance_scale: float = 5.0,
+        num_images_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        do_sample: bool = True,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        decoder_steps: int = 50,
+        decoder_guidance_scale: float = 1.0,
+        use_renderer: bool = False,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> SelftokPipelineOutput | tuple:
+        r"""Generate images from text.
+
+        Args:
+            prompt: a prompt or a list of prompts.
+            negative_prompt: prompt(s) for the unconditional branch of classifier-free guidance (default: the empty
+                prompt, which training with caption dropout teaches the LM).
+            guidance_scale: classifier-free guidance on the LM's logits (conditional and unconditional prompts run
+                as one doubled batch); 1 disables it. 5 is a common value for AR text-to-image models (the paper
+                does not state its value).
+            num_images_per_prompt: images per prompt.
+            generator: a ``torch.Generator`` or one per image (N = prompts x images per prompt): with a list, every
+                image is sampled exactly as it would be alone.
+            do_sample / temperature / top_k / top_p: token sampling (``do_sample=False``: greedy).
+            decoder_steps / decoder_guidance_scale / use_renderer: passed to the [`SelftokDecoderPipeline`].
+            output_type: ``"pil"``, ``"np"``, ``"pt"``, ``"latent"``, or ``"ids"`` (no decoding).
+        Returns:
+            [`SelftokPipelineOutput`] (``images``, ``token_ids``), or a tuple ``(images, token_ids)``.
+        """
+        prompts = self._check_prompts(prompt)
+        if negative_prompt is None:
+            negative_prompts = [""] * len(prompts)
+        else:
+            negative_prompts = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negative_prompts) != len(prompts):
+                raise ValueError(f"got {len(negative_prompts)} negative prompts for {len(prompts)} prompts")
+        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        if output_type not in ("pil", "np", "pt", "latent", "ids"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt', 'latent' or 'ids', got {output_type!r}")
+        num_images = len(prompts) * num_images_per_prompt
+        if isinstance(generator, list) and len(generator) != num_images:
+            raise ValueError(f"got {len(generator)} generators for {num_images} images ({len(prompts)} prompts x {num_images_per_prompt})")
+
+        def batch(contents: list[str]):
+            ids = [self.processor.chat_prompt(c, generate_image=True) for c in contents for _ in range(num_images_per_prompt)]
+            return self.processor.pad(ids, padding_side="left")
+
+        conditional = batch(prompts)
+        self._check_length(conditional["input_ids"].shape[1], self.vocabulary.num_image_tokens)
+        unconditional = batch(negative_prompts) if guidance_scale != 1.0 else None
+
+        progress = tqdm(total=self.vocabulary.num_image_tokens, desc="visual tokens", **self._progress_bar_config)
+        with progress:
+            token_ids = generate_image_tokens(
+                self.language_model,
+                conditional["input_ids"],
+                conditional["attention_mask"],
+                self.vocabulary,
+                guidance_scale=guidance_scale,
+                unconditional_input_ids=None if unconditional is None else unconditional["input_ids"],
+                unconditional_attention_mask=None if unconditional is None else unconditional["attention_mask"],
+                do_sample=do_sample,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                generator=generator,
+                device=self.device,
+                callback=lambda step: progress.update(),
+            ).cpu()
+        self._offload_language_model()
+
+        images = None
+        if output_type != "ids":
+            images = self.decoder(
+                token_ids,
+                num_inference_steps=decoder_steps,
+                guidance_scale=decoder_guidance_scale,
+                generator=generator,
+                use_renderer=use_renderer,
+                output_type=output_type,
+            ).images
+        if not return_dict:
+            return images, token_ids
+        return SelftokPipelineOutput(images=images, token_ids=token_ids)
+
+    # ---------------------------------------------------------------------------- image -> text
+    @torch.no_grad()
+    def describe(
+        self,
+        images=None,
+        question: str | list[str] = "Describe the image.",
+        image_token_ids=None,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        **generate_kwargs,
+    ) -> str | list[str]:
+        """Answer a question about each image (understanding).
+
+        Args:
+            images: a PIL image, a list of them, or pixel values ``(N, 3, S, S)`` in [-1, 1]; tokenised by the
+                pipeline's Selftok tokenizer.
+            question: one question for all images, or one per image.
+            image_token_ids: instead of images, precomputed Selftok ids ``(N, K)``.
+            max_new_tokens / do_sample / generate_kwargs: passed to ``language_model.generate`` (greedy by
+                default); the answer never contains an image (begin-of-image is disallowed).
+        Returns:
+            The answer (a string for a single PIL image, else a list of strings), without special tokens.
+        """
+        single = isinstance(images, PIL.Image.Image)
+        if (images is None) == (image_token_ids is None):
+            raise ValueError("pass exactly one of images or image_token_ids")
+        codebook_ids = self.processor.encode_images(images) if images is not None else self.processor.check_image_token_ids(image_token_ids)
+        questions = [question] * len(codebook_ids) if isinstance(question, str) else list(question)
+        if len(questions) != len(codebook_ids):
+            raise ValueError(f"got {len(questions)} questions for {len(codebook_ids)} images")
+        if any(not isinstance(q, str) for q in questions):
+            raise TypeError(f"question must be a string or a list of strings, got {question!r}")
+        placeholder = self.processor.image_placeholder
+        prompts = [
+            self.processor.chat_prompt(f"{placeholder} {q}".rstrip(), image_token_ids=ids[None]) for q, ids in zip(questions, codebook_ids)
+        ]
+        inputs = self.processor.pad(prompts, padding_side="left")
+        self._check_length(inputs["input_ids"].shape[1], max_new_tokens)
+        tokenizer = self.processor.tokenizer
+        output = self.language_model.generate(
+            input_ids=inputs["input_ids"].to(self.device),
+            attention_mask=inputs["attention_mask"].to(self.device),
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            logits_processor=[SelftokVisualGrammarLogitsProcessor(self.vocabulary, allow_image_start=False)],
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=self.processor.pad_token_id,
+            **generate_kwargs,
+        )
+        self._offload_language_model()
+        answers = [a.strip() for a in tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)]
+        return answers[0] if single else answers
