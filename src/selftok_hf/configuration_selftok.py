@@ -20,7 +20,9 @@ class SelftokConfig(PreTrainedConfig):
 
     Latent space:
         latent_channels (`int`, defaults to 16): channels of the SD3 VAE latent.
-        latent_size (`int`, defaults to 32): side of the latent (image side / 8).
+        latent_size (`int`, defaults to 32): side of the latent (image side / ``latent_downsample``).
+        latent_downsample (`int`, defaults to 8): pixels per latent cell along a side (8 for the SD3 VAE, the
+            ``patch_size`` of a [`PixelSpaceAutoencoder`] for pixel-space tokenizers).
         vae_scaling_factor (`float`, defaults to 1.5305) / vae_shift_factor (`float`, defaults to 0.0609):
             SD3 normalisation, ``z_norm = (z - shift) * scale``.
     Encoder, image stream:
@@ -61,6 +63,7 @@ class SelftokConfig(PreTrainedConfig):
 
     latent_channels: int = 16
     latent_size: int = 32
+    latent_downsample: int = 8
     vae_scaling_factor: float = 1.5305
     vae_shift_factor: float = 0.0609
 
@@ -123,8 +126,8 @@ class SelftokConfig(PreTrainedConfig):
 
     @property
     def image_size(self) -> int:
-        """Pixel side the tokenizer is trained for (the SD3 VAE downsamples by 8)."""
-        return self.latent_size * 8
+        """Pixel side the tokenizer is trained for."""
+        return self.latent_size * self.latent_downsample
 
     @property
     def token_schedule(self) -> TokenSchedule:

@@ -32,6 +32,7 @@ from .quantizer import CosineVectorQuantizer  # noqa: F401
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
 from .modeling_selftok import SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
+from .pixel_space import PixelSpaceAutoencoder
 from .token_schedule import to_code_order
 from .vae import pixels_to_latents
 
@@ -40,7 +41,11 @@ __all__ = ["SelftokDecoderPipeline", "sampler_sigmas"]
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Source files each saved folder carries so that it loads with `trust_remote_code=True` where selftok_hf is
 # not installed (each set is closed under the files' relative imports).
-_MODEL_SOURCES = ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py")
+# Components whose class lives in this package, by module: the files that travel into the component's folder.
+_COMPONENT_SOURCES = {
+    "modeling_selftok_decoder": ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py"),
+    "pixel_space": ("pixel_space.py",),
+}
 _PIPELINE_SOURCES = (
     "pipeline_selftok_decoder.py",
     "vae.py",
@@ -48,7 +53,8 @@ _PIPELINE_SOURCES = (
     "modeling_selftok.py",
     "configuration_selftok.py",
     "quantizer.py",
-) + _MODEL_SOURCES
+    "pixel_space.py",
+) + _COMPONENT_SOURCES["modeling_selftok_decoder"]
 
 
 def sampler_sigmas(num_inference_steps: int) -> np.ndarray:
@@ -62,7 +68,8 @@ class SelftokDecoderPipeline(DiffusionPipeline):
     Components:
         image_tokenizer ([`SelftokModel`]): encoder + quantizer; its codebook turns ids into code vectors.
         transformer ([`SelftokDecoderTransformer`]): the rectified-flow MMDiT decoder (velocity).
-        vae (`AutoencoderKL`): the SD3 VAE (16 channels, x8).
+        vae (`AutoencoderKL` or [`PixelSpaceAutoencoder`]): the SD3 VAE (16 channels, x8), or the pixel-space
+            stand-in of a pixel-space tokenizer.
         scheduler (`FlowMatchEulerDiscreteScheduler`): with ``shift=1.0``.
         renderer ([`SelftokRenderer`], *optional*): the one-step renderer.
     """
@@ -75,7 +82,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         self,
         image_tokenizer: SelftokModel,
         transformer: SelftokDecoderTransformer,
-        vae: AutoencoderKL,
+        vae: Union[AutoencoderKL, PixelSpaceAutoencoder],
         scheduler: FlowMatchEulerDiscreteScheduler,
         renderer: Optional[SelftokRenderer] = None,
     ):
@@ -96,11 +103,11 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         index_path = root / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = ["pipeline_selftok_decoder", type(self).__name__]
-        for component in ("transformer", "renderer"):
-            entry = index.get(component)
-            if entry and entry[0] == __package__ + ".modeling_selftok_decoder":
-                index[component] = ["modeling_selftok_decoder", entry[1]]
-                for name in _MODEL_SOURCES:
+        for component, entry in index.items():
+            module = entry[0].removeprefix(__package__ + ".") if isinstance(entry, list) and entry[0] else None
+            if module in _COMPONENT_SOURCES:
+                index[component] = [module, entry[1]]
+                for name in _COMPONENT_SOURCES[module]:
                     shutil.copyfile(_PACKAGE_DIR / name, root / component / name)
         if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
             index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
@@ -116,7 +123,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
             if isinstance(config.get("_class_name"), list):
                 config["_class_name"] = config["_class_name"][1]
             for name, entry in config.items():
-                if isinstance(entry, list) and entry and entry[0] in ("modeling_selftok", "modeling_selftok_decoder"):
+                if isinstance(entry, list) and entry and entry[0] in ("modeling_selftok", *_COMPONENT_SOURCES):
                     config[name] = [f"{__package__}.{entry[0]}", entry[1]]
         return out
 

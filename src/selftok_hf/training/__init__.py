@@ -1,0 +1,2 @@
+"""Trainers of selftok-hf, each on accelerate: the tokenizer (``tokenizer``), the one-step renderer
+(``renderer``), with the shared loop (``loop``) and image data (``data``)."""

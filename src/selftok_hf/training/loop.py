@@ -1,0 +1,264 @@
+"""The accelerate training loop shared by the tokenizer and renderer trainers.
+
+One loop, three guarantees:
+
+- **Deterministic steps.** Every random draw of micro-batch ``m`` (data order, crops, diffusion times, noise,
+  dropout, quantizer re-seeding) is made after seeding with ``(seed, m, process)``; nothing depends on how many
+  steps ran before in this process.
+- **Exact resume.** Checkpoints hold the model(s), optimizer(s) and the step counter (``accelerator.save_state``);
+  with deterministic steps, a resumed run reproduces the uninterrupted run's losses exactly.
+- **Atomic checkpoints.** A checkpoint is written to a temporary directory and renamed into place, and the
+  ``latest`` pointer is replaced atomically afterwards; a save killed at any point leaves the previous
+  checkpoint and pointer intact.
+
+Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :meth:`TrainingLoop.training_step`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
+from tqdm.auto import tqdm
+
+from .data import step_seed
+
+__all__ = ["LoopArguments", "TrainingLoop", "add_dataclass_arguments", "latest_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINTS = "checkpoints"
+_LATEST = "latest"
+_STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class LoopArguments:
+    """Options every trainer shares.
+
+    Args:
+        output_dir: where checkpoints, logs (``log.jsonl``) and the exported model go.
+        max_steps: optimiser steps to run in total (a resumed run continues to this number).
+        batch_size: images per process per micro-batch.
+        gradient_accumulation_steps: micro-batches per optimiser step.
+        seed: base seed of every random draw (see the module docstring).
+        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (autocast; parameters stay fp32).
+        gradient_checkpointing: recompute activations in the backward pass.
+        checkpoint_every: steps between checkpoints (0: only at the end).
+        keep_checkpoints: how many checkpoints to keep (oldest deleted first).
+        resume_from: ``"latest"``, a checkpoint directory, or None.
+        log_every: steps between log lines.
+        report_to: accelerate tracker (e.g. ``"tensorboard"``), or None.
+        cpu: force CPU even when an accelerator is present.
+    """
+
+    output_dir: str = "selftok-run"
+    max_steps: int = 1000
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume_from: str | None = None
+    log_every: int = 10
+    report_to: str | None = None
+    cpu: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.gradient_accumulation_steps < 1:
+            raise ValueError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One ``--flag`` per dataclass field (``--flag/--no-flag`` for booleans), typed from the annotation."""
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        annotation = str(f.type)
+        if "bool" in annotation:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = int if "int" in annotation else float if "float" in annotation else str
+            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper())
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint the ``latest`` pointer of ``output_dir`` names, or None."""
+    pointer = Path(output_dir) / _CHECKPOINTS / _LATEST
+    if not pointer.exists():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TrainingLoop:
+    """Base class of the accelerate trainers (see the module docstring).
+
+    Subclasses set, in :meth:`build`: ``self.models`` (name -> module, prepared and checkpointed),
+    ``self.optimizers`` (name -> optimizer, stepped in insertion order after every accumulation cycle) and anything
+    :meth:`training_step` needs.
+    """
+
+    def __init__(self, args: LoopArguments) -> None:
+        self.args = args
+        self.accelerator = Accelerator(
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=args.report_to,
+            project_dir=args.output_dir,
+            cpu=args.cpu,
+            # The encoder's last block has an image stream nobody reads, the decoder's last block no token queries.
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        self.output_dir = Path(args.output_dir)
+        self.step = 0
+        self.models: dict[str, torch.nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.history: list[dict[str, Any]] = []
+
+    # --------------------------------------------------------------------------- subclass hooks
+    def build(self) -> None:
+        """Create ``self.models``, ``self.optimizers`` and the data source."""
+        raise NotImplementedError
+
+    def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of micro-batch ``micro_step`` (already seeded) and floats to log."""
+        raise NotImplementedError
+
+    def optimizer_step(self) -> dict[str, float]:
+        """Step every optimizer, zero the gradients; returns extra floats to log (e.g. learning rates)."""
+        logs = {}
+        for name, optimizer in self.optimizers.items():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            for group in optimizer.param_groups:
+                logs[f"lr/{group.get('name', name)}"] = group["lr"]
+        return logs
+
+    def on_log(self, logs: dict[str, float]) -> dict[str, float]:
+        """Hook to add slower statistics at logging steps (e.g. codebook usage)."""
+        return logs
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _unwrapped(self) -> dict[str, torch.nn.Module]:
+        return {name: self.accelerator.unwrap_model(m) for name, m in self.models.items()}
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
+        root = self.output_dir / _CHECKPOINTS
+        name = f"step-{self.step:08d}"
+        final, tmp = root / name, root / f".tmp-{name}"
+        if self.accelerator.is_main_process:
+            root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(tmp))
+        if self.accelerator.is_main_process:
+            _write_atomically(tmp / _STATE_FILE, json.dumps({"step": self.step, "args": asdict(self.args)}, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _write_atomically(root / _LATEST, name)
+            kept = sorted(p for p in root.glob("step-*") if p.is_dir())
+            for old in kept[: max(0, len(kept) - self.args.keep_checkpoints)]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        state_file = path / _STATE_FILE
+        if not state_file.exists():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_STATE_FILE})")
+        self.accelerator.load_state(str(path))
+        self.step = int(json.loads(state_file.read_text())["step"])
+
+    # -------------------------------------------------------------------------------------- run
+    def _seed_micro_step(self, micro_step: int) -> None:
+        seed = step_seed(self.args.seed, micro_step, self.accelerator.process_index)
+        torch.manual_seed(seed)
+
+    def run(self) -> list[dict[str, Any]]:
+        """Train to ``max_steps`` (resuming if asked); returns the logged history of this process."""
+        args, acc = self.args, self.accelerator
+        torch.manual_seed(args.seed)  # identical initial weights on every process
+        self.build()
+        names = list(self.models) + list(self.optimizers)
+        prepared = acc.prepare(*self.models.values(), *self.optimizers.values())
+        prepared = prepared if isinstance(prepared, (tuple, list)) else (prepared,)
+        n_models = len(self.models)
+        self.models = dict(zip(names[:n_models], prepared[:n_models]))
+        self.optimizers = dict(zip(names[n_models:], prepared[n_models:]))
+
+        if args.resume_from:
+            path = latest_checkpoint(args.output_dir) if args.resume_from == "latest" else Path(args.resume_from)
+            if path is not None:
+                self.load_checkpoint(path)
+                logger.info("resumed from %s at step %d", path, self.step)
+            elif args.resume_from != "latest":
+                raise FileNotFoundError(f"checkpoint {args.resume_from} not found")
+        if acc.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        if args.report_to:
+            acc.init_trackers("selftok", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
+
+        for model in self.models.values():
+            model.train()
+        log_path = self.output_dir / "log.jsonl"
+        progress = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="training")
+        started = time.perf_counter()
+        while self.step < args.max_steps:
+            logs: dict[str, float] = {}
+            for micro in range(args.gradient_accumulation_steps):
+                micro_step = self.step * args.gradient_accumulation_steps + micro
+                self._seed_micro_step(micro_step)
+                with acc.accumulate(*self.models.values()):
+                    loss, micro_logs = self.training_step(micro_step)
+                    acc.backward(loss)  # accelerate divides by the accumulation steps
+                for k, v in micro_logs.items():
+                    logs[k] = logs.get(k, 0.0) + v / args.gradient_accumulation_steps
+            if not math.isfinite(logs.get("loss", 0.0)):
+                raise FloatingPointError(f"non-finite loss at step {self.step}: {logs}")
+            logs.update(self.optimizer_step())
+            self.step += 1
+            progress.update(1)
+            if self.step % args.log_every == 0 or self.step == args.max_steps:
+                logs = self.on_log(logs)
+                logs["step"] = self.step
+                logs["elapsed_s"] = time.perf_counter() - started
+                self.history.append(logs)
+                progress.set_postfix({k: f"{v:.4g}" for k, v in logs.items() if k in ("loss", "mse", "usage_perplexity")})
+                acc.log(logs, step=self.step)
+                if acc.is_main_process:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(logs) + "\n")
+            if args.checkpoint_every and self.step % args.checkpoint_every == 0 and self.step < args.max_steps:
+                self.save_checkpoint()
+        progress.close()
+        self.save_checkpoint()
+        acc.end_training()
+        return self.history

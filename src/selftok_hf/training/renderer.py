@@ -1,0 +1,270 @@
+"""Training Selftok's one-step renderer with accelerate.
+
+The renderer is the decoder's MMDiT run once, from a learned canvas instead of a noisy latent, to the clean latent
+(``modeling_selftok_decoder.SelftokRenderer``). As in the paper (Selftok-Zero, appendix B.2):
+
+- it starts from the trained decoder's weights (every shared tensor; the canvas is new);
+- the encoder and the tokens are frozen: the tokenizer only supplies code vectors;
+- loss = MSE + λ1 · perceptual + λ2 · GAN, with (λ1, λ2) = (0.1, 0) for the first ``loss_switch_step`` steps
+  (30k in the paper) and (0.5, 0.5) afterwards.
+
+The paper does not say in which space the MSE is taken; here it is on the (normalised) latents the renderer
+predicts, and the perceptual and adversarial terms are on the decoded pixels (the VAE is frozen but
+differentiated through). The perceptual network and the discriminator are pluggable: any callable
+``(images_a, images_b) -> per-image distance`` and any ``nn.Module`` images -> logits. LPIPS weights cannot be
+downloaded here, so the default perceptual term is LPIPS only when ``lpips_weights`` names a user-supplied file
+(see ``selftok_hf.metrics.LPIPS``); without it the perceptual term is off and the trainer says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling_selftok_decoder import SelftokRenderer
+from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..vae import pixels_to_latents
+from .data import StepBatches, load_image_dataset
+from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+
+__all__ = [
+    "PatchDiscriminator",
+    "RendererTrainer",
+    "RendererTrainingArguments",
+    "main",
+    "renderer_from_decoder",
+    "renderer_loss_weights",
+    "train_renderer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: images in [-1, 1] ``(B, 3, H, W)`` -> real/fake logits ``(B, 1, H/2^n, W/2^n)``.
+
+    Args:
+        channels: width of the first layer (doubled at every stride-2 layer).
+        num_layers: number of stride-2 convolutions.
+    """
+
+    def __init__(self, channels: int = 32, num_layers: int = 2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, channels, 3, padding=1), nn.LeakyReLU(0.2)]
+        width = channels
+        for _ in range(num_layers):
+            layers += [nn.Conv2d(width, width * 2, 4, stride=2, padding=1), nn.GroupNorm(8, width * 2), nn.LeakyReLU(0.2)]
+            width *= 2
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def renderer_loss_weights(step: int, switch_step: int, warmup: tuple[float, float] = (0.1, 0.0), after: tuple[float, float] = (0.5, 0.5)) -> tuple[float, float]:
+    """(perceptual, GAN) weights at ``step``: the paper's (0.1, 0) before ``switch_step``, (0.5, 0.5) from it on."""
+    return warmup if step < switch_step else after
+
+
+def renderer_from_decoder(decoder, **overrides) -> SelftokRenderer:
+    """A [`SelftokRenderer`] with the decoder's backbone weights (everything but the patch input; new canvas).
+
+    Raises:
+        ValueError: if any tensor other than the decoder's patch embedding is left over or missing.
+    """
+    dc = decoder.config
+    renderer = SelftokRenderer(
+        sample_size=dc.sample_size,
+        patch_size=dc.patch_size,
+        out_channels=dc.out_channels,
+        num_layers=dc.num_layers,
+        attention_head_dim=dc.attention_head_dim,
+        num_attention_heads=dc.num_attention_heads,
+        num_tokens=dc.num_tokens,
+        code_dim=dc.code_dim,
+        mlp_ratio=dc.mlp_ratio,
+        qkv_bias=dc.qkv_bias,
+        **overrides,
+    )
+    missing, unexpected = renderer.load_state_dict(decoder.state_dict(), strict=False)
+    if sorted(missing) != ["canvas_pos_embed", "canvas_token"] or any(not k.startswith("pos_embed.") for k in unexpected):
+        raise ValueError(f"decoder and renderer do not share a backbone: missing {missing}, unexpected {unexpected}")
+    return renderer
+
+
+@dataclass
+class RendererTrainingArguments(LoopArguments):
+    """Options of :class:`RendererTrainer` (plus those of :class:`LoopArguments`).
+
+    Args:
+        pipeline: a ``SelftokDecoderPipeline`` folder with the trained tokenizer and decoder.
+        dataset / split / image_column / data_dir / max_train_images / max_image_side: training images.
+        learning_rate / discriminator_lr: AdamW(0.9, 0.99) learning rates.
+        loss_switch_step: step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper).
+        lpips_weights: a user-supplied LPIPS state-dict file for the perceptual term (``selftok_hf.metrics.LPIPS``).
+        discriminator_channels: width of the default :class:`PatchDiscriminator`.
+    """
+
+    pipeline: str = ""
+    dataset: str = "offline:photos"
+    split: str = "train"
+    image_column: str = "image"
+    data_dir: str | None = None
+    max_train_images: int | None = None
+    max_image_side: int | None = None
+    learning_rate: float = 1e-4
+    discriminator_lr: float = 1e-4
+    loss_switch_step: int = 30000
+    lpips_weights: str | None = None
+    discriminator_channels: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.pipeline:
+            raise ValueError("pipeline (a SelftokDecoderPipeline folder with the trained tokenizer and decoder) is required")
+
+
+class RendererTrainer(TrainingLoop):
+    """Accelerate trainer of the one-step renderer (module docstring).
+
+    Args:
+        args: the options.
+        perceptual: ``(pred_images, target_images) -> (B,)`` distances on images in [-1, 1]; default LPIPS from
+            ``args.lpips_weights`` if given, else no perceptual term.
+        discriminator: images -> logits; default :class:`PatchDiscriminator`.
+    """
+
+    args: RendererTrainingArguments
+
+    def __init__(
+        self,
+        args: RendererTrainingArguments,
+        perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        discriminator: nn.Module | None = None,
+    ) -> None:
+        super().__init__(args)
+        self.perceptual, self.discriminator = perceptual, discriminator
+
+    def build(self) -> None:
+        args = self.args
+        pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline)
+        device = self.accelerator.device
+        self.tokenizer = pipe.image_tokenizer.to(device).eval().requires_grad_(False)
+        self.vae = pipe.vae.to(device).eval().requires_grad_(False)
+        self.decoder_pipeline = pipe
+        renderer = pipe.renderer if pipe.renderer is not None else renderer_from_decoder(pipe.transformer)
+        if args.gradient_checkpointing:
+            renderer.enable_gradient_checkpointing()
+        if self.perceptual is None and args.lpips_weights:
+            from ..metrics import LPIPS
+
+            self.perceptual = LPIPS.from_file(args.lpips_weights).to(device).eval().requires_grad_(False)
+        if self.perceptual is None:
+            logger.warning("no perceptual network (pass lpips_weights or perceptual=): the perceptual term is off")
+        discriminator = self.discriminator if self.discriminator is not None else PatchDiscriminator(args.discriminator_channels)
+        self.models = {"renderer": renderer, "discriminator": discriminator}
+        self.optimizers = {
+            "renderer": torch.optim.AdamW(renderer.parameters(), lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=0.0),
+            "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_lr, betas=(0.9, 0.99), weight_decay=0.0),
+        }
+        tc = self.tokenizer.config
+        dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.data_dir, args.max_train_images, args.max_image_side)
+        self.batches = StepBatches(
+            dataset, args.batch_size, tc.image_size, args.seed, self.accelerator.num_processes, self.accelerator.process_index
+        )
+
+    @torch.no_grad()
+    def _codes(self, latents: torch.Tensor) -> torch.Tensor:
+        """Frozen tokenizer: latents -> post-normed code vectors ``(B, K, D)`` in code order."""
+        ids, _ = self.tokenizer.quantizer.quantize(self.tokenizer.encoder(latents))
+        return self.tokenizer.quantizer.embed_ids(ids)
+
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        tc = self.tokenizer.config
+        return self.vae.decode((latents / tc.vae_scaling_factor + tc.vae_shift_factor).to(self.vae.dtype)).sample.float()
+
+    def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        tc = self.tokenizer.config
+        pixels = self.batches.batch(micro_step).to(self.accelerator.device)
+        latents = pixels_to_latents(self.vae, pixels, tc.vae_scaling_factor, tc.vae_shift_factor)
+        codes = self._codes(latents)
+        renderer, discriminator = self.models["renderer"], self.models["discriminator"]
+        perceptual_weight, gan_weight = renderer_loss_weights(self.step, self.args.loss_switch_step)
+        with self.accelerator.autocast():
+            predicted = renderer(token_codes=codes).sample.float()
+        mse = F.mse_loss(predicted, latents)
+        loss = mse
+        logs = {"mse": mse.item(), "perceptual_weight": perceptual_weight, "gan_weight": gan_weight}
+        if (self.perceptual is not None and perceptual_weight > 0) or gan_weight > 0:
+            images = self._decode(predicted)
+            if self.perceptual is not None and perceptual_weight > 0:
+                perceptual = self.perceptual(images, pixels).mean()
+                loss = loss + perceptual_weight * perceptual
+                logs["perceptual"] = perceptual.item()
+            if gan_weight > 0:
+                # Generator: hinge loss through a discriminator whose weights receive no gradient from it.
+                discriminator.requires_grad_(False)
+                generator_loss = -discriminator(images).mean()
+                discriminator.requires_grad_(True)
+                loss = loss + gan_weight * generator_loss
+                # Discriminator: hinge loss on real pixels vs the (detached) renders; its own backward.
+                d_loss = F.relu(1 - discriminator(pixels)).mean() + F.relu(1 + discriminator(images.detach())).mean()
+                self.accelerator.backward(d_loss)
+                logs.update(generator_loss=generator_loss.item(), discriminator_loss=d_loss.item())
+        logs["loss"] = loss.item()
+        return loss, logs
+
+    def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
+        """Save the decoder pipeline with the trained renderer added (the converter's folder layout)."""
+        pipe = self.decoder_pipeline
+        pipe.register_modules(renderer=self.accelerator.unwrap_model(self.models["renderer"]))
+        if self.accelerator.is_main_process:
+            pipe.save_pretrained(save_directory)
+        self.accelerator.wait_for_everyone()
+        return pipe
+
+
+def train_renderer(
+    args: RendererTrainingArguments,
+    export_dir: str | None = None,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    discriminator: nn.Module | None = None,
+) -> RendererTrainer:
+    """Train (or resume) and export to ``export_dir`` (default ``{output_dir}/pipeline``); returns the trainer."""
+    trainer = RendererTrainer(args, perceptual=perceptual, discriminator=discriminator)
+    trainer.run()
+    trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``selftok-train-renderer``: train the one-step renderer of a trained tokenizer/decoder pipeline."""
+    parser = argparse.ArgumentParser(
+        prog="selftok-train-renderer",
+        description="Train Selftok's one-step renderer from a trained decoder (frozen tokenizer; MSE + perceptual + GAN "
+        "with the paper's schedule). Use `accelerate launch -m selftok_hf.training.renderer` for several processes.",
+    )
+    add_dataclass_arguments(parser, RendererTrainingArguments)
+    parser.add_argument("--export-dir", default=None, help="where to write the pipeline with the renderer (default: OUTPUT_DIR/pipeline)")
+    ns = parser.parse_args(argv)
+    export_dir = ns.__dict__.pop("export_dir")
+    try:
+        args = RendererTrainingArguments(**vars(ns))
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO)
+    train_renderer(args, export_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

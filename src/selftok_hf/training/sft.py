@@ -1,0 +1,422 @@
+"""Supervised fine-tuning of a Selftok VLM on (image, text) pairs, full or LoRA, on accelerate.
+
+    selftok-train-lm --pipeline vlm/ --dataset pairs/ --output-dir run/ [--lora] [--task-mix t2i=0.5,i2t=0.5]
+
+- **Data.** Any ``datasets`` dataset with an image and a text column (a ``save_to_disk`` folder, an
+  ``imagefolder`` with ``metadata.jsonl``, a name ``load_dataset`` resolves offline). Images are tokenised
+  once with ``datasets.map`` through the pipeline's Selftok tokenizer and cached as an Arrow file keyed by the
+  dataset and the tokenizer weights, so later runs skip the encoder and the VAE.
+- **Mixture.** Every example is drawn as one task with the probabilities of ``--task-mix``: ``t2i``
+  (caption -> image), ``i2t`` (image + question -> caption), ``image`` (image only) or ``text`` (text only,
+  from ``--text-dataset`` or the captions). In the chat format (default, the paper's SFT stage: ``USER:`` /
+  ``ASSISTANT:``, loss on answers only), ``t2i`` and ``i2t`` are conversations and ``image`` / ``text`` are
+  plain sequences; ``--no-chat-format`` makes every task a plain sequence with loss on all tokens (the
+  paper's pre-training formats). ``--caption-dropout`` removes the caption of that fraction of ``t2i``
+  examples, which teaches the unconditional branch that classifier-free guidance needs.
+- **LoRA.** ``--lora`` adapts the attention and MLP projections of the architecture (see
+  :func:`~selftok_hf.modeling_selftok_lm.lora_target_modules`) and trains the new token rows (visual tokens,
+  markers, padding) of the embedding and head with PEFT's ``trainable_token_indices``, so the adapter holds
+  those rows only, not whole matrices. ``--merge-lora`` folds the adapter in and writes a full pipeline.
+- **Loop.** The shared :class:`~selftok_hf.training.loop.TrainingLoop`: deterministic steps, exact resume,
+  atomic checkpoints.
+
+Outputs in ``--output-dir``: ``pipeline/`` (a full :class:`~selftok_hf.SelftokPipeline` folder; full
+fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: load with ``SelftokPipeline.load_lora``),
+``log.jsonl`` and ``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..modeling_selftok_lm import embedding_module_names, lora_target_modules
+from ..pipeline_selftok import SelftokPipeline
+from ..processing_selftok import IGNORE_INDEX, SelftokProcessor
+from .data import load_image_dataset
+from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+
+__all__ = [
+    "SFTArguments",
+    "SFTExampleBuilder",
+    "SFTTrainer",
+    "collate_examples",
+    "main",
+    "parse_task_mix",
+    "pretokenize_images",
+]
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("t2i", "i2t", "image", "text")
+IMAGE_IDS_COLUMN = "image_token_ids"
+
+
+def parse_task_mix(spec: str) -> dict[str, float]:
+    """``"t2i=0.5,i2t=0.4,text=0.1"`` -> normalised probabilities over :data:`TASKS`."""
+    mix = {}
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in TASKS:
+            raise ValueError(f"task mix items must be NAME=WEIGHT with NAME in {TASKS}, got {item!r}")
+        try:
+            mix[name] = float(value)
+        except ValueError:
+            raise ValueError(f"task weight must be a number, got {item!r}") from None
+        if mix[name] < 0:
+            raise ValueError(f"task weights must be >= 0, got {item!r}")
+    total = sum(mix.values())
+    if total <= 0:
+        raise ValueError(f"task mix {spec!r} has no positive weight")
+    return {name: weight / total for name, weight in mix.items()}
+
+
+def _state_hash(*modules: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "image", batch_size: int = 16, cache_dir: str | os.PathLike | None = None):
+    """Add a ``image_token_ids`` column (K Selftok ids per row, AR order) and drop the images, with ``datasets.map``.
+
+    The result is cached in ``cache_dir`` (default: the dataset's own cache directory) under a name derived from the
+    dataset fingerprint and a hash of the image tokenizer and VAE weights, so a second call with the same data and
+    tokenizer reads the Arrow file instead of encoding again.
+    """
+    if image_column not in dataset.column_names:
+        raise ValueError(f"no column {image_column!r} in the dataset (columns: {dataset.column_names})")
+    key = f"{dataset._fingerprint}-{_state_hash(pipeline.decoder.image_tokenizer, pipeline.decoder.vae)}"
+    if cache_dir is None and dataset.cache_files:
+        cache_dir = Path(dataset.cache_files[0]["filename"]).parent
+    cache_file = None
+    if cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        cache_file = str(Path(cache_dir) / f"selftok-image-tokens-{key}.arrow")
+
+    def encode(rows):
+        ids = pipeline.processor.encode_images([image.convert("RGB") for image in rows[image_column]])
+        return {IMAGE_IDS_COLUMN: ids.cpu().numpy()}
+
+    return dataset.map(
+        encode,
+        batched=True,
+        batch_size=batch_size,
+        remove_columns=[image_column],
+        cache_file_name=cache_file,
+        new_fingerprint=key,
+        desc="tokenising images",
+    )
+
+
+@dataclass
+class SFTExampleBuilder:
+    """Turns a row ``{text, image_token_ids}`` and a task into ``{input_ids, labels}``.
+
+    Args:
+        processor: the pipeline's [`SelftokProcessor`].
+        text_column: the caption column.
+        question: the user turn of ``i2t`` chat examples (after the image).
+        chat_format: chat conversations (loss on answers) for t2i / i2t; else plain sequences.
+        caption_dropout: probability of an empty caption in ``t2i`` examples.
+        max_length: drop examples longer than this (the LM's context).
+    """
+
+    processor: SelftokProcessor
+    text_column: str = "text"
+    question: str = "Describe the image."
+    chat_format: bool = True
+    caption_dropout: float = 0.1
+    max_length: int | None = None
+
+    def __call__(self, row: dict[str, Any], task: str, rng: np.random.Generator) -> dict[str, list[int]]:
+        placeholder = self.processor.image_placeholder
+        caption = row.get(self.text_column) or ""
+        ids = row.get(IMAGE_IDS_COLUMN)
+        image_ids = None if ids is None else np.asarray(ids)[None]
+        if task in ("t2i", "i2t", "image") and image_ids is None:
+            raise ValueError(f"task {task!r} needs image ids; the row has only {sorted(row)}")
+        if task == "t2i":
+            if rng.random() < self.caption_dropout:
+                caption = ""
+            if self.chat_format:
+                conversation = [{"role": "user", "content": caption}, {"role": "assistant", "content": placeholder}]
+                example = self.processor.build_chat_example(conversation, image_token_ids=image_ids)
+            else:
+                example = self.processor.build_plain_example(caption + placeholder, image_token_ids=image_ids)
+        elif task == "i2t":
+            if self.chat_format:
+                conversation = [{"role": "user", "content": f"{placeholder} {self.question}".rstrip()}, {"role": "assistant", "content": caption}]
+                example = self.processor.build_chat_example(conversation, image_token_ids=image_ids)
+            else:
+                example = self.processor.build_plain_example(placeholder + caption, image_token_ids=image_ids)
+        elif task == "image":
+            example = self.processor.build_plain_example(placeholder, image_token_ids=image_ids)
+        elif task == "text":
+            if placeholder in caption:
+                raise ValueError(f"text-only example contains the image placeholder {placeholder!r}: {caption!r}")
+            example = self.processor.build_plain_example(caption)
+        else:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        if self.max_length is not None and len(example["input_ids"]) > self.max_length:
+            raise ValueError(f"a {task} example has {len(example['input_ids'])} tokens, more than the context of {self.max_length}")
+        return example
+
+
+def collate_examples(examples: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad ``{input_ids, labels}`` examples into ``input_ids``, ``attention_mask`` and ``labels`` `(B, T)`."""
+    length = max(len(e["input_ids"]) for e in examples)
+    input_ids = torch.full((len(examples), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), length), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        input_ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        attention_mask[i, :n] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+@dataclass
+class SFTArguments(LoopArguments):
+    """Options of ``selftok-train-lm`` (plus those of :class:`~selftok_hf.training.loop.LoopArguments`).
+
+    Args:
+        pipeline: a :class:`SelftokPipeline` folder whose LM is fine-tuned (its decoder stack tokenises the images).
+        dataset / split / image_column / text_column: the (image, text) pairs (see the module docstring).
+        text_dataset: optional text-only dataset (column ``text_column``) for the ``text`` task.
+        task_mix: task probabilities, e.g. ``"t2i=0.5,i2t=0.5"``.
+        chat_format / question / caption_dropout: see :class:`SFTExampleBuilder`.
+        learning_rate / weight_decay / warmup_steps / max_grad_norm: AdamW with linear warm-up, then constant.
+        lora / lora_rank / lora_alpha / lora_dropout: LoRA instead of full fine-tuning.
+        merge_lora: with ``lora``, also write the merged full pipeline.
+        image_batch_size / cache_dir: pre-tokenisation batch size and cache folder.
+    """
+
+    pipeline: str = ""
+    dataset: str = ""
+    split: str = "train"
+    image_column: str = "image"
+    text_column: str = "text"
+    text_dataset: str = ""
+    task_mix: str = "t2i=0.5,i2t=0.5"
+    chat_format: bool = True
+    question: str = "Describe the image."
+    caption_dropout: float = 0.1
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    lora: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    merge_lora: bool = False
+    image_batch_size: int = 16
+    cache_dir: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_task_mix(self.task_mix)
+        if not 0 <= self.caption_dropout <= 1:
+            raise ValueError(f"caption_dropout must be in [0, 1], got {self.caption_dropout}")
+        if self.merge_lora and not self.lora:
+            raise ValueError("merge_lora needs lora")
+
+
+class SFTTrainer(TrainingLoop):
+    """Fine-tunes the LM of a :class:`SelftokPipeline` on a mixture of T2I / I2T / image / text examples.
+
+    Args:
+        args: the options.
+        pipeline: the pipeline to train (default: loaded from ``args.pipeline``).
+        dataset: the pairs as a ``datasets.Dataset`` (default: loaded from ``args.dataset``); rows need the text
+            column and either an image column or ``image_token_ids``.
+        text_dataset: optional text-only ``datasets.Dataset``.
+    """
+
+    def __init__(self, args: SFTArguments, pipeline: SelftokPipeline | None = None, dataset=None, text_dataset=None) -> None:
+        super().__init__(args)
+        self.pipeline = pipeline
+        self.dataset = dataset
+        self.text_dataset = text_dataset
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    # ---------------------------------------------------------------------------------- build
+    def _load_data(self) -> None:
+        args = self.args
+        if self.dataset is None:
+            if not args.dataset:
+                raise ValueError("no dataset: pass --dataset")
+            self.dataset = load_image_dataset(args.dataset, split=args.split, image_column=args.image_column)
+            image_column = "image"
+        else:
+            image_column = args.image_column
+        if args.text_column not in self.dataset.column_names:
+            raise ValueError(f"no text column {args.text_column!r} in the dataset (columns: {self.dataset.column_names})")
+        if IMAGE_IDS_COLUMN not in self.dataset.column_names:
+            self.dataset = pretokenize_images(self.dataset, self.pipeline, image_column, args.image_batch_size, args.cache_dir or None)
+        else:
+            ids = self.pipeline.processor.check_image_token_ids(np.asarray(self.dataset[:1][IMAGE_IDS_COLUMN]))
+            logger.info("using the dataset's precomputed image_token_ids (%s per image)", ids.shape[1])
+        if self.text_dataset is None and args.text_dataset:
+            import datasets
+
+            path = Path(args.text_dataset)
+            self.text_dataset = datasets.load_from_disk(path) if path.is_dir() else datasets.load_dataset(args.text_dataset, split=args.split)
+        if self.text_dataset is not None and args.text_column not in self.text_dataset.column_names:
+            raise ValueError(f"no text column {args.text_column!r} in the text dataset (columns: {self.text_dataset.column_names})")
+
+    def _wrap_lora(self, model):
+        from peft import LoraConfig, get_peft_model
+
+        args = self.args
+        vocabulary = self.pipeline.vocabulary
+        new_rows = list(range(vocabulary.first_visual_id, vocabulary.lm_vocab_size))
+        input_name, head_name = embedding_module_names(model)
+        trainable = {input_name.rsplit(".", 1)[-1]: new_rows}
+        if head_name is not None:
+            trainable[head_name.rsplit(".", 1)[-1]] = new_rows
+        config = LoraConfig(
+            r=args.lora_rank,
+            lora_alpha=args.lora_alpha,
+            lora_dropout=args.lora_dropout,
+            target_modules=lora_target_modules(model),
+            trainable_token_indices=trainable,
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(model, config)
+
+    def build(self) -> None:
+        args = self.args
+        if self.pipeline is None:
+            if not args.pipeline:
+                raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
+            self.pipeline = SelftokPipeline.from_pretrained(args.pipeline)
+        self.pipeline.set_progress_bar_config(disable=True)
+        self._load_data()
+        model = self.pipeline.language_model
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if args.lora:
+            model = self._wrap_lora(model)
+        self.pipeline.language_model = model
+        self.builder = SFTExampleBuilder(
+            self.pipeline.processor,
+            text_column=args.text_column,
+            question=args.question,
+            chat_format=args.chat_format,
+            caption_dropout=args.caption_dropout,
+            max_length=_context(model),
+        )
+        self.task_names = list(parse_task_mix(args.task_mix))
+        self.task_probs = np.array(list(parse_task_mix(args.task_mix).values()))
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.models = {"language_model": model}
+        self.optimizers = {"language_model": torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)}
+        warmup = args.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizers["language_model"], lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.accelerator.register_for_checkpointing(self.scheduler)
+
+    # ------------------------------------------------------------------------------- training
+    def _permutation(self, epoch: int, size: int) -> np.ndarray:
+        """The order of a dataset of ``size`` rows in ``epoch`` (seeded by ``(seed, epoch, size)``; the last few kept)."""
+        key = (epoch, size)
+        if key not in self._permutations:
+            if len(self._permutations) > 3:
+                self._permutations.pop(next(iter(self._permutations)))
+            self._permutations[key] = np.random.default_rng([self.args.seed, epoch, size]).permutation(size)
+        return self._permutations[key]
+
+    def examples(self, micro_step: int) -> list[dict[str, list[int]]]:
+        """The examples of a micro-batch: a function of ``(seed, micro_step, process)`` only."""
+        args, acc = self.args, self.accelerator
+        rng = np.random.default_rng([args.seed, micro_step, acc.process_index])
+        global_batch = args.batch_size * acc.num_processes
+        start = micro_step * global_batch + acc.process_index * args.batch_size
+        out = []
+        for position in range(start, start + args.batch_size):
+            task = self.task_names[rng.choice(len(self.task_names), p=self.task_probs)]
+            if task == "text" and self.text_dataset is not None:
+                source = self.text_dataset
+            else:
+                source = self.dataset
+            epoch, offset = divmod(position, len(source))
+            out.append(self.builder(source[int(self._permutation(epoch, len(source))[offset])], task, rng))
+        return out
+
+    def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        batch = collate_examples(self.examples(micro_step), self.pipeline.processor.pad_token_id)
+        model = self.models["language_model"]
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        loss = model(**batch).loss
+        return loss, {"loss": float(loss.detach())}
+
+    def optimizer_step(self) -> dict[str, float]:
+        if self.args.max_grad_norm and self.accelerator.sync_gradients:
+            params = [p for p in self.models["language_model"].parameters() if p.requires_grad]
+            self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
+        logs = super().optimizer_step()
+        self.scheduler.step()
+        return logs
+
+    # --------------------------------------------------------------------------------- export
+    def export(self) -> dict[str, Path]:
+        """Write ``adapter/`` (LoRA) and/or ``pipeline/`` (full weights) under ``output_dir``; returns their paths."""
+        written = {}
+        if not self.accelerator.is_main_process:
+            return written
+        model = self.accelerator.unwrap_model(self.models["language_model"])
+        model.eval()
+        self.pipeline.language_model = model
+        if self.args.lora:
+            adapter_dir = self.output_dir / "adapter"
+            # Every new row (visual tokens, markers, padding) is in trainable_token_indices, so the adapter needs no
+            # full embedding matrices.
+            model.save_pretrained(adapter_dir, save_embedding_layers=False)
+            self.pipeline.processor.save_pretrained(adapter_dir)
+            written["adapter"] = adapter_dir
+            if not self.args.merge_lora:
+                return written
+            self.pipeline.merge_lora()
+        pipeline_dir = self.output_dir / "pipeline"
+        self.pipeline.save_pretrained(pipeline_dir)
+        written["pipeline"] = pipeline_dir
+        return written
+
+
+def _context(model) -> int | None:
+    from ..generation_selftok import context_length
+
+    return context_length(model.config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="selftok-train-lm", description=__doc__.split("\n\n")[0])
+    add_dataclass_arguments(parser, SFTArguments)
+    args = SFTArguments(**vars(parser.parse_args(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    trainer = SFTTrainer(args)
+    history = trainer.run()
+    written = trainer.export()
+    if history:
+        first, last = history[0].get("loss", math.nan), history[-1].get("loss", math.nan)
+        print(f"loss {first:.4f} (step {history[0]['step']}) -> {last:.4f} (step {history[-1]['step']})")
+    for name, path in written.items():
+        print(f"wrote {name}: {path}")
+    return 0

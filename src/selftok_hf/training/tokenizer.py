@@ -1,0 +1,382 @@
+"""Training a Selftok tokenizer (encoder + quantizer + diffusion decoder) with accelerate.
+
+The objective is the release's (``trainer_selftok_enc.py`` / ``image_tokenizer.py`` / ``rectified_flow.py`` of the
+training repository), written out in :class:`SelftokTokenizerObjective`:
+
+1. the encoder reads the normalised latent ``x0`` and the EMA quantizer turns its K queries into code vectors
+   (commitment + diversity losses, k-means initialisation, dead-code reactivation: see ``quantizer.py``);
+2. a code time ``τ ~ U[0, 1)`` per image (shift 1, as the release runs), noise ``ε``, ``x_τ = τ ε + (1 - τ) x0``;
+3. the decoder sees only code-order tokens ``j <= k(τ)`` (the token schedule), and with probability 0.1 none at all
+   (classifier-free-guidance dropout, never at τ = 1);
+4. loss = per-image mean of ``(v - (ε - x0))²`` averaged over the batch, plus the quantizer loss;
+5. token ``j``'s gradient is scaled by ``K / (K - j)``: token ``j`` is visible for a fraction ``(K - j) / K`` of
+   the time axis, so this gives every token the same expected gradient (the forward value is unchanged).
+
+Parameter groups and learning rates follow ``256.yml``: encoder 5e-5, decoder image stream (patch embedding and
+the image half of every block) 1e-5, the rest of the decoder 5e-5; AdamW(0.9, 0.99), no weight decay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+from torch import nn
+
+from ..configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
+from ..modeling_selftok import SelftokModel
+from ..modeling_selftok_decoder import (
+    SELFTOK_DECODER_RELEASE_CONFIG,
+    SELFTOK_DECODER_TINY_CONFIG,
+    SelftokDecoderTransformer,
+    decoder_state_dict_from_sd3,
+)
+from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..pixel_space import PixelSpaceAutoencoder
+from ..vae import pixels_to_latents
+from .data import (
+    StepBatches,
+    cache_latents,
+    center_resize_crop,
+    images_to_tensor,
+    load_image_dataset,
+)
+from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+
+__all__ = [
+    "SelftokTokenizerObjective",
+    "TokenizerTrainer",
+    "TokenizerTrainingArguments",
+    "decoder_parameter_groups",
+    "main",
+    "scale_token_gradients",
+    "train_tokenizer",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Keys of a decoder block that belong to the image stream (the official ``x_block``), diffusers names.
+_IMAGE_STREAM_BLOCK_PARTS = ("norm1.", "attn.to_q.", "attn.to_k.", "attn.to_v.", "attn.to_out.", "norm2.", "ff.")
+
+
+def scale_token_gradients(codes: torch.Tensor) -> torch.Tensor:
+    """Identity in the forward pass; scales the gradient of code-order token ``j`` by ``K / (K - j)``.
+
+    Args:
+        codes: ``(B, K, D)`` token vectors in code order.
+    """
+    K = codes.shape[1]
+    weights = K / (K - torch.arange(K, device=codes.device, dtype=codes.dtype))
+    scaled = codes * weights[None, :, None]
+    return scaled + (codes - scaled).detach()
+
+
+class SelftokTokenizerObjective(nn.Module):
+    """The tokenizer and the decoder, trained together by the rectified-flow objective (module docstring).
+
+    Args:
+        tokenizer: the encoder + EMA quantizer.
+        decoder: the MMDiT velocity model; its token count / code width must match the tokenizer.
+        cfg_dropout: probability of hiding every token from an image (classifier-free guidance).
+    """
+
+    def __init__(self, tokenizer: SelftokModel, decoder: SelftokDecoderTransformer, cfg_dropout: float = 0.1) -> None:
+        super().__init__()
+        tc, dc = tokenizer.config, decoder.config
+        if (dc.num_tokens, dc.code_dim, dc.in_channels) != (tc.num_tokens, tc.token_dim, tc.latent_channels):
+            raise ValueError(
+                f"decoder (num_tokens={dc.num_tokens}, code_dim={dc.code_dim}, in_channels={dc.in_channels}) does not fit "
+                f"the tokenizer (num_tokens={tc.num_tokens}, token_dim={tc.token_dim}, latent_channels={tc.latent_channels})"
+            )
+        if not 0 <= cfg_dropout < 1:
+            raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
+        self.tokenizer, self.decoder, self.cfg_dropout = tokenizer, decoder, cfg_dropout
+        self.schedule = tc.token_schedule
+
+    def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """
+        Args:
+            latents: normalised clean latents ``x0`` ``(B, C, h, w)``.
+        Returns:
+            the scalar loss and floats to log (``mse``, per-τ-third MSEs, quantizer statistics).
+        """
+        B, device = latents.shape[0], latents.device
+        features = self.tokenizer.encoder(latents)
+        quantized = self.tokenizer.quantizer(features)
+
+        tau = torch.rand(B, device=device)
+        visible = self.schedule.visible_mask(self.schedule.token_index(tau * 1000.0))
+        dropped = torch.rand(B, device=device) < self.cfg_dropout
+        visible = visible & ~dropped[:, None]
+        codes = scale_token_gradients(quantized.quantized)
+
+        noise = torch.randn_like(latents)
+        t = tau.view(B, 1, 1, 1)
+        noisy = t * noise + (1 - t) * latents
+        velocity = self.decoder(hidden_states=noisy, timestep=tau, token_codes=codes.to(noisy.dtype), token_mask=visible).sample
+        per_image = (velocity.float() - (noise - latents).float()).pow(2).flatten(1).mean(1)
+        mse = per_image.mean()
+        loss = mse + quantized.loss
+
+        logs = {"loss": loss.detach().item(), "mse": mse.detach().item(), "quantizer_loss": quantized.loss.detach().item()}
+        for name, lo, hi in (("mse_low_noise", 0.0, 0.35), ("mse_mid_noise", 0.35, 0.7), ("mse_high_noise", 0.7, 1.0)):
+            sel = (tau > lo) & (tau <= hi) if lo else tau <= hi
+            if sel.any():
+                logs[name] = per_image[sel].detach().mean().item()
+        logs.update({k: float(v) for k, v in quantized.stats.items()})
+        return loss, logs
+
+
+def decoder_parameter_groups(decoder: SelftokDecoderTransformer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """Split the decoder's parameters into (image stream, rest): the patch embedding and each block's image half
+    (adaLN, q/k/v/out projections, MLP) are the part initialised from SD3; the rest is the token stream and head."""
+    image, rest = [], []
+    for name, param in decoder.named_parameters():
+        in_block = name.startswith("transformer_blocks.") and name.split(".", 2)[2].startswith(_IMAGE_STREAM_BLOCK_PARTS)
+        (image if name.startswith("pos_embed.") or in_block else rest).append(param)
+    return image, rest
+
+
+def _load_json_or_preset(value: str | None, presets: dict[str, dict]) -> dict:
+    if value is None:
+        return {}
+    if value in presets:
+        return dict(presets[value])
+    path = Path(value)
+    if path.is_file():
+        return json.loads(path.read_text())
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f"{value!r} is neither a preset ({sorted(presets)}), a JSON file nor a JSON object") from None
+
+
+@dataclass
+class TokenizerTrainingArguments(LoopArguments):
+    """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`).
+
+    Args:
+        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images (see
+            :func:`~selftok_hf.training.data.load_image_dataset`).
+        eval_dataset / eval_split / eval_images / eval_every / eval_decoder_steps: held-out reconstructions
+            (PSNR of an ``eval_decoder_steps``-step decode of ``eval_images`` centre crops every ``eval_every`` steps).
+        tokenizer_config / decoder_config: a preset (``tiny``, ``release``), a JSON file or a JSON object; decoder
+            sizes that must agree with the tokenizer (tokens, code width, latent channels and side) are filled in.
+        latent_space: ``pixel`` (a :class:`PixelSpaceAutoencoder` with ``pixel_patch_size``) or ``sd3`` (the SD3 VAE
+            at ``vae_path``).
+        sd3_transformer: a diffusers ``SD3Transformer2DModel`` folder to initialise the decoder's image stream.
+        init_from: a pipeline folder written by this trainer or the converter, to continue training from.
+        encoder_lr / decoder_image_lr / decoder_token_lr: the three learning rates of the release.
+        cfg_dropout: probability of dropping every token of an image.
+        cache_latents: encode centre crops once (``datasets.map``) instead of augmenting on the fly.
+    """
+
+    dataset: str = "offline:photos"
+    split: str = "train"
+    image_column: str = "image"
+    data_dir: str | None = None
+    max_train_images: int | None = None
+    max_image_side: int | None = None
+    eval_dataset: str | None = None
+    eval_split: str = "test"
+    eval_images: int = 8
+    eval_every: int = 0
+    eval_decoder_steps: int = 10
+    tokenizer_config: str | None = "tiny"
+    decoder_config: str | None = "tiny"
+    latent_space: str = "pixel"
+    pixel_patch_size: int = 2
+    vae_path: str | None = None
+    sd3_transformer: str | None = None
+    init_from: str | None = None
+    encoder_lr: float = 5e-5
+    decoder_image_lr: float = 1e-5
+    decoder_token_lr: float = 5e-5
+    cfg_dropout: float = 0.1
+    cache_latents: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.latent_space not in ("pixel", "sd3"):
+            raise ValueError(f"latent_space must be 'pixel' or 'sd3', got {self.latent_space!r}")
+        if self.latent_space == "sd3" and not self.vae_path and not self.init_from:
+            raise ValueError("latent_space='sd3' needs vae_path (an SD3 `vae` folder) or init_from")
+
+
+class TokenizerTrainer(TrainingLoop):
+    """Accelerate trainer of a Selftok tokenizer + decoder (see the module docstring). ``run()`` trains,
+    ``export(dir)`` writes a ``SelftokDecoderPipeline`` folder (the converter's layout)."""
+
+    args: TokenizerTrainingArguments
+
+    # ------------------------------------------------------------------------------------ models
+    def _build_models(self) -> tuple[SelftokModel, SelftokDecoderTransformer, Any]:
+        args = self.args
+        if args.init_from:
+            pipe = SelftokDecoderPipeline.from_pretrained(args.init_from)
+            return pipe.image_tokenizer, pipe.transformer, pipe.vae
+        tok_kwargs = _load_json_or_preset(args.tokenizer_config, {"tiny": SELFTOK_TINY_CONFIG, "release": {}})
+        if args.latent_space == "pixel":
+            vae = PixelSpaceAutoencoder(patch_size=args.pixel_patch_size)
+            tok_kwargs.update(latent_channels=vae.config.latent_channels, latent_downsample=args.pixel_patch_size)
+            tok_kwargs.setdefault("vae_scaling_factor", 1.0)
+            tok_kwargs.setdefault("vae_shift_factor", 0.0)
+        else:
+            from diffusers import AutoencoderKL
+
+            vae = AutoencoderKL.from_pretrained(args.vae_path)
+        tokenizer = SelftokModel(SelftokConfig(**tok_kwargs))
+        tc = tokenizer.config
+        dec_kwargs = _load_json_or_preset(
+            args.decoder_config, {"tiny": SELFTOK_DECODER_TINY_CONFIG, "release": SELFTOK_DECODER_RELEASE_CONFIG}
+        )
+        dec_kwargs.update(
+            num_tokens=tc.num_tokens, code_dim=tc.token_dim, in_channels=tc.latent_channels, out_channels=tc.latent_channels,
+            sample_size=tc.latent_size,
+        )
+        dec_kwargs["pos_embed_max_size"] = max(dec_kwargs.get("pos_embed_max_size", 0), tc.latent_size // dec_kwargs.get("patch_size", 2))
+        decoder = SelftokDecoderTransformer(**dec_kwargs)
+        if args.sd3_transformer:
+            from diffusers import SD3Transformer2DModel
+
+            sd3 = SD3Transformer2DModel.from_pretrained(args.sd3_transformer)
+            missing, unexpected = decoder.load_state_dict(decoder_state_dict_from_sd3(sd3.state_dict(), decoder.config), strict=False)
+            assert not unexpected, unexpected
+            logger.info("decoder image stream initialised from %s (%d token-stream tensors start from scratch)", args.sd3_transformer, len(missing))
+        return tokenizer, decoder, vae
+
+    def build(self) -> None:
+        args = self.args
+        tokenizer, decoder, vae = self._build_models()
+        if args.gradient_checkpointing:
+            tokenizer.gradient_checkpointing_enable()
+            decoder.enable_gradient_checkpointing()
+        self.vae = vae.to(self.accelerator.device).eval().requires_grad_(False)
+        self.objective = SelftokTokenizerObjective(tokenizer, decoder, cfg_dropout=args.cfg_dropout)
+        image_params, token_params = decoder_parameter_groups(decoder)
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": list(tokenizer.parameters()), "lr": args.encoder_lr, "name": "encoder"},
+                {"params": image_params, "lr": args.decoder_image_lr, "name": "decoder_image_stream"},
+                {"params": token_params, "lr": args.decoder_token_lr, "name": "decoder_rest"},
+            ],
+            betas=(0.9, 0.99),
+            weight_decay=0.0,
+        )
+        self.models = {"objective": self.objective}
+        self.optimizers = {"optimizer": optimizer}
+
+        tc = tokenizer.config
+        dataset = load_image_dataset(
+            args.dataset, args.split, args.image_column, args.data_dir, args.max_train_images, args.max_image_side
+        )
+        if args.cache_latents:
+            dataset = cache_latents(dataset, self.vae, tc.image_size, tc.vae_scaling_factor, tc.vae_shift_factor)
+        self.batches = StepBatches(
+            dataset, args.batch_size, tc.image_size, args.seed, self.accelerator.num_processes, self.accelerator.process_index
+        )
+        self.eval_pixels = None
+        if args.eval_every and self.accelerator.is_main_process:
+            eval_ds = load_image_dataset(args.eval_dataset or args.dataset, args.eval_split, args.image_column, args.data_dir, args.eval_images)
+            self.eval_pixels = images_to_tensor([center_resize_crop(row["image"], tc.image_size) for row in eval_ds])
+
+    # ------------------------------------------------------------------------------------- steps
+    def _latents(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.accelerator.device)
+        if "latents" in getattr(self.batches.dataset, "column_names", ()):
+            return batch
+        tc = self.objective.tokenizer.config
+        return pixels_to_latents(self.vae, batch, tc.vae_scaling_factor, tc.vae_shift_factor)
+
+    def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        latents = self._latents(self.batches.batch(micro_step))
+        with self.accelerator.autocast():
+            return self.models["objective"](latents)
+
+    def on_log(self, logs: dict[str, float]) -> dict[str, float]:
+        quantizer = self.accelerator.unwrap_model(self.models["objective"]).tokenizer.quantizer
+        expected = self.args.batch_size * self.accelerator.num_processes * quantizer.position_code_usage.shape[0] / quantizer.codebook_size
+        logs["dead_codes"] = int((quantizer.cluster_size < quantizer.dead_code_threshold * expected).sum())
+        logs["codes_in_use"] = int((quantizer.cluster_size >= quantizer.dead_code_threshold * expected).sum())
+        if self.eval_pixels is not None and self.step % self.args.eval_every == 0:
+            logs.update(self.evaluate())
+        return logs
+
+    # ----------------------------------------------------------------------------------- outputs
+    def pipeline(self) -> SelftokDecoderPipeline:
+        """The models being trained, assembled (by reference) into a decoder pipeline."""
+        objective = self.accelerator.unwrap_model(self.models["objective"])
+        pipe = SelftokDecoderPipeline(
+            image_tokenizer=objective.tokenizer,
+            transformer=objective.decoder,
+            vae=self.vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Held-out PSNR (dB, images in [0, 1]) of an ``eval_decoder_steps``-step decode, fixed noise."""
+        objective = self.accelerator.unwrap_model(self.models["objective"])
+        objective.eval()
+        try:
+            pipe = self.pipeline()
+            pixels = self.eval_pixels.to(self.accelerator.device)
+            ids = pipe.encode(pixels)
+            generator = torch.Generator(pixels.device).manual_seed(self.args.seed)
+            decoded = pipe(ids, num_inference_steps=self.args.eval_decoder_steps, generator=generator, output_type="pt").images
+            target = (pixels.float().clamp(-1, 1) + 1) / 2
+            mse = (decoded.float() - target).pow(2).flatten(1).mean(1)
+            psnr = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean().item()
+        finally:
+            objective.train()
+        return {f"eval/psnr_{self.args.eval_decoder_steps}_steps": psnr}
+
+    def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
+        """Save the trained tokenizer + decoder (+ VAE, scheduler) as a ``SelftokDecoderPipeline`` folder."""
+        pipe = self.pipeline()
+        if self.accelerator.is_main_process:
+            pipe.save_pretrained(save_directory)
+        self.accelerator.wait_for_everyone()
+        return pipe
+
+
+def train_tokenizer(args: TokenizerTrainingArguments, export_dir: str | None = None) -> TokenizerTrainer:
+    """Train (or resume) and export to ``export_dir`` (default ``{output_dir}/pipeline``); returns the trainer."""
+    trainer = TokenizerTrainer(args)
+    trainer.run()
+    trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``selftok-train-tokenizer``: train a Selftok tokenizer + decoder (``accelerate launch`` for several processes)."""
+    parser = argparse.ArgumentParser(
+        prog="selftok-train-tokenizer",
+        description="Train a Selftok tokenizer and its diffusion decoder (release objective) with accelerate. "
+        "Run it directly for one process, or with `accelerate launch [--config_file F] -m selftok_hf.training.tokenizer` for DDP/FSDP/DeepSpeed.",
+    )
+    add_dataclass_arguments(parser, TokenizerTrainingArguments)
+    parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
+    ns = parser.parse_args(argv)
+    export_dir = ns.__dict__.pop("export_dir")
+    try:
+        args = TokenizerTrainingArguments(**vars(ns))
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO)
+    train_tokenizer(args, export_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
