@@ -51,7 +51,7 @@ def visual_embedding_init(
               and, at the input, look like an average word; training separates them.
             - ``"codebook"``: the Selftok code vectors through a fitted affine map. The map whitens the
               code vectors (their own principal axes, unit variance) and sends them onto the top
-              ``r = min(token_dim, d)`` principal axes of the text rows with the text rows' standard
+              ``r`` principal axes (r = the number of directions the codes span, at most ``min(token_dim, d)``) of the text rows with the text rows' standard
               deviations, around the text mean. So the new rows have the text rows' mean and, within
               those r directions, their covariance, and codes that are close in the codebook start close
               in the LM.
@@ -73,10 +73,13 @@ def visual_embedding_init(
     codes = codebook_vectors.detach().float().to(text_rows.device)
     if codes.shape[0] > num_new_rows:
         raise ValueError(f"{codes.shape[0]} code vectors do not fit in {num_new_rows} new rows")
-    rank = min(codes.shape[1], text_rows.shape[1], codes.shape[0] - 1, text_rows.shape[0] - 1)
     # Principal axes and standard deviations of both clouds (rows of Vh are the axes).
     _, code_s, code_axes = torch.linalg.svd(codes - codes.mean(0), full_matrices=False)
     _, text_s, text_axes = torch.linalg.svd(text_rows - mean, full_matrices=False)
+    # Only directions the codes actually vary along (post-norm code vectors, e.g., have zero mean over their
+    # features, so one direction is empty): whitening an empty direction would blow up rounding noise.
+    code_rank = int((code_s > 1e-5 * code_s[0]).sum())
+    rank = min(code_rank, text_s.shape[0])
     code_std = code_s[:rank] / (codes.shape[0] - 1) ** 0.5
     text_std = text_s[:rank] / (text_rows.shape[0] - 1) ** 0.5
     whitened = (codes - codes.mean(0)) @ code_axes[:rank].T / code_std.clamp_min(1e-12)
