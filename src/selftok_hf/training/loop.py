@@ -131,7 +131,8 @@ class TrainingLoop:
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             log_with=args.report_to,
             project_dir=args.output_dir,
-            cpu=args.cpu,
+            # accelerate runs several processes on CPUs (gloo) only when told `cpu`: do so when no GPU is present.
+            cpu=args.cpu or (int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()),
             # The encoder's last block has an image stream nobody reads, the decoder's last block no token queries.
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
         )
@@ -260,5 +261,8 @@ class TrainingLoop:
                 self.save_checkpoint()
         progress.close()
         self.save_checkpoint()
-        acc.end_training()
         return self.history
+
+    def finish(self) -> None:
+        """Close trackers and the process group (call once, after exporting)."""
+        self.accelerator.end_training()

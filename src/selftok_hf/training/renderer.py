@@ -243,6 +243,7 @@ def train_renderer(
     trainer = RendererTrainer(args, perceptual=perceptual, discriminator=discriminator)
     trainer.run()
     trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
+    trainer.finish()
     return trainer
 
 

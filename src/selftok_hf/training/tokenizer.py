@@ -306,6 +306,10 @@ class TokenizerTrainer(TrainingLoop):
         expected = self.args.batch_size * self.accelerator.num_processes * quantizer.position_code_usage.shape[0] / quantizer.codebook_size
         logs["dead_codes"] = int((quantizer.cluster_size < quantizer.dead_code_threshold * expected).sum())
         logs["codes_in_use"] = int((quantizer.cluster_size >= quantizer.dead_code_threshold * expected).sum())
+        if self.accelerator.num_processes > 1:
+            # Invariant of the all-reduced EMA: every process holds the same codebook (0 unless it is broken).
+            checksums = self.accelerator.gather(quantizer.embed.double().sum().reshape(1))
+            logs["codebook_divergence"] = float(checksums.max() - checksums.min())
         if self.eval_pixels is not None and self.step % self.args.eval_every == 0:
             logs.update(self.evaluate())
         return logs
@@ -355,6 +359,7 @@ def train_tokenizer(args: TokenizerTrainingArguments, export_dir: str | None = N
     trainer = TokenizerTrainer(args)
     trainer.run()
     trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
+    trainer.finish()
     return trainer
 
 
