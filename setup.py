@@ -30,6 +30,7 @@ setup(
         "console_scripts": [
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.quickstart:main",
+            "selftok-rl=selftok_hf.rl.trainer:main",
         ]
     },
 )

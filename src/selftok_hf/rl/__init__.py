@@ -1,7 +1,7 @@
 """RL on Selftok visual tokens (Selftok-Zero style): a synthetic compositional world with exact ground truth,
 a pixel-space detector, program / QA rewards, and the simplified GRPO objective and trainer."""
 
-from .detector import Detection, ShapeDetector, images_to_tensor
+from .detector import Detection, ShapeDetector, as_image_batch
 from .rewards import (
     CombinedReward,
     DetectorJudge,
@@ -45,9 +45,9 @@ __all__ = [
     "ShapeDetector",
     "ShapeInstance",
     "ShapesWorld",
+    "as_image_batch",
     "dsg_questions",
     "evaluate_prompt",
-    "images_to_tensor",
     "parse_prompt",
     "program_accuracy",
     "render_scene",

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .shapes_world import COLORS
 
-__all__ = ["Detection", "ShapeDetector", "images_to_tensor"]
+__all__ = ["Detection", "ShapeDetector", "as_image_batch"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Detection:
     bbox: tuple[int, int, int, int]
 
 
-def images_to_tensor(images: torch.Tensor | np.ndarray | PIL.Image.Image | Sequence) -> torch.Tensor:
+def as_image_batch(images: torch.Tensor | np.ndarray | PIL.Image.Image | Sequence) -> torch.Tensor:
     """Images -> float `(B, 3, H, W)` in [0, 1].
 
     Accepts a tensor `(B, 3, H, W)` or `(3, H, W)` in [0, 1], a NumPy array `(B, H, W, 3)` / `(H, W, 3)` (uint8,
@@ -63,7 +63,7 @@ def images_to_tensor(images: torch.Tensor | np.ndarray | PIL.Image.Image | Seque
     if isinstance(images, (list, tuple)):
         if not images:
             raise ValueError("got an empty list of images")
-        return torch.cat([images_to_tensor(np.asarray(im.convert("RGB")) if isinstance(im, PIL.Image.Image) else im) for im in images])
+        return torch.cat([as_image_batch(np.asarray(im.convert("RGB")) if isinstance(im, PIL.Image.Image) else im) for im in images])
     if isinstance(images, np.ndarray):
         array = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images.astype(np.float32)
         if array.ndim == 3:
@@ -147,12 +147,12 @@ class ShapeDetector:
 
     @torch.no_grad()
     def __call__(self, images) -> list[list[Detection]]:
-        """Detect shapes in images (any format :func:`images_to_tensor` accepts).
+        """Detect shapes in images (any format :func:`as_image_batch` accepts).
 
         Returns:
             one list of :class:`Detection` per image, sorted by (x, y) of the centroid.
         """
-        images = images_to_tensor(images)
+        images = as_image_batch(images)
         B, _, H, W = images.shape
         names = list(self.colors)
         C = len(names)

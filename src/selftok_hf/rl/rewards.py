@@ -28,7 +28,7 @@ from typing import Protocol
 
 import torch
 
-from .detector import Detection, ShapeDetector, images_to_tensor
+from .detector import Detection, ShapeDetector, as_image_batch
 from .shapes_world import ObjectSpec, PromptSpec, parse_prompt, relation_holds
 
 __all__ = [
@@ -163,7 +163,7 @@ class ProgramReward:
 
     def evaluate(self, prompts: Sequence[str], images, metadata: Sequence[Mapping] | None = None) -> list[ProgramResult]:
         """Per-sample :class:`ProgramResult` (use ``.correct`` for accuracy, ``.score`` for the reward)."""
-        images = images_to_tensor(images)
+        images = as_image_batch(images)
         _check_batch(prompts, None, images, metadata)
         detections = self.detector(images)
         margin = self.relation_margin * images.shape[-1]
@@ -223,7 +223,7 @@ class QAReward:
 
     def __call__(self, prompts, token_ids, images, metadata) -> list[float]:
         _check_batch(prompts, token_ids, images, metadata)
-        images = images_to_tensor(images)
+        images = as_image_batch(images)
         per_sample = [self.questions_fn(spec) for spec in _specs(prompts, metadata)]
         flat_images = torch.stack([images[i] for i, qs in enumerate(per_sample) for _ in qs])
         answers = [float(a) for a in self.judge(flat_images, [q.text for qs in per_sample for q in qs])]
