@@ -167,7 +167,7 @@ class RendererTrainer(TrainingLoop):
         if self.perceptual is None and args.lpips_weights:
             from ..metrics import LPIPS
 
-            self.perceptual = LPIPS.from_file(args.lpips_weights).to(device).eval().requires_grad_(False)
+            self.perceptual = LPIPS.from_pretrained(args.lpips_weights).to(device).eval().requires_grad_(False)
         if self.perceptual is None:
             logger.warning("no perceptual network (pass lpips_weights or perceptual=): the perceptual term is off")
         discriminator = self.discriminator if self.discriminator is not None else PatchDiscriminator(args.discriminator_channels)
