@@ -25,11 +25,15 @@ setup(
         "pillow",
         "pyyaml",
     ],
-    extras_require={"dev": ["pytest"]},
+    extras_require={
+        "eval": ["matplotlib"],  # selftok-eval's psnr_vs_steps.png
+        "dev": ["pytest", "matplotlib", "scikit-image"],  # scikit-image: the SSIM reference in tests
+    },
     entry_points={
         "console_scripts": [
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.quickstart:main",
+            "selftok-eval=selftok_hf.evaluation:main",
             "selftok-rl=selftok_hf.rl.trainer:main",
         ]
     },

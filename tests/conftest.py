@@ -23,3 +23,21 @@ def cases(reference_dir):
     from safetensors.torch import load_file
 
     return load_file(str(reference_dir / "cases.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def steering_pipeline():
+    """The seeded random tiny default pipeline, with its zero-initialised adaLN modulations (the official init, which
+    makes every MMDiT block the identity, so that tokens cannot steer the image) set to seeded random values.
+    Session-scoped: tests must not modify it."""
+    from selftok_hf.quickstart import default_pipeline
+
+    pipe = default_pipeline(seed=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in (pipe.transformer, pipe.renderer):
+            for param in module.parameters():
+                if not param.any():
+                    param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -160,6 +160,25 @@ def test_fid_accumulator_statistics_over_batches():
         FIDAccumulator().update(torch.zeros(1, 3, 8, 8))
 
 
+def test_low_rank_factor_gives_the_dense_result():
+    generator = torch.Generator().manual_seed(11)
+    few = torch.randn(12, 300, dtype=torch.float64, generator=generator)
+    many = torch.randn(400, 300, dtype=torch.float64, generator=generator) * 0.7 + 0.2
+    small, large = FIDAccumulator(), FIDAccumulator()
+    for chunk in few.split(5):
+        small.update_features(chunk)
+    large.update_features(many)
+    factor = small.covariance_factor()
+    assert factor.shape == (300, 12) and large.covariance_factor() is None  # 400 samples > 300 dims: sums only
+    torch.testing.assert_close(factor @ factor.T, small.statistics()[1], rtol=0, atol=1e-12)
+    # The dense path takes square roots of 288 round-off "zero" eigenvalues (~sqrt(eps) each); the factor has none.
+    dense = frechet_distance(*small.statistics(), *large.statistics())
+    assert small.frechet_distance(large) == pytest.approx(dense, rel=1e-7)
+    assert large.frechet_distance(small) == pytest.approx(small.frechet_distance(large), rel=1e-12)
+    with pytest.raises(ValueError, match="sigma1_factor"):
+        frechet_distance(*small.statistics(), *large.statistics(), sigma1_factor=factor.T)
+
+
 def kaiming_inception(resize_input: bool = False) -> InceptionFeatureExtractor:
     """A random FID Inception whose activations neither vanish nor explode (torch's default init shrinks them)."""
     torch.manual_seed(0)

@@ -3,28 +3,15 @@
 import pytest
 import torch
 
-from selftok_hf.quickstart import bundled_images, default_pipeline
+from selftok_hf.quickstart import bundled_images
 from selftok_hf.token_schedule import to_code_order
 
 STEPS = 4
 
 
-def randomize_zero_init(module: torch.nn.Module, seed: int = 0) -> None:
-    """The random default starts its adaLN modulations at zero (the official init), which makes every block the
-    identity and the tokens irrelevant; give them random values so that tokens steer the decode."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            if not param.any():
-                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
-
-
 @pytest.fixture(scope="module")
-def pipe():
-    pipe = default_pipeline(seed=0)
-    randomize_zero_init(pipe.transformer)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+def pipe(steering_pipeline):
+    return steering_pipeline
 
 
 @pytest.fixture(scope="module")

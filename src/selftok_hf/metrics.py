@@ -551,7 +551,9 @@ def _psd_factor(matrix: torch.Tensor) -> torch.Tensor:
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
 
 
-def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor) -> float:
+def frechet_distance(
+    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor, sigma1_factor: torch.Tensor | None = None
+) -> float:
     """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``:
     ``|μ1 - μ2|² + Tr(Σ1) + Tr(Σ2) - 2 Tr((Σ1 Σ2)^½)``.
 
@@ -563,6 +565,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     Args:
         mu1, mu2: means ``(D,)``.
         sigma1, sigma2: covariances ``(D, D)``, symmetric positive semi-definite.
+        sigma1_factor: optionally ``F`` of shape ``(D, r)`` with ``F Fᵀ = sigma1`` (e.g. the centred features of
+            ``r + 1`` samples divided by ``sqrt(r)``, transposed); the eigenproblem is then ``r x r`` instead of
+            ``D x D``, which is what makes FIDs of small sets fast.
     Returns:
         the distance (a Python float).
     """
@@ -572,7 +577,9 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     dim = mu1.shape[0]
     if sigma1.shape != (dim, dim) or sigma2.shape != (dim, dim):
         raise ValueError(f"sigma1 and sigma2 must be ({dim}, {dim}), got {tuple(sigma1.shape)} and {tuple(sigma2.shape)}")
-    factor = _psd_factor(sigma1)
+    if sigma1_factor is not None and (sigma1_factor.ndim != 2 or sigma1_factor.shape[0] != dim):
+        raise ValueError(f"sigma1_factor must have shape ({dim}, r), got {tuple(sigma1_factor.shape)}")
+    factor = _psd_factor(sigma1) if sigma1_factor is None else sigma1_factor.to(torch.float64)
     middle = factor.T @ sigma2 @ factor
     trace_sqrt_product = torch.linalg.eigvalsh((middle + middle.T) / 2).clamp(min=0).sqrt().sum()
     diff = mu1 - mu2
@@ -603,6 +610,9 @@ class FIDAccumulator:
         self._shift: torch.Tensor | None = None
         self._sum: torch.Tensor | None = None
         self._outer_sum: torch.Tensor | None = None
+        # The features themselves while there are no more than their dimension: the covariance then has low rank
+        # and the features factor it, which keeps the Fréchet distance's eigenproblem small.
+        self._kept: list[torch.Tensor] | None = []
 
     @torch.no_grad()
     def update(self, images: torch.Tensor) -> torch.Tensor:
@@ -628,6 +638,10 @@ class FIDAccumulator:
         self._sum += centered.sum(dim=0)
         self._outer_sum += centered.T @ centered
         self.num_samples += features.shape[0]
+        if self._kept is not None and self.num_samples <= features.shape[1]:
+            self._kept.append(features)
+        else:
+            self._kept = None
 
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``(D,)`` and covariance ``(D, D)`` (``N - 1`` normalisation, like ``numpy.cov``), float64."""
@@ -638,7 +652,17 @@ class FIDAccumulator:
         covariance = (self._outer_sum - n * torch.outer(centered_mean, centered_mean)) / (n - 1)
         return self._shift + centered_mean, covariance
 
+    def covariance_factor(self) -> torch.Tensor | None:
+        """``F`` ``(D, N)`` with ``F Fᵀ`` = the covariance, from the kept features; None once ``N`` exceeds ``D``."""
+        if self._kept is None:
+            return None
+        features = torch.cat(self._kept)
+        return (features - features.mean(dim=0)).T / (self.num_samples - 1) ** 0.5
+
     def frechet_distance(self, other: FIDAccumulator) -> float:
-        """FID between this set and ``other``."""
-        return frechet_distance(*self.statistics(), *other.statistics())
+        """FID between this set and ``other`` (symmetric; uses whichever set's low-rank factor exists)."""
+        factor = self.covariance_factor()
+        if factor is not None:
+            return frechet_distance(*self.statistics(), *other.statistics(), sigma1_factor=factor)
+        return frechet_distance(*other.statistics(), *self.statistics(), sigma1_factor=other.covariance_factor())
 
