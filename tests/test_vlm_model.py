@@ -15,7 +15,7 @@ from selftok_hf import (
 )
 from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
 from selftok_hf.modeling_selftok_lm import visual_embedding_init
-from selftok_hf.quickstart import default_pipeline
+from selftok_hf.quickstart import random_tiny_pipeline
 from selftok_hf.tiny_vlm import tiny_language_model, tiny_text_tokenizer
 from selftok_hf.vae import RandomWeightsWarning
 
@@ -35,7 +35,7 @@ def single_thread():
 def image_tokenizer():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        return default_pipeline(0).image_tokenizer
+        return random_tiny_pipeline(0).image_tokenizer
 
 
 def extended(architecture, image_tokenizer, init="mean"):
@@ -159,3 +159,17 @@ def test_save_load_and_constrained_generation(architecture, image_tokenizer, tmp
     cached = sample(True)
     assert cached.shape == (2, 32) and cached.min() >= 0 and cached.max() < 64
     assert torch.equal(cached, sample(False))
+
+
+def test_lm_with_spare_rows(image_tokenizer):
+    """Like Qwen2 checkpoints, an LM whose embedding already has more rows than its tokenizer has tokens: the visual
+    tokens take the unused rows right after the tokenizer (re-initialised), and the matrix only grows if needed."""
+    tokenizer = tiny_text_tokenizer()
+    model = tiny_language_model("qwen2", 1100, tokenizer=tokenizer)
+    spare = model.get_input_embeddings().weight[1024:1100].clone()
+    vocabulary = add_visual_tokens(model, tokenizer, image_tokenizer, pad_to_multiple_of=None)
+    assert (vocabulary.first_visual_id, vocabulary.eoi_token_id, vocabulary.lm_vocab_size) == (1024, 1089, 1100)
+    rows = model.get_input_embeddings().weight
+    assert rows.shape[0] == 1100 and not torch.equal(rows[1024:1100], spare)
+    text_mean = rows[:1024].mean(0)
+    assert ((rows[1024:1100] - text_mean).abs() <= 5e-3 * rows[:1024].std(0)).all()

@@ -157,7 +157,7 @@ class SelftokPipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SelftokPipeline:
         """Move (and cast) the LM and the decoder models."""
         self.language_model.to(device=device, dtype=dtype)
-        self.decoder.to(device, dtype) if dtype is not None else self.decoder.to(device)
+        self.decoder.to(device=device, dtype=dtype)
         return self
 
     @property
@@ -263,7 +263,7 @@ class SelftokPipeline:
         self._check_length(conditional["input_ids"].shape[1], self.vocabulary.num_image_tokens)
         unconditional = batch(negative_prompts) if guidance_scale != 1.0 else None
 
-        progress = tqdm(total=self.vocabulary.num_image_tokens, desc="visual tokens", **self._progress_bar_config)
+        progress = tqdm(**{"total": self.vocabulary.num_image_tokens, "desc": "visual tokens", **self._progress_bar_config})
         with progress:
             token_ids = generate_image_tokens(
                 self.language_model,

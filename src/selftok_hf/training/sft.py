@@ -312,6 +312,8 @@ class SFTTrainer(TrainingLoop):
         if args.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if args.lora:
+            if args.gradient_checkpointing:
+                model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a graph to recompute
             model = self._wrap_lora(model)
         self.pipeline.language_model = model
         self.builder = SFTExampleBuilder(
