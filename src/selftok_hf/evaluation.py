@@ -527,7 +527,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--grid-images", type=int, default=8, help="rows of reconstructions.png (0: skip)")
     parser.add_argument("--save-images", action="store_true", help="write every reconstruction and reference as PNG")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: cuda if available, else cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="model dtype (default float32)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of the decoder, renderer and VAE (default float32; the tokenizer stays float32)")
     parser.add_argument("--output-dir", default="selftok_eval", help="default: ./selftok_eval")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
@@ -567,9 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as e:
         parser.error(f"cannot read the images: {e}")
 
-    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline)
-    pipe.to(device)
-    pipe.to(getattr(torch, args.dtype))
+    # The image tokenizer stays in float32: its quantizer compares codes in float32.
+    dtypes = {"image_tokenizer": torch.float32, "default": getattr(torch, args.dtype)}
+    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=dtypes).to(device)
     if args.renderer and pipe.renderer is None:
         parser.error(f"--renderer: the pipeline in {args.pipeline} has no renderer component")
     num_tokens = pipe.image_tokenizer.config.num_tokens
