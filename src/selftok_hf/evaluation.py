@@ -273,6 +273,8 @@ def evaluate_reconstruction(
         raise ValueError(f"grid_images and coarse_to_fine_images must be >= 0, got {grid_images} and {coarse_to_fine_images}")
     if save_images and output_dir is None:
         raise ValueError("save_images=True needs an output_dir")
+    if isinstance(ssim_data_range, str) and ssim_data_range != "target":
+        raise ValueError(f"ssim_data_range must be 'target' or a number, got {ssim_data_range!r}")
     num_tokens = pipe.image_tokenizer.config.num_tokens
     prefix_lengths = default_prefix_lengths(num_tokens) if prefix_lengths is None else list(prefix_lengths)
     if any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= num_tokens for p in prefix_lengths) or not prefix_lengths:
@@ -355,7 +357,7 @@ def evaluate_reconstruction(
                             row[f"{metric}_{reference}"] = values[offset].item()
                     rows.append(row)
                 if index < grid_images:
-                    grid_rows.append([outputs["original"][offset], outputs["vae_round_trip"][offset]] + [outputs[s.name][offset] for s in settings])
+                    grid_rows.append([outputs[name][offset].cpu() for name in ("original", "vae_round_trip", *(s.name for s in settings))])
                 if index < coarse_to_fine_images and decoder_settings:
                     coarse_inputs.append((index, token_ids[offset], outputs["vae_round_trip"][offset]))
                 if save_images:
@@ -367,7 +369,7 @@ def evaluate_reconstruction(
             progress.update(len(indices))
         progress.close()
 
-        coarse_to_fine = None
+        coarse_to_fine, coarse_rows = None, []
         if coarse_inputs:
             coarse_steps = max(s.num_inference_steps for s in decoder_settings)
             indices = [i for i, _, _ in coarse_inputs]
@@ -385,8 +387,9 @@ def evaluate_reconstruction(
                         prefix_length=prefix,
                     ).images
                 )
-                columns.append(decoded)
+                columns.append(decoded.cpu())
                 psnr_by_prefix.append(psnr_from_mse(mean_squared_error(decoded, vae_images)).mean().item())
+            coarse_rows = [[column[r] for column in columns] + [vae_images[r].cpu()] for r in range(len(indices))]
             coarse_to_fine = {
                 "num_inference_steps": coarse_steps,
                 "prefix_lengths": prefix_lengths,
@@ -450,34 +453,36 @@ def evaluate_reconstruction(
     summary["reconstructions_grid_columns"] = ["original", "VAE round trip"] + [s.name for s in settings]
 
     if out_dir is not None:
-        written = ["per_image.csv", "summary.json"]
-        fieldnames = list(rows[0])
-        with open(out_dir / "per_image.csv", "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        if grid_rows:
-            side_by_side([[_png(image) for image in row] for row in grid_rows]).save(out_dir / "reconstructions.png")
-            written.append("reconstructions.png")
-        if coarse_to_fine is not None:
-            grid = [[_png(column[r]) for column in columns] + [_png(vae_images[r])] for r in range(len(coarse_inputs))]
-            side_by_side(grid).save(out_dir / "coarse_to_fine.png")
-            written.append("coarse_to_fine.png")
-        try:
-            _plot_psnr_vs_steps(summary, settings, out_dir / "psnr_vs_steps.png")
-            written.append("psnr_vs_steps.png")
-        except ImportError:
-            message = "matplotlib is not installed (pip install 'selftok-hf[eval]'): skipped psnr_vs_steps.png"
-            logger.warning(message)
-            summary["skipped"] = [message]
-        summary["files"] = written
-        with open(out_dir / "summary.json", "w") as handle:
-            json.dump(summary, handle, indent=2)
+        _write_outputs(out_dir, summary, rows, settings, {"reconstructions.png": grid_rows, "coarse_to_fine.png": coarse_rows})
     return EvaluationResult(summary=summary, rows=rows)
 
 
+def _write_outputs(out_dir: Path, summary: dict, rows: list[dict], settings: list[DecodeSetting], grids: dict[str, list[list[torch.Tensor]]]) -> None:
+    """Write ``per_image.csv``, the image grids (rows of ``(3, H, W)`` images in [0, 1]), the PSNR plot (when
+    matplotlib is there) and, last, ``summary.json`` with the list of written files."""
+    written = ["per_image.csv", "summary.json"]
+    with open(out_dir / "per_image.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for filename, grid in grids.items():
+        if grid:
+            side_by_side([[_png(image) for image in row] for row in grid]).save(out_dir / filename)
+            written.append(filename)
+    try:
+        _plot_psnr_vs_steps(summary, settings, out_dir / "psnr_vs_steps.png")
+        written.append("psnr_vs_steps.png")
+    except ImportError:
+        message = "matplotlib is not installed (pip install 'selftok-hf[eval]'): skipped psnr_vs_steps.png"
+        logger.warning(message)
+        summary["skipped"] = [message]
+    summary["files"] = written
+    with open(out_dir / "summary.json", "w") as handle:
+        json.dump(summary, handle, indent=2)
+
+
 # ------------------------------------------------------------------------------------------------- CLI
-def _load_dataset(path: str, split: str, image_column: str):
+def _load_dataset(path: str, split: str):
     import datasets
 
     if os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json")):
@@ -560,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.dataset:
-            images = _load_dataset(args.dataset, args.split, args.image_column)
+            images = _load_dataset(args.dataset, args.split)
         else:
             images = args.images
             _image_source(images, args.image_column)  # fail early on missing files / empty folders
