@@ -8,6 +8,8 @@ import pytest
 import torch
 
 from selftok_hf.pipeline_selftok import SelftokPipeline
+from selftok_hf.rl import ProgramReward, ShapeInstance, ShapesWorld, program_accuracy
+from selftok_hf.rl.evaluation import shapes_geneval
 from selftok_hf.rl.trainer import (
     GRPOArguments,
     GRPOTrainer,
@@ -112,3 +114,26 @@ def test_prompt_sources_and_argument_errors(tmp_path):
         build_reward("program=1,clip=2")
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         GRPOArguments(group_size=1)
+
+
+def test_shapes_geneval_aggregates_the_detector_verdicts(tiny_pipeline):
+    # An image decoder that ignores the ids and always draws one fixed scene: every prompt's verdict is then known.
+    world = ShapesWorld(image_size=32)
+    scene = [ShapeInstance("circle", "red", 8.0, 16.0, 9.0), ShapeInstance("square", "blue", 24.0, 16.0, 9.0)]
+    image = world.render(scene)
+    specs = world.split()["held_out"]
+    calls = []
+
+    def fixed_scene(ids):
+        calls.append(ids.shape)
+        return image.expand(ids.shape[0], -1, -1, -1)
+
+    tiny_pipeline.language_model.train()
+    accuracy = shapes_geneval(tiny_pipeline, specs, images_per_prompt=2, batch_size=5, image_decoder=fixed_scene)
+    assert tiny_pipeline.language_model.training  # restored
+    tiny_pipeline.language_model.eval()
+    assert sum(shape[0] for shape in calls) == 2 * len(specs) and max(shape[0] for shape in calls) == 5
+    verdicts = ProgramReward().evaluate([s.text() for s in specs], image.expand(len(specs), -1, -1, -1), [{"spec": s} for s in specs])
+    expected = program_accuracy(verdicts, [s.category for s in specs])
+    assert accuracy == {**expected, "reward": pytest.approx(sum(v.score for v in verdicts) / len(verdicts))}
+    assert accuracy["single_object"] > 0 and accuracy["counting"] == 0  # e.g. "a circle" passes, "three squares" fails

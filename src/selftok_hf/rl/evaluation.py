@@ -3,7 +3,7 @@ detector, report per-category accuracy (every check of the prompt passes) and th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -38,11 +38,13 @@ def shapes_geneval(
     use_renderer: bool = True,
     decoder_steps: int = 4,
     reward: ProgramReward | None = None,
+    image_decoder: Callable[[torch.LongTensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """Per-category accuracy of a :class:`~selftok_hf.SelftokPipeline` on shapes-world prompts.
 
     Args:
-        pipeline: the VLM pipeline (``language_model``, ``processor``, ``decoder``, ``vocabulary``).
+        pipeline: the VLM pipeline (``language_model``, ``processor``, ``vocabulary`` and, without ``image_decoder``,
+            ``decoder``).
         specs: the prompts (e.g. ``ShapesWorld.split()["held_out"]``).
         images_per_prompt: samples per prompt (GenEval: 4).
         seed: seeds the token sampling and the decoder noise.
@@ -50,6 +52,8 @@ def shapes_geneval(
         temperature: sampling temperature (no CFG, no top-k: the policy RL optimises).
         use_renderer / decoder_steps: how ids become pixels.
         reward: the program checker (default: the exact shapes detector).
+        image_decoder: ``ids (N, K) -> images (N, 3, H, W) in [0, 1]`` (default: ``pipeline.decoder`` per
+            ``use_renderer`` / ``decoder_steps``).
     Returns:
         ``{category: accuracy, ..., "overall": mean over categories}`` plus ``"reward"``: the mean program reward.
     """
@@ -68,7 +72,10 @@ def shapes_geneval(
             batch = prompt_batch(pipeline.processor, chunk, device)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator)))
             ids = generate_image_tokens(model, batch["input_ids"], batch["attention_mask"], pipeline.vocabulary, temperature=temperature)
-            images = decode_images(pipeline.decoder, ids.cpu(), use_renderer, decoder_steps)
+            if image_decoder is not None:
+                images = image_decoder(ids)
+            else:
+                images = decode_images(pipeline.decoder, ids, use_renderer, decoder_steps)
             results += reward.evaluate(chunk, images, metadata[start : start + batch_size])
     finally:
         model.train(was_training)

@@ -191,11 +191,23 @@ class GRPOTrainer(TrainingLoop):
         prompts: prompt rows ``{"prompt": str, **metadata}`` or strings (default: :func:`load_prompts` of ``args.prompts``).
         reward: a reward callable (default: :func:`build_reward` of ``args.rewards``). A plain callable is wrapped as
             ``CombinedReward({"reward": reward})``.
+        image_decoder: ``ids (N, K) -> images (N, 3, H, W) in [0, 1]`` for the rewards (default: the pipeline's
+            :class:`SelftokDecoderPipeline`, per ``use_renderer`` / ``decoder_steps``). With one, ``pipeline`` only
+            needs ``language_model``, ``processor`` and ``vocabulary``: any visual tokenizer's ids can be trained on
+            (e.g. a raster VQ control).
     """
 
-    def __init__(self, args: GRPOArguments, pipeline: SelftokPipeline | None = None, prompts: Sequence | None = None, reward=None) -> None:
+    def __init__(
+        self,
+        args: GRPOArguments,
+        pipeline: SelftokPipeline | None = None,
+        prompts: Sequence | None = None,
+        reward=None,
+        image_decoder: Callable[[torch.LongTensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(args)
         self.pipeline = pipeline
+        self.image_decoder = image_decoder
         self.prompt_rows = None if prompts is None else [_with_category({"prompt": p} if isinstance(p, str) else dict(p)) for p in prompts]
         if reward is not None and not isinstance(reward, CombinedReward):
             reward = CombinedReward({"reward": reward})
@@ -209,9 +221,12 @@ class GRPOTrainer(TrainingLoop):
             if not args.pipeline:
                 raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
             self.pipeline = SelftokPipeline.from_pretrained(args.pipeline)
-        if self.pipeline.has_lora:
+        if getattr(self.pipeline, "has_lora", False):
             raise ValueError("merge the LoRA adapter first (pipeline.merge_lora()): the KL reference is a full copy of the policy")
-        self.pipeline.set_progress_bar_config(disable=True)
+        if self.image_decoder is None:
+            decoder = self.pipeline.decoder.to(self.accelerator.device)
+            decoder.set_progress_bar_config(disable=True)
+            self.image_decoder = lambda ids: decode_images(decoder, ids, args.use_renderer, args.decoder_steps)
         if self.prompt_rows is None:
             self.prompt_rows = load_prompts(args.prompts, args.image_size, args.split_seed, args.held_out_fraction)
         if not self.prompt_rows:
@@ -223,7 +238,6 @@ class GRPOTrainer(TrainingLoop):
             policy.gradient_checkpointing_enable()
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.accelerator.register_for_checkpointing(self.reference)
-        self.pipeline.decoder.to(self.accelerator.device)
         self.models = {"language_model": policy}
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizers = {"language_model": torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)}
@@ -249,7 +263,7 @@ class GRPOTrainer(TrainingLoop):
         prompts = [row["prompt"] for row in rows]
         batch = prompt_batch(self.pipeline.processor, prompts, self.accelerator.device)
         token_ids = generate_image_tokens(policy, batch["input_ids"], batch["attention_mask"], self.pipeline.vocabulary, temperature=args.temperature)
-        images = decode_images(self.pipeline.decoder, token_ids, args.use_renderer, args.decoder_steps)
+        images = self.image_decoder(token_ids)
         metadata = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]
         rewards, components = self.reward.compute(prompts, token_ids.cpu(), images.cpu(), metadata)
         return {
@@ -312,13 +326,18 @@ class GRPOTrainer(TrainingLoop):
 
     # --------------------------------------------------------------------------------- export
     def export(self) -> Path | None:
-        """Write the pipeline with the trained LM to ``output_dir/pipeline`` (main process); returns the path."""
+        """Write the pipeline with the trained LM to ``output_dir/pipeline`` (main process; for a pipeline that is
+        not a :class:`SelftokPipeline`, the LM and the processor); returns the path."""
         if not self.accelerator.is_main_process:
             return None
         model = self.accelerator.unwrap_model(self.models["language_model"]).eval()
         self.pipeline.language_model = model
         path = self.output_dir / "pipeline"
-        self.pipeline.save_pretrained(path)
+        if isinstance(self.pipeline, SelftokPipeline):
+            self.pipeline.save_pretrained(path)
+        else:
+            model.save_pretrained(path)
+            self.pipeline.processor.save_pretrained(path)
         return path
 
 
