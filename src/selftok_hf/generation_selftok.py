@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -158,6 +159,8 @@ def generate_image_tokens(
     sequence = input_ids[:batch_size]  # the conditional rows: what the grammar reads
     past_key_values = None
     model_input, model_positions = input_ids, position_ids
+    # Only the last position's logits are used: skip the head on the rest of the prompt where the model allows it.
+    head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
     tokens = []
     for step in range(vocabulary.num_image_tokens):
         outputs = model(
@@ -166,6 +169,7 @@ def generate_image_tokens(
             position_ids=model_positions,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            **head_kwargs,
         )
         logits = outputs.logits[:, -1].float()
         if do_cfg:
