@@ -9,7 +9,7 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"selftok_hf": ["assets/*.jpg", "assets/*.md"]},
+    package_data={"selftok_hf": ["assets/*.jpg", "assets/*.md", "assets/*.json"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -33,6 +33,7 @@ setup(
         "console_scripts": [
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.quickstart:main",
+            "selftok-train-lm=selftok_hf.training.sft:main",
             "selftok-eval=selftok_hf.evaluation:main",
             "selftok-rl=selftok_hf.rl.trainer:main",
         ]
