@@ -9,7 +9,16 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
-    package_data={"selftok_hf": ["assets/*.jpg", "assets/*.md", "assets/*.json"]},
+    package_data={
+        "selftok_hf": [
+            "assets/*.jpg",
+            "assets/*.md",
+            "assets/*.json",
+            # the embedded default: a trained pixel-space pipeline folder (code files, configs, safetensors)
+            "assets/selftok-pixel32/*",
+            "assets/selftok-pixel32/*/*",
+        ]
+    },
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",
@@ -33,6 +42,8 @@ setup(
         "console_scripts": [
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.quickstart:main",
+            "selftok-train-tokenizer=selftok_hf.training.tokenizer:main",
+            "selftok-train-renderer=selftok_hf.training.renderer:main",
             "selftok-train-lm=selftok_hf.training.sft:main",
             "selftok-eval=selftok_hf.evaluation:main",
             "selftok-rl=selftok_hf.rl.trainer:main",

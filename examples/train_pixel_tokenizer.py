@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import datasets
+import torch
 
 from selftok_hf.training.data import FASHION_MNIST_DIR, load_image_dataset
 from selftok_hf.training.renderer import RendererTrainingArguments, train_renderer
@@ -92,8 +93,10 @@ def main() -> None:
         seed=args.seed,
         resume_from="latest" if args.resume else None,
     )
-    train_renderer(ren_args, export_dir=str(out / "pipeline"))
-    print(f"trained pipeline: {os.path.abspath(out / 'pipeline')}")
+    pipe = train_renderer(ren_args, export_dir=str(out / "pipeline")).decoder_pipeline
+    # The bundled copy (selftok_hf/assets/selftok-pixel32) stores weights in float16 (12 MB); loaded back in float32.
+    pipe.to(torch.float16).save_pretrained(str(out / "pipeline-fp16"))
+    print(f"trained pipeline: {os.path.abspath(out / 'pipeline')} (float16 copy: {out / 'pipeline-fp16'})")
 
 
 if __name__ == "__main__":

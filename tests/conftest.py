@@ -30,9 +30,9 @@ def steering_pipeline():
     """The seeded random tiny default pipeline, with its zero-initialised adaLN modulations (the official init, which
     makes every MMDiT block the identity, so that tokens cannot steer the image) set to seeded random values.
     Session-scoped: tests must not modify it."""
-    from selftok_hf.quickstart import default_pipeline
+    from selftok_hf.quickstart import random_tiny_pipeline
 
-    pipe = default_pipeline(seed=0)
+    pipe = random_tiny_pipeline(seed=0)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in (pipe.transformer, pipe.renderer):

@@ -203,10 +203,10 @@ def test_export_writes_a_loadable_pipeline_and_cli_errors(tmp_path, image_dir, c
 def test_two_process_ddp_run_keeps_one_codebook(tmp_path, image_dir):
     out = tmp_path / "ddp"
     cmd = [
-        # `accelerate launch --cpu` starts a single process in accelerate 1.x; `--multi_gpu` is its torchrun path,
-        # and the trainer picks gloo on CPU when no GPU is present.
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no",
+        # The shipped CPU config: accelerate's torchrun launcher (`accelerate launch --cpu` starts a single process in
+        # accelerate 1.x); the trainer selects gloo on CPU when no GPU is present.
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        os.path.join(os.path.dirname(__file__), "..", "examples", "accelerate_configs", "ddp_cpu_2proc.yaml"),
         "-m", "selftok_hf.training.tokenizer",
         "--dataset", image_dir, "--output-dir", str(out), "--max-steps", "3", "--batch-size", "2",
         "--log-every", "1", "--checkpoint-every", "0",

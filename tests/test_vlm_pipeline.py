@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from selftok_hf import SelftokPipeline, SelftokProcessor, generate_image_tokens
 from selftok_hf.generation_selftok import classifier_free_guidance
-from selftok_hf.quickstart import bundled_images, default_pipeline
+from selftok_hf.quickstart import bundled_images, random_tiny_pipeline
 from selftok_hf.tiny_vlm import (
     tiny_language_model,
     tiny_selftok_pipeline,
@@ -179,7 +179,7 @@ def test_model_without_visual_tokens_or_mismatched_k(pipe):
     # an image tokenizer with K = 16 instead of the 32 the LM was extended for
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        decoder = default_pipeline(0)
+        decoder = random_tiny_pipeline(0)
     from selftok_hf import SelftokConfig, SelftokModel
     from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG
 

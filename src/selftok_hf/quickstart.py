@@ -1,12 +1,12 @@
-"""The main job on the embedded default: tokenize the bundled sample photos into Selftok token ids and
-reconstruct them (50-step decoder and one-step renderer) into a side-by-side PNG.
+"""The main job on the embedded default: tokenize the bundled sample photos into Selftok token ids, reconstruct
+them with the 50-step decoder and the one-step renderer, write a side-by-side PNG and print PSNR.
 
-    selftok-quickstart [--images a.jpg b.png ...] [--output tokens.json] [--png recon.png] [--steps 50] [--seed 0]
+    selftok-quickstart [--images a.jpg ...] [--pipeline DIR] [--output tokens.json] [--png recon.png] [--steps 50]
 
-No download is needed. Until a trained small checkpoint ships with the package, the tokenizer, decoder,
-renderer and SD3-shaped VAE are *seeded random* tiny models: ids and images are deterministic and every
-stage of the real pipeline runs (PIL -> processor -> VAE -> encoder -> quantizer -> ids -> decoder -> VAE
--> PIL), but nothing carries learned meaning. The program says so on every run.
+No download is needed: the default is a small *trained* pixel-space Selftok (32 x 32 images, 32 tokens from a
+1024-code codebook, i.e. 320 bits per image) bundled in ``selftok_hf/assets/selftok-pixel32`` (how it was trained:
+``examples/train_pixel_tokenizer.py`` and the README). The sample photos were held out of its training. Pass
+``--pipeline DIR`` to run the same job on any converted (``selftok-convert``) or trained pipeline folder.
 """
 
 from __future__ import annotations
@@ -16,22 +16,28 @@ import json
 import sys
 import warnings
 from importlib import resources
-from typing import Optional
 
 import PIL.Image
 import torch
-
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from .configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
+from .image_processing_selftok import postprocess_images
+from .metrics import psnr
 from .modeling_selftok import SelftokModel
-from .modeling_selftok_decoder import SELFTOK_DECODER_TINY_CONFIG, SELFTOK_RENDERER_TINY_CONFIG, SelftokDecoderTransformer, SelftokRenderer
+from .modeling_selftok_decoder import (
+    SELFTOK_DECODER_TINY_CONFIG,
+    SELFTOK_RENDERER_TINY_CONFIG,
+    SelftokDecoderTransformer,
+    SelftokRenderer,
+)
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .vae import RandomWeightsWarning, random_sd3_vae
 
-__all__ = ["bundled_images", "default_pipeline", "side_by_side", "main"]
+__all__ = ["bundled_images", "embedded_pipeline", "main", "random_tiny_pipeline", "side_by_side"]
 
 SAMPLE_PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
+EMBEDDED_PIPELINE = "selftok-pixel32"
 
 
 def bundled_images() -> dict[str, PIL.Image.Image]:
@@ -40,8 +46,13 @@ def bundled_images() -> dict[str, PIL.Image.Image]:
     return {name: PIL.Image.open(assets / name).convert("RGB") for name in SAMPLE_PHOTOS}
 
 
-def default_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
-    """The embedded default: seeded random tiny tokenizer, decoder, renderer and SD3-shaped VAE."""
+def embedded_pipeline(dtype: torch.dtype = torch.float32) -> SelftokDecoderPipeline:
+    """The bundled trained pixel-space pipeline (weights stored in float16 to stay small; upcast on load)."""
+    return SelftokDecoderPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_PIPELINE), dtype=dtype)
+
+
+def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
+    """Seeded random tiny tokenizer, decoder, renderer and SD3-shaped VAE (for tests: every stage runs, nothing is learned)."""
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -71,45 +82,53 @@ def side_by_side(rows: list[list[PIL.Image.Image]]) -> PIL.Image.Image:
     return canvas
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selftok-quickstart", description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample photos)")
+    parser.add_argument("--pipeline", default=None, help="a SelftokDecoderPipeline folder (default: the bundled pixel-space model)")
     parser.add_argument("--output", default="selftok_tokens.json", help="where to write the ids (JSON)")
     parser.add_argument("--png", default="selftok_reconstruction.png", help="side-by-side PNG: input | decoder | renderer")
     parser.add_argument("--steps", type=int, default=50, help="decoder steps (default 50, as the official sampler)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random default checkpoint and of the noise")
+    parser.add_argument("--scale", type=int, default=4, help="nearest-neighbour zoom of the PNG (32-px images are small)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the decoder's initial noise")
     args = parser.parse_args(argv)
-    if args.steps < 1:
-        parser.error("--steps must be >= 1")
-
-    print("NOTE: no trained checkpoint is bundled yet; this runs SEEDED RANDOM tiny Selftok models (tokenizer,")
-    print("      decoder, renderer) and a random SD3-shaped VAE. Ids and images are deterministic but meaningless.")
-    print("      Convert the official weights with `selftok-convert` for real tokens and reconstructions.")
+    if args.steps < 1 or args.scale < 1:
+        parser.error("--steps and --scale must be >= 1")
     if args.images:
         try:
-            images = {path: PIL.Image.open(path) for path in args.images}
+            images = {path: PIL.Image.open(path).convert("RGB") for path in args.images}
         except OSError as e:
             parser.exit(2, f"selftok-quickstart: error: cannot read image: {e}\n")
     else:
         images = bundled_images()
 
-    pipe = default_pipeline(args.seed)
+    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline) if args.pipeline else embedded_pipeline()
     pipe.set_progress_bar_config(desc="decoding")
-    token_ids = pipe.encode(list(images.values()))
+    cfg = pipe.image_tokenizer.config
+    print(f"Selftok: {cfg.image_size}x{cfg.image_size} images -> {cfg.num_tokens} tokens from {cfg.codebook_size} codes")
+    pixel_values = pipe.image_processor(list(images.values()), return_tensors="pt").pixel_values
+    token_ids = pipe.encode(pixel_values)
     result = {}
     for name, ids in zip(images, token_ids.tolist()):
         result[name] = ids
         print(f"{name}: {len(ids)} tokens (AR order, coarse first): {ids[:12]} ...")
     with open(args.output, "w") as f:
-        json.dump({"num_tokens": pipe.image_tokenizer.config.num_tokens, "codebook_size": pipe.image_tokenizer.config.codebook_size, "token_ids": result}, f)
+        json.dump({"num_tokens": cfg.num_tokens, "codebook_size": cfg.codebook_size, "token_ids": result}, f)
     print(f"wrote {args.output}")
 
     generator = torch.Generator().manual_seed(args.seed)
-    decoded = pipe(token_ids, num_inference_steps=args.steps, generator=generator).images
-    rendered = pipe(token_ids, use_renderer=True).images
-    inputs = pipe.image_processor.postprocess(pipe.image_processor(list(images.values()), return_tensors="pt").pixel_values, value_range=(-1, 1))
-    side_by_side([list(row) for row in zip(inputs, decoded, rendered)]).save(args.png)
-    print(f"wrote {args.png} (columns: input | {args.steps}-step decoder | one-step renderer)")
+    target = (pixel_values.clamp(-1, 1) + 1) / 2
+    columns = {"input": target, f"{args.steps}-step decoder": pipe(token_ids, num_inference_steps=args.steps, generator=generator, output_type="pt").images}
+    if pipe.renderer is not None:
+        columns["one-step renderer"] = pipe(token_ids, use_renderer=True, output_type="pt").images
+    for column, decoded in list(columns.items())[1:]:
+        values = psnr(decoded, target)
+        per_image = ", ".join(f"{name} {v:.2f}" for name, v in zip(images, values.tolist()))
+        print(f"PSNR {column}: mean {values.mean():.2f} dB ({per_image})")
+    rows = zip(*(postprocess_images(c, "pil") for c in columns.values()))
+    grid = side_by_side([list(row) for row in rows])
+    grid.resize((grid.width * args.scale, grid.height * args.scale), PIL.Image.NEAREST).save(args.png)
+    print(f"wrote {args.png} (columns: {' | '.join(columns)})")
     return 0
 
 

@@ -78,7 +78,7 @@ class RasterVQAutoencoder(ModelMixin, ConfigMixin):
         return self.encoder(pixels).flatten(2).transpose(1, 2)
 
     def _decode_vectors(self, vectors: torch.Tensor) -> torch.Tensor:
-        B, N, C = vectors.shape
+        B, _, C = vectors.shape
         return self.decoder(vectors.transpose(1, 2).reshape(B, C, self.grid, self.grid))
 
     @torch.no_grad()

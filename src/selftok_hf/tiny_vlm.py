@@ -1,7 +1,7 @@
 """Seeded random tiny Selftok VLMs for examples, tests and benchmarks: no download needed.
 
 Nothing here carries learned meaning (random LM, random tiny Selftok stack, see
-:func:`selftok_hf.quickstart.default_pipeline`), but every stage of the real system runs.
+:func:`selftok_hf.quickstart.random_tiny_pipeline`), but every stage of the real system runs.
 
 The text tokenizer is real: ``assets/tiny_bpe_tokenizer.json`` is a byte-level BPE (1,024 tokens,
 ``<|endoftext|>`` = id 0 used as bos/eos, ``<|pad|>`` = id 1) trained with the ``tokenizers`` library by
@@ -86,12 +86,12 @@ def tiny_selftok_pipeline(architecture: str = "llama", seed: int = 0, init: str 
     from .modeling_selftok_lm import add_visual_tokens
     from .pipeline_selftok import SelftokPipeline
     from .processing_selftok import SelftokProcessor
-    from .quickstart import default_pipeline
+    from .quickstart import random_tiny_pipeline
     from .vae import RandomWeightsWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)
-        decoder = default_pipeline(seed)
+        decoder = random_tiny_pipeline(seed)
     tokenizer = tiny_text_tokenizer()
     language_model = tiny_language_model(architecture, len(tokenizer), seed, tokenizer)
     vocabulary = add_visual_tokens(language_model, tokenizer, decoder.image_tokenizer, init=init, seed=seed)
