@@ -40,6 +40,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "selftok=selftok_hf.cli:main",
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.quickstart:main",
             "selftok-train-tokenizer=selftok_hf.training.tokenizer:main",
