@@ -84,7 +84,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline)
+    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     tc = pipe.image_tokenizer.config
     size = tc.image_size

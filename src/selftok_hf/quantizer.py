@@ -126,8 +126,11 @@ class CosineVectorQuantizer(nn.Module):
         self.register_buffer("position_usage_initted", torch.zeros(()))
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder outputs ``(B, K, input_dim)`` -> unit-norm code-space vectors ``(B, K, code_dim)``, fp32."""
-        return F.normalize(self.project_in(features.float()), dim=-1)
+        """Encoder outputs ``(B, K, input_dim)`` -> unit-norm code-space vectors ``(B, K, code_dim)``, fp32.
+
+        The projection runs in its weights' dtype (fp32 unless the model was cast), the comparison in fp32."""
+        weight = getattr(self.project_in, "weight", None)
+        return F.normalize(self.project_in(features.to(torch.float32 if weight is None else weight.dtype)).float(), dim=-1)
 
     def cosine_similarity(self, features: torch.Tensor) -> torch.Tensor:
         """Cosine similarity ``(B, K, C)`` of the projected features to every code."""

@@ -34,16 +34,26 @@ from .modeling_selftok_decoder import (
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .vae import RandomWeightsWarning, random_sd3_vae
 
-__all__ = ["bundled_images", "embedded_pipeline", "main", "random_tiny_pipeline", "side_by_side"]
+__all__ = ["bundled_fashion_images", "bundled_images", "embedded_pipeline", "main", "random_tiny_pipeline", "side_by_side"]
 
 SAMPLE_PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
+SAMPLE_FASHION = ("fashion_mnist_ankle_boot.png", "fashion_mnist_pullover.png", "fashion_mnist_trouser.png")
 EMBEDDED_PIPELINE = "selftok-pixel32"
 
 
 def bundled_images() -> dict[str, PIL.Image.Image]:
     """The sample photos shipped in ``selftok_hf/assets`` (public domain / CC0, from scikit-image)."""
+    return _assets(SAMPLE_PHOTOS)
+
+
+def bundled_fashion_images() -> dict[str, PIL.Image.Image]:
+    """Three Fashion-MNIST test images shipped in ``selftok_hf/assets`` (MIT), held out of the embedded model's training."""
+    return _assets(SAMPLE_FASHION)
+
+
+def _assets(names: tuple[str, ...]) -> dict[str, PIL.Image.Image]:
     assets = resources.files("selftok_hf") / "assets"
-    return {name: PIL.Image.open(assets / name).convert("RGB") for name in SAMPLE_PHOTOS}
+    return {name: PIL.Image.open(assets / name).convert("RGB") for name in names}
 
 
 def embedded_pipeline(dtype: torch.dtype = torch.float32) -> SelftokDecoderPipeline:
@@ -84,7 +94,7 @@ def side_by_side(rows: list[list[PIL.Image.Image]]) -> PIL.Image.Image:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="selftok-quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample photos)")
+    parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample images)")
     parser.add_argument("--pipeline", default=None, help="a SelftokDecoderPipeline folder (default: the bundled pixel-space model)")
     parser.add_argument("--output", default="selftok_tokens.json", help="where to write the ids (JSON)")
     parser.add_argument("--png", default="selftok_reconstruction.png", help="side-by-side PNG: input | decoder | renderer")
@@ -100,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             parser.exit(2, f"selftok-quickstart: error: cannot read image: {e}\n")
     else:
-        images = bundled_images()
+        images = {**bundled_images(), **bundled_fashion_images()}
 
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline) if args.pipeline else embedded_pipeline()
     pipe.set_progress_bar_config(desc="decoding")

@@ -1,0 +1,154 @@
+"""Configuration of the Selftok image tokenizer (encoder + quantizer + token schedule)."""
+
+from __future__ import annotations
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from .token_schedule import TokenSchedule
+
+__all__ = ["SelftokConfig", "SELFTOK_RELEASE_CONFIG", "SELFTOK_TINY_CONFIG"]
+
+
+@strict
+class SelftokConfig(PreTrainedConfig):
+    r"""Configuration of [`SelftokModel`]: the dual-stream Q-Former encoder, the cosine VQ quantizer
+    with its EMA codebook, the token schedule k(τ) and the SD3 latent space it reads.
+
+    Defaults are the official release (`configs/res256/256-eval.yml`: 256 px, K = 512 tokens,
+    codebook 32768 × 16, `Enc-Qformer-Uni-XL/2`).
+
+    Latent space:
+        latent_channels (`int`, defaults to 16): channels of the SD3 VAE latent.
+        latent_size (`int`, defaults to 32): side of the latent (image side / ``latent_downsample``).
+        latent_downsample (`int`, defaults to 8): pixels per latent cell along a side (8 for the SD3 VAE, the
+            ``patch_size`` of a [`PixelSpaceAutoencoder`] for pixel-space tokenizers).
+        vae_scaling_factor (`float`, defaults to 1.5305) / vae_shift_factor (`float`, defaults to 0.0609):
+            SD3 normalisation, ``z_norm = (z - shift) * scale``.
+    Encoder, image stream:
+        patch_size (`int`, 2), encoder_hidden_size (`int`, 64), encoder_num_heads (`int`, 4),
+        encoder_depth (`int`, 16): number of dual blocks,
+        pos_embed_max_size (`int`, *optional*): side of the 2-D sin-cos grid in patches, centre-cropped
+            to the input; defaults to ``2 * latent_size`` as in the official code.
+    Encoder, query stream:
+        num_tokens (`int`, 512): K learnable queries = tokens per image,
+        query_dim (`int`, 512), query_heads (`int`, 8), mlp_ratio (`float`, 4.0),
+        query_adaln (`bool`, True): token-aware adaLN from the fake timesteps 1000 + 8k,
+        causal_queries (`bool`, False): the official ``attn_mask`` flag. The release ("Uni",
+            ``attn_mask: False``) lets the queries attend bidirectionally among themselves and to a
+            projection of the image stream, while the image stream attends only to itself; ``True``
+            makes query k see only queries <= k (in code order).
+    Quantizer:
+        codebook_size (`int`, 32768), code_dim (`int`, 16): codebook entry width,
+        token_dim (`int`, 16): width of the vectors handed to the decoder / LM (`encoder_hidden_size` in
+            the official YAML); a Linear projects codes to it when it differs from ``code_dim``,
+        post_norm (`bool`, True): LayerNorm(token_dim, eps 1e-6) on the code vectors,
+        ema_decay (`float`, 0.99), ema_eps (`float`, 1e-5): EMA codebook with Laplace smoothing,
+        kmeans_iters (`int`, 10): k-means initialisation on the first training batch,
+        commitment_weight (`float`, 1.0), diversity_weight (`float`, 1.0),
+        diversity_temperature (`float`, 10.0): cosine logits are scaled by it before the softmax,
+        ema_entropy_ratio (`float`, 0.8): mix of EMA usage vs batch probabilities in the diversity entropy,
+        diversity_schedule (`list[float]`, [0.1, 0.3]): diversity weight 0.5 below this fraction of the
+            codebook in use, linearly decaying to 0 at the upper bound,
+        dead_code_threshold (`float`, 0.2) / reset_cluster_size (`float`, 0.2): relative to the expected
+            usage ``batch * K * world / codebook_size``,
+        smart_reactivation (`bool`, True): dead codes are re-seeded from positions weighted by their
+            inverse perplexity.
+    Token schedule:
+        schedule_stages (`list[int]`, [200, 400, 600, 800, 1000]) and
+        schedule_tokens_per_stage (`list[int]`, [192, 184, 72, 48, 16]); see [`TokenSchedule`].
+    """
+
+    model_type = "selftok"
+
+    latent_channels: int = 16
+    latent_size: int = 32
+    latent_downsample: int = 8
+    vae_scaling_factor: float = 1.5305
+    vae_shift_factor: float = 0.0609
+
+    patch_size: int = 2
+    encoder_hidden_size: int = 64
+    encoder_num_heads: int = 4
+    encoder_depth: int = 16
+    pos_embed_max_size: int | None = None
+
+    num_tokens: int = 512
+    query_dim: int = 512
+    query_heads: int = 8
+    mlp_ratio: float = 4.0
+    query_adaln: bool = True
+    causal_queries: bool = False
+
+    codebook_size: int = 32768
+    code_dim: int = 16
+    token_dim: int = 16
+    post_norm: bool = True
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    kmeans_iters: int = 10
+    commitment_weight: float = 1.0
+    diversity_weight: float = 1.0
+    diversity_temperature: float = 10.0
+    ema_entropy_ratio: float = 0.8
+    diversity_schedule: list[float] | tuple[float, ...] = (0.1, 0.3)
+    dead_code_threshold: float = 0.2
+    reset_cluster_size: float = 0.2
+    smart_reactivation: bool = True
+
+    schedule_stages: list[int] | tuple[int, ...] = (200, 400, 600, 800, 1000)
+    schedule_tokens_per_stage: list[int] | tuple[int, ...] = (192, 184, 72, 48, 16)
+
+    def __post_init__(self, **kwargs):
+        if self.pos_embed_max_size is None:
+            self.pos_embed_max_size = 2 * self.latent_size
+        self.diversity_schedule = list(self.diversity_schedule)
+        self.schedule_stages = list(self.schedule_stages)
+        self.schedule_tokens_per_stage = list(self.schedule_tokens_per_stage)
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: sizes that must divide or agree."""
+        if self.encoder_hidden_size % self.encoder_num_heads:
+            raise ValueError(f"encoder_hidden_size {self.encoder_hidden_size} is not divisible by encoder_num_heads {self.encoder_num_heads}")
+        if self.query_dim % self.query_heads:
+            raise ValueError(f"query_dim {self.query_dim} is not divisible by query_heads {self.query_heads}")
+        if self.latent_size % self.patch_size:
+            raise ValueError(f"latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}")
+        if self.pos_embed_max_size * self.patch_size < self.latent_size:
+            raise ValueError(f"pos_embed_max_size {self.pos_embed_max_size} patches cannot cover a {self.latent_size} latent")
+        if sum(self.schedule_tokens_per_stage) != self.num_tokens:
+            raise ValueError(
+                f"schedule_tokens_per_stage {list(self.schedule_tokens_per_stage)} sums to "
+                f"{sum(self.schedule_tokens_per_stage)}, not num_tokens={self.num_tokens}"
+            )
+        self.token_schedule  # validates the stages
+
+    @property
+    def image_size(self) -> int:
+        """Pixel side the tokenizer is trained for."""
+        return self.latent_size * self.latent_downsample
+
+    @property
+    def token_schedule(self) -> TokenSchedule:
+        """The token schedule k(τ) described by this config."""
+        return TokenSchedule(self.num_tokens, tuple(self.schedule_stages), tuple(self.schedule_tokens_per_stage))
+
+
+#: The released 256 px tokenizer (`256-eval.yml`): the config defaults, so `SelftokConfig(**SELFTOK_RELEASE_CONFIG)` == `SelftokConfig()`.
+SELFTOK_RELEASE_CONFIG: dict = {}
+
+#: A tiny tokenizer for tests and the embedded default (64 px images, 32 tokens, 64 codes).
+SELFTOK_TINY_CONFIG: dict = dict(
+    latent_size=8,
+    encoder_hidden_size=32,
+    encoder_num_heads=2,
+    encoder_depth=2,
+    num_tokens=32,
+    query_dim=64,
+    query_heads=4,
+    codebook_size=64,
+    code_dim=8,
+    token_dim=8,
+    schedule_tokens_per_stage=[12, 12, 4, 3, 1],
+)

@@ -1,0 +1,379 @@
+"""Selftok image tokenizer: dual-stream Q-Former encoder + cosine VQ (transformers model).
+
+Token order: every public tensor indexed by token position (``token_ids``, ``query_features``,
+``token_embeddings``) is in **AR order**: position 0 is the coarsest token (the paper's v_1). The
+official code and the decoder work in *code order* (index 0 is the finest token); the flip happens
+only here and in the decoder pipeline, via :func:`~selftok_hf.token_schedule.to_code_order`.
+"""
+
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_selftok import SelftokConfig
+from .embeddings import TimestepEmbedder, sincos_2d
+from .quantizer import CosineVectorQuantizer
+from .token_schedule import to_ar_order, to_code_order, token_positions
+from .vae import pixels_to_latents
+
+__all__ = ["SelftokModel", "SelftokEncoderOutput", "SelftokPreTrainedModel"]
+
+
+@dataclass
+class SelftokEncoderOutput(ModelOutput):
+    """Output of [`SelftokModel.encode`], all in AR order (position 0 = coarsest token).
+
+    Args:
+        token_ids (`torch.LongTensor` of shape `(batch, num_tokens)`): codebook ids.
+        token_embeddings (`torch.FloatTensor` of shape `(batch, num_tokens, token_dim)`): the dequantized,
+            post-normed code vectors the decoder and LMs consume (= ``embed_tokens(token_ids)``).
+        query_features (`torch.FloatTensor` of shape `(batch, num_tokens, query_dim)`): the continuous
+            encoder outputs fed to the quantizer.
+        projected_features (`torch.FloatTensor` of shape `(batch, num_tokens, code_dim)`): the
+            l2-normalised projections compared with the codebook.
+    """
+
+    token_ids: Optional[torch.LongTensor] = None
+    token_embeddings: Optional[torch.FloatTensor] = None
+    query_features: Optional[torch.FloatTensor] = None
+    projected_features: Optional[torch.FloatTensor] = None
+
+
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation with per-token (K, C) shift/scale broadcast over the batch."""
+    return x * (1 + scale) + shift
+
+
+class SelftokMLP(nn.Module):
+    """Linear -> GELU(tanh) -> Linear; names ``fc1``/``fc2`` as in the checkpoints."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class SelftokDualAttention(nn.Module):
+    """Joint attention of the two encoder streams ("Uni" pattern).
+
+    - image tokens attend only to image tokens (``image_heads`` heads of the image width);
+    - queries attend to ``[to_query_kv(image) ; queries]`` (``query_heads`` heads of the query width),
+      bidirectionally among themselves unless ``causal_queries``.
+    """
+
+    def __init__(self, image_dim: int, image_heads: int, query_dim: int, query_heads: int, causal_queries: bool):
+        super().__init__()
+        self.image_heads, self.query_heads = image_heads, query_heads
+        self.causal_queries = causal_queries
+        self.image_qkv = nn.Linear(image_dim, 3 * image_dim)
+        self.image_to_query_kv = nn.Linear(image_dim, 2 * query_dim)
+        self.image_out = nn.Linear(image_dim, image_dim)
+        self.query_qkv = nn.Linear(query_dim, 3 * query_dim)
+        self.query_out = nn.Linear(query_dim, query_dim)
+
+    @staticmethod
+    def _heads(x: torch.Tensor, n: int, heads: int) -> tuple[torch.Tensor, ...]:
+        """(B, L, n*C) -> n tensors (B, heads, L, C/heads)."""
+        B, L, _ = x.shape
+        return x.view(B, L, n, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        B, H, L, C = x.shape
+        return x.transpose(1, 2).reshape(B, L, H * C)
+
+    def forward(self, image: torch.Tensor, queries: torch.Tensor, compute_image: bool = True):
+        """image ``(B, N, image_dim)`` and queries ``(B, K, query_dim)``, both already normalised/modulated.
+
+        Returns the attention outputs of both streams; the image output is ``None`` when
+        ``compute_image`` is False (the last block, whose image stream nobody reads).
+        """
+        image_out = None
+        if compute_image:
+            q, k, v = self._heads(self.image_qkv(image), 3, self.image_heads)
+            image_out = self.image_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+
+        image_k, image_v = self._heads(self.image_to_query_kv(image), 2, self.query_heads)
+        query_q, query_k, query_v = self._heads(self.query_qkv(queries), 3, self.query_heads)
+        mask = None
+        if self.causal_queries:
+            K, N = queries.shape[1], image.shape[1]
+            mask = torch.ones(K, N + K, dtype=torch.bool, device=queries.device)
+            mask[:, N:] = torch.ones(K, K, dtype=torch.bool, device=queries.device).tril()
+        attended = F.scaled_dot_product_attention(
+            query_q, torch.cat([image_k, query_k], dim=2), torch.cat([image_v, query_v], dim=2), attn_mask=mask
+        )
+        return image_out, self.query_out(self._merge(attended))
+
+
+class SelftokEncoderBlock(nn.Module):
+    """One dual-stream block: a pre-LN ViT block on the image stream, an adaLN-Zero block on the queries.
+
+    The queries' adaLN is *token-aware*: each query k is modulated by an embedding of its fake
+    timestep 1000 + 8k, the same for every sample.
+    """
+
+    def __init__(self, config: SelftokConfig) -> None:
+        super().__init__()
+        d, q = config.encoder_hidden_size, config.query_dim
+        self.attn = SelftokDualAttention(d, config.encoder_num_heads, q, config.query_heads, config.causal_queries)
+        self.image_mlp = SelftokMLP(d, int(d * config.mlp_ratio))
+        self.query_mlp = SelftokMLP(q, int(q * config.mlp_ratio))
+        self.query_adaln = config.query_adaln
+        if self.query_adaln:
+            self.query_time_embedder = TimestepEmbedder(q)
+            self.query_modulation = nn.Linear(q, 6 * q)
+            # adaLN-Zero: each block starts as the identity on the queries (see `_init_weights`).
+            self.query_modulation.init_scheme = "zero"
+            self.query_time_embedder.mlp[0].init_scheme = self.query_time_embedder.mlp[2].init_scheme = "normal"
+
+    def forward(self, image: torch.Tensor, queries: torch.Tensor, positions: torch.Tensor, compute_image: bool = True):
+        """image ``(B, N, d)``, queries ``(B, K, q)``, positions ``(K,)`` fake timesteps -> updated streams."""
+        if self.query_adaln:
+            mod = self.query_modulation(F.silu(self.query_time_embedder(positions)))
+            shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
+        else:
+            zero = queries.new_zeros(())
+            one = queries.new_ones(())
+            shift_attn = scale_attn = shift_mlp = scale_mlp = zero
+            gate_attn = gate_mlp = one
+
+        q_in = _modulate(F.layer_norm(queries, queries.shape[-1:], eps=1e-6), shift_attn, scale_attn)
+        image_attn, query_attn = self.attn(F.layer_norm(image, image.shape[-1:], eps=1e-6), q_in, compute_image)
+        if compute_image:
+            image = image + image_attn
+            image = image + self.image_mlp(F.layer_norm(image, image.shape[-1:], eps=1e-6))
+        queries = queries + gate_attn * query_attn
+        q_in = _modulate(F.layer_norm(queries, queries.shape[-1:], eps=1e-6), shift_mlp, scale_mlp)
+        queries = queries + gate_mlp * self.query_mlp(q_in)
+        return image, queries
+
+
+class SelftokEncoder(nn.Module):
+    """Dual-stream Q-Former: SD3 latents ``(B, C, h, w)`` -> K query features ``(B, K, query_dim)`` in code order."""
+
+    def __init__(self, config: SelftokConfig) -> None:
+        super().__init__()
+        self.config = config
+        p, d = config.patch_size, config.encoder_hidden_size
+        self.patch_embed = nn.Conv2d(config.latent_channels, d, kernel_size=p, stride=p)
+        # Fixed 2-D sin-cos table over a (pos_embed_max_size)² patch grid, centre-cropped to the input.
+        self.register_buffer("pos_embed", sincos_2d(d, config.pos_embed_max_size), persistent=False)
+        self.register_buffer("positions", token_positions(config.num_tokens), persistent=False)
+        self.queries = nn.Parameter(torch.randn(1, config.num_tokens, config.query_dim) * 0.02)
+        self.blocks = nn.ModuleList(SelftokEncoderBlock(config) for _ in range(config.encoder_depth))
+        self.gradient_checkpointing = False
+
+    def cropped_pos_embed(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Centre crop of the position table for a ``grid_h × grid_w`` patch grid -> ``(1, grid_h*grid_w, d)``."""
+        m = self.config.pos_embed_max_size
+        top, left = (m - grid_h) // 2, (m - grid_w) // 2
+        table = self.pos_embed.view(m, m, -1)[top : top + grid_h, left : left + grid_w]
+        return table.reshape(1, grid_h * grid_w, -1)
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        image = self.patch_embed(latents)
+        grid_h, grid_w = image.shape[-2:]
+        image = image.flatten(2).transpose(1, 2) + self.cropped_pos_embed(grid_h, grid_w).to(image.dtype)
+        queries = self.queries.expand(latents.shape[0], -1, -1)
+        positions = self.positions
+        last = len(self.blocks) - 1
+        for i, block in enumerate(self.blocks):
+            args = (image, queries, positions, i != last)
+            if self.gradient_checkpointing and self.training:
+                image, queries = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                image, queries = block(*args)
+        return queries
+
+
+class SelftokPreTrainedModel(PreTrainedModel):
+    config: SelftokConfig
+    base_model_prefix = "selftok"
+    main_input_name = "latents"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["SelftokEncoderBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Official initialisation: xavier-uniform Linear/patch weights with zero biases, N(0, .02) for the
+        # timestep MLPs, zero adaLN modulation (so every block starts as the identity on the queries).
+        # `transformers.initialization` helpers leave weights loaded from a checkpoint untouched.
+        # Modules are visited children first and each tensor is initialised once, so special cases are
+        # tagged on the Linear itself (`init_scheme`) rather than handled at the parent.
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            scheme = getattr(module, "init_scheme", "xavier")
+            if scheme == "zero":
+                init.zeros_(module.weight)
+            elif scheme == "normal":
+                init.normal_(module.weight, std=0.02)
+            else:
+                init.xavier_uniform_(module.weight.view(module.weight.shape[0], -1))
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm) and module.elementwise_affine:
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SelftokEncoder):
+            init.normal_(module.queries, std=0.02)
+            # Non-persistent tables are not in checkpoints: recompute them on every load.
+            init.copy_(module.pos_embed, sincos_2d(module.config.encoder_hidden_size, module.config.pos_embed_max_size))
+            init.copy_(module.positions, token_positions(module.config.num_tokens))
+        elif isinstance(module, CosineVectorQuantizer):
+            # Unit-norm random codes; `initted` stays 0 so training starts with k-means.
+            init.copy_(module.embed, F.normalize(torch.randn_like(module.embed), dim=-1))
+
+
+class SelftokModel(SelftokPreTrainedModel):
+    """The Selftok image tokenizer: SD3 latents -> K discrete tokens in AR order, and tokens -> code vectors.
+
+    The SD3 VAE is not part of this model (it is a stock diffusers ``AutoencoderKL`` stored once, next to
+    the tokenizer, in the pipeline folder). Attach it with :meth:`attach_vae` to go from pixels to ids.
+    """
+
+    def __init__(self, config: SelftokConfig) -> None:
+        super().__init__(config)
+        self.encoder = SelftokEncoder(config)
+        self.quantizer = CosineVectorQuantizer(
+            config.query_dim,
+            config.codebook_size,
+            config.code_dim,
+            config.token_dim,
+            config.num_tokens,
+            post_norm=config.post_norm,
+            ema_decay=config.ema_decay,
+            ema_eps=config.ema_eps,
+            kmeans_iters=config.kmeans_iters,
+            commitment_weight=config.commitment_weight,
+            diversity_weight=config.diversity_weight,
+            diversity_temperature=config.diversity_temperature,
+            ema_entropy_ratio=config.ema_entropy_ratio,
+            diversity_schedule=tuple(config.diversity_schedule),
+            dead_code_threshold=config.dead_code_threshold,
+            reset_cluster_size=config.reset_cluster_size,
+            smart_reactivation=config.smart_reactivation,
+        )
+        self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------- VAE
+    def attach_vae(self, vae) -> "SelftokModel":
+        """Attach an SD3 ``AutoencoderKL`` for pixel input. It is held by reference, not as a submodule,
+        so ``save_pretrained`` never writes its weights into the tokenizer folder."""
+        if vae is not None and getattr(vae.config, "latent_channels", None) != self.config.latent_channels:
+            raise ValueError(
+                f"VAE has {getattr(vae.config, 'latent_channels', None)} latent channels, the tokenizer expects "
+                f"{self.config.latent_channels}"
+            )
+        # Bypass nn.Module.__setattr__, which would register the VAE as a submodule (and save it).
+        self.__dict__["_vae"] = vae
+        return self
+
+    @property
+    def vae(self):
+        return self._vae
+
+    @torch.no_grad()
+    def latents_from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] ``(B, 3, H, W)`` -> SD3-normalised latents ``(B, 16, H/8, W/8)``.
+
+        Uses the VAE posterior's mode, as the official inference does.
+        """
+        if self._vae is None:
+            raise ValueError(
+                "No VAE attached: pixel input needs the SD3 VAE. Call `model.attach_vae(AutoencoderKL.from_pretrained("
+                "folder, subfolder='vae'))`, or use `SelftokDecoderPipeline.encode(images)`, or pass `latents=`."
+            )
+        cfg = self.config
+        return pixels_to_latents(self._vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor).to(self.device)
+
+    # ---------------------------------------------------------------------------------- validation
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"latents must be a floating-point tensor, got {type(latents).__name__} {getattr(latents, 'dtype', '')}")
+        if latents.ndim != 4:
+            raise ValueError(f"latents must have shape (batch, channels, height, width), got {tuple(latents.shape)}")
+        B, C, h, w = latents.shape
+        cfg = self.config
+        if B == 0:
+            raise ValueError("latents is an empty batch")
+        if C != cfg.latent_channels:
+            raise ValueError(f"latents have {C} channels, the tokenizer expects {cfg.latent_channels}")
+        p, m = cfg.patch_size, cfg.pos_embed_max_size
+        if h % p or w % p or h // p > m or w // p > m:
+            raise ValueError(
+                f"latent size {h}x{w} must be divisible by patch_size={p} and at most {m * p} per side "
+                f"(trained at {cfg.latent_size}x{cfg.latent_size})"
+            )
+
+    def check_token_ids(self, token_ids: torch.Tensor) -> None:
+        """Raise a clear error unless ``token_ids`` is an integer ``(B>0, K)`` tensor of valid ids."""
+        if not isinstance(token_ids, torch.Tensor):
+            raise TypeError(f"token_ids must be a torch.Tensor, got {type(token_ids).__name__}")
+        if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+            raise TypeError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
+        K, C = self.config.num_tokens, self.config.codebook_size
+        if token_ids.ndim != 2 or token_ids.shape[1] != K:
+            raise ValueError(f"token_ids must have shape (batch, {K}), got {tuple(token_ids.shape)}")
+        if token_ids.shape[0] == 0:
+            raise ValueError("token_ids is an empty batch")
+        lo, hi = int(token_ids.min()), int(token_ids.max())
+        if lo < 0 or hi >= C:
+            raise ValueError(f"token_ids must lie in [0, {C}), got values in [{lo}, {hi}]")
+
+    # ------------------------------------------------------------------------------------- public
+    def encode(
+        self,
+        latents: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> SelftokEncoderOutput | tuple:
+        """Tokenize images.
+
+        Args:
+            latents: SD3-normalised latents ``(B, latent_channels, h, w)``.
+            pixel_values: alternatively, images in [-1, 1] ``(B, 3, H, W)`` (needs an attached VAE; see
+                [`SelftokImageProcessor`] for PIL -> pixel_values).
+        Returns:
+            [`SelftokEncoderOutput`] with ``token_ids`` ``(B, K)`` int64 in AR order.
+        """
+        if (latents is None) == (pixel_values is None):
+            raise ValueError("pass exactly one of `latents` or `pixel_values`")
+        if latents is None:
+            latents = self.latents_from_pixels(pixel_values)
+        self._check_latents(latents)
+        features = self.encoder(latents.to(self.dtype))
+        ids, projected = self.quantizer.quantize(features)
+        embeddings = self.quantizer.embed_ids(ids)
+        out = SelftokEncoderOutput(
+            token_ids=to_ar_order(ids),
+            token_embeddings=to_ar_order(embeddings),
+            query_features=to_ar_order(features),
+            projected_features=to_ar_order(projected),
+        )
+        return out if return_dict else out.to_tuple()
+
+    def embed_tokens(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, K)`` in AR order -> dequantized, post-normed code vectors ``(B, K, token_dim)`` (AR order)."""
+        self.check_token_ids(token_ids)
+        return to_ar_order(self.quantizer.embed_ids(to_code_order(token_ids.long().to(self.device))))
+
+    def forward(
+        self,
+        latents: Optional[torch.Tensor] = None,
+        pixel_values: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> SelftokEncoderOutput | tuple:
+        """Same as :meth:`encode` (so ``AutoModel`` users can call the model)."""
+        return self.encode(latents=latents, pixel_values=pixel_values, return_dict=return_dict)

@@ -1,0 +1,919 @@
+"""Selftok's rectified-flow MMDiT decoder and its one-step renderer, as diffusers models.
+
+Both networks are SD3-medium-shaped MMDiTs with two streams that meet in joint attention:
+
+- the **image stream** (patchified noisy latent for the decoder, a learned canvas for the renderer),
+  modulated by the diffusion-time embedding exactly like SD3;
+- the **token stream**: the K post-normed Selftok code vectors, in *code order* (index 0 = finest
+  token), embedded by ``Linear(code_dim -> width)`` plus a fixed sin-cos table at the fake timesteps
+  ``1000 + 8 j``. Each token-stream block has its own timestep MLP, and token ``j`` is modulated by
+  ``t_emb(1000 + 8 j)`` instead of the diffusion time, so this modulation depends on the weights only.
+  The last block is "pre-only" (its token outputs are never used), and its token modulation comes
+  from the diffusion-time embedding.
+
+The image stream uses diffusers' own SD3 modules and parameter names (``pos_embed``, ``norm1``,
+``attn.to_q/to_k/to_v/to_out.0``, ``ff``, ``norm_out``, ``proj_out``), so it can be initialised from a
+[`~diffusers.SD3Transformer2DModel`] with [`decoder_state_dict_from_sd3`]. The token stream reuses
+SD3's names for its joint-attention side (``attn.add_*_proj``, ``to_add_out``, ``ff_context``).
+Official checkpoints (github ``selftok-team/SelftokTokenizer``) load through
+[`convert_official_decoder_state_dict`] / [`convert_official_renderer_state_dict`].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from typing import Any, Iterator, Mapping, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import FeedForward
+from diffusers.models.embeddings import PatchEmbed
+from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero
+from torch import nn
+
+from .embeddings import TimestepEmbedder, sincos_1d
+from .token_schedule import token_positions
+
+__all__ = [
+    "SelftokDecoderTransformer",
+    "SelftokRenderer",
+    "SelftokJointBlock",
+    "SelftokJointAttention",
+    "SelftokTokenAdaLayerNormZero",
+    "SELFTOK_DECODER_RELEASE_CONFIG",
+    "SELFTOK_DECODER_TINY_CONFIG",
+    "SELFTOK_RENDERER_RELEASE_CONFIG",
+    "SELFTOK_RENDERER_TINY_CONFIG",
+    "convert_official_decoder_state_dict",
+    "convert_official_renderer_state_dict",
+    "decoder_config_from_official_state_dict",
+    "renderer_config_from_official_state_dict",
+    "decoder_state_dict_from_sd3",
+]
+
+#: The released 256-px decoder (official ``MMDiT_XL`` with the ``256-eval.yml`` settings).
+SELFTOK_DECODER_RELEASE_CONFIG: dict[str, Any] = dict(
+    sample_size=32,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    pos_embed_max_size=192,
+    num_tokens=512,
+    code_dim=16,
+    context_see_xt=True,
+    mlp_ratio=4.0,
+    qkv_bias=True,
+)
+
+#: A few-kB decoder with the release structure, sized to pair with ``SELFTOK_TINY_CONFIG`` (8x8x16 latents,
+#: 32 tokens of width 8), for tests and the embedded default.
+SELFTOK_DECODER_TINY_CONFIG: dict[str, Any] = {
+    **SELFTOK_DECODER_RELEASE_CONFIG,
+    "sample_size": 8,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "pos_embed_max_size": 6,
+    "num_tokens": 32,
+    "code_dim": 8,
+}
+
+_RENDERER_SHARED_KEYS = (
+    "sample_size",
+    "patch_size",
+    "out_channels",
+    "num_layers",
+    "attention_head_dim",
+    "num_attention_heads",
+    "num_tokens",
+    "code_dim",
+    "mlp_ratio",
+    "qkv_bias",
+)
+
+#: The released one-step renderer (official ``MMDiT_XL_Renderer``, ``renderer-eval.yml``): the decoder's
+#: backbone with a shared canvas token instead of a patch input.
+SELFTOK_RENDERER_RELEASE_CONFIG: dict[str, Any] = {
+    **{k: SELFTOK_DECODER_RELEASE_CONFIG[k] for k in _RENDERER_SHARED_KEYS},
+    "shared_canvas_token": True,
+}
+
+#: A tiny renderer with the release structure, for tests.
+SELFTOK_RENDERER_TINY_CONFIG: dict[str, Any] = {
+    **{k: SELFTOK_DECODER_TINY_CONFIG[k] for k in _RENDERER_SHARED_KEYS},
+    "shared_canvas_token": True,
+}
+
+
+# ----------------------------------------------------------------------------------------- blocks
+class SelftokTokenAdaLayerNormZero(nn.Module):
+    """adaLN-Zero of the token stream, with one modulation per token position.
+
+    Token ``j`` is conditioned on ``t_emb(1000 + 8 j)`` from this block's own timestep MLP, never on
+    the diffusion time, so the ``(K, 6 * dim)`` modulation table is a function of the weights alone.
+    The six chunks are ordered like diffusers' [`AdaLayerNormZero`]: shift, scale, gate (attention),
+    then shift, scale, gate (MLP).
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.token_embedder = TimestepEmbedder(dim)
+        self.linear = nn.Linear(dim, 6 * dim)
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+
+    def modulation(self, positions: torch.Tensor) -> torch.Tensor:
+        """Fake timesteps ``(n,)`` -> modulation table ``(n, 6 * dim)``."""
+        return self.linear(F.silu(self.token_embedder(positions)))
+
+    def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``x`` ``(B, n, dim)`` and ``modulation`` ``(n, 6 * dim)`` -> modulated ``x`` and four ``(1, n, dim)`` gates."""
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation.unsqueeze(0).chunk(6, dim=-1)
+        return self.norm(x) * (1 + scale_msa) + shift_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
+
+
+class SelftokJointAttention(nn.Module):
+    """Joint attention of the image and token streams, with a key mask and no attention processors.
+
+    Keys and values are ``[tokens ; image]``. Image queries attend to every visible key. Token queries
+    do the same when ``context_sees_image``; otherwise they attend to the tokens only. In a pre-only
+    block the token outputs are never used, so no token queries are computed at all.
+
+    Parameter names follow diffusers' SD3 ``Attention`` (``to_q``... for the image, ``add_*`` for the tokens).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool, context_pre_only: bool) -> None:
+        super().__init__()
+        inner_dim = num_heads * head_dim
+        self.num_heads = num_heads
+        self.context_pre_only = context_pre_only
+        self.to_q = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.to_k = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.to_v = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.to_out = nn.ModuleList([nn.Linear(inner_dim, dim)])
+        self.add_k_proj = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        self.add_v_proj = nn.Linear(dim, inner_dim, bias=qkv_bias)
+        if not context_pre_only:
+            self.add_q_proj = nn.Linear(dim, inner_dim, bias=qkv_bias)
+            self.to_add_out = nn.Linear(inner_dim, dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, heads * head_dim)`` -> ``(B, heads, L, head_dim)``."""
+        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+        """``(B, heads, L, head_dim)`` -> ``(B, L, heads * head_dim)``."""
+        return x.transpose(1, 2).flatten(2)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        context_sees_image: bool = True,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """
+        Args:
+            hidden_states: image stream ``(B, N, dim)``.
+            encoder_hidden_states: token stream ``(B, n, dim)``.
+            attention_mask: boolean key mask ``(B, 1, 1, n + N)`` (True = attend), or None for all keys.
+            context_sees_image: whether token queries may attend to image keys.
+        Returns:
+            image output ``(B, N, dim)`` and token output ``(B, n, dim)`` (None in a pre-only block).
+        """
+        num_tokens = encoder_hidden_states.shape[1]
+        key = torch.cat(
+            [self._split_heads(self.add_k_proj(encoder_hidden_states)), self._split_heads(self.to_k(hidden_states))], dim=2
+        )
+        value = torch.cat(
+            [self._split_heads(self.add_v_proj(encoder_hidden_states)), self._split_heads(self.to_v(hidden_states))], dim=2
+        )
+        image_query = self._split_heads(self.to_q(hidden_states))
+        if self.context_pre_only:
+            image_out = F.scaled_dot_product_attention(image_query, key, value, attn_mask=attention_mask)
+            return self.to_out[0](self._merge_heads(image_out)), None
+
+        token_query = self._split_heads(self.add_q_proj(encoder_hidden_states))
+        if context_sees_image:
+            # Every query sees the same keys: one call over [tokens ; image] queries.
+            out = F.scaled_dot_product_attention(torch.cat([token_query, image_query], dim=2), key, value, attn_mask=attention_mask)
+            token_out, image_out = out[:, :, :num_tokens], out[:, :, num_tokens:]
+        else:
+            image_out = F.scaled_dot_product_attention(image_query, key, value, attn_mask=attention_mask)
+            token_mask = None if attention_mask is None else attention_mask[..., :num_tokens]
+            token_out = F.scaled_dot_product_attention(
+                token_query, key[:, :, :num_tokens], value[:, :, :num_tokens], attn_mask=token_mask
+            )
+        return self.to_out[0](self._merge_heads(image_out)), self.to_add_out(self._merge_heads(token_out))
+
+
+def _gated_residual(
+    x: torch.Tensor,
+    attn_output: torch.Tensor,
+    gate_msa: torch.Tensor,
+    shift_mlp: torch.Tensor,
+    scale_mlp: torch.Tensor,
+    gate_mlp: torch.Tensor,
+    norm: nn.Module,
+    ff: nn.Module,
+) -> torch.Tensor:
+    """The adaLN-Zero tail of a DiT block: gated attention residual, then the modulated, gated MLP residual.
+
+    The modulation tensors broadcast against ``x`` ``(B, L, dim)``: ``(B, 1, dim)`` or ``(1, L, dim)``.
+    """
+    x = x + gate_msa * attn_output
+    return x + gate_mlp * ff(norm(x) * (1 + scale_mlp) + shift_mlp)
+
+
+class SelftokJointBlock(nn.Module):
+    """One MMDiT block: SD3's image-stream block plus Selftok's token stream, joined in attention.
+
+    Args:
+        dim: width of both streams.
+        num_heads, head_dim: attention heads (``num_heads * head_dim == dim``).
+        mlp_ratio: hidden width of the GELU(tanh) MLPs, relative to ``dim``.
+        qkv_bias: whether the query/key/value projections have biases.
+        context_pre_only: the last block; its token stream only provides keys and values, and its
+            token modulation comes from the diffusion-time embedding (two chunks, ordered scale, shift as
+            in diffusers' [`AdaLayerNormContinuous`]).
+    """
+
+    def __init__(self, dim: int, num_heads: int, head_dim: int, mlp_ratio: float, qkv_bias: bool, context_pre_only: bool):
+        super().__init__()
+        self.context_pre_only = context_pre_only
+        self.norm1 = AdaLayerNormZero(dim)
+        if context_pre_only:
+            self.norm1_context = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
+        else:
+            self.norm1_context = SelftokTokenAdaLayerNormZero(dim)
+        self.attn = SelftokJointAttention(dim, num_heads, head_dim, qkv_bias, context_pre_only)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.ff = FeedForward(dim, dim_out=dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+        if not context_pre_only:
+            self.norm2_context = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+            self.ff_context = FeedForward(dim, dim_out=dim, mult=mlp_ratio, activation_fn="gelu-approximate")
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        temb: torch.Tensor,
+        token_modulation: Optional[torch.Tensor] = None,
+        attention_mask: Optional[torch.Tensor] = None,
+        context_sees_image: bool = True,
+    ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
+        """
+        Args:
+            hidden_states: image stream ``(B, N, dim)``.
+            encoder_hidden_states: token stream ``(B, n, dim)``, the first ``n`` tokens in code order.
+            temb: diffusion-time embedding ``(B, dim)``.
+            token_modulation: precomputed ``(n, 6 * dim)`` table of this block's token modulation; computed
+                here from the token positions when None (ignored by the pre-only block).
+            attention_mask: boolean key mask ``(B, 1, 1, n + N)`` or None.
+            context_sees_image: whether token queries attend to image keys.
+        Returns:
+            ``(encoder_hidden_states, hidden_states)``; the token stream is None after the pre-only block.
+        """
+        norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
+        if self.context_pre_only:
+            norm_context = self.norm1_context(encoder_hidden_states, temb)
+        else:
+            if token_modulation is None:
+                positions = token_positions(encoder_hidden_states.shape[1], device=encoder_hidden_states.device)
+                token_modulation = self.norm1_context.modulation(positions)
+            norm_context, *context_mods = self.norm1_context(encoder_hidden_states, token_modulation)
+
+        image_attn, token_attn = self.attn(norm_hidden, norm_context, attention_mask, context_sees_image)
+
+        hidden_states = _gated_residual(
+            hidden_states,
+            image_attn,
+            gate_msa.unsqueeze(1),
+            shift_mlp.unsqueeze(1),
+            scale_mlp.unsqueeze(1),
+            gate_mlp.unsqueeze(1),
+            self.norm2,
+            self.ff,
+        )
+        if self.context_pre_only:
+            return None, hidden_states
+        encoder_hidden_states = _gated_residual(
+            encoder_hidden_states, token_attn, *context_mods, self.norm2_context, self.ff_context
+        )
+        return encoder_hidden_states, hidden_states
+
+
+# ------------------------------------------------------------------------------------------ models
+class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
+    """Token stream, transformer blocks and output head shared by the decoder and the renderer.
+
+    Subclasses build their image stream, call :meth:`_build_backbone`, and run :meth:`_run_backbone`.
+    """
+
+    config_name = "config.json"
+    _supports_gradient_checkpointing = True
+    _no_split_modules = ["SelftokJointBlock"]
+    _skip_layerwise_casting_patterns = ["pos_embed", "norm", "canvas"]
+
+    def _build_backbone(self, out_channels: int) -> None:
+        """Token stream, blocks and head, sized by ``self.config`` (registered before ``__init__`` runs)."""
+        cfg = self.config
+        num_layers, patch_size = cfg.num_layers, cfg.patch_size
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        self.inner_dim = dim = cfg.num_attention_heads * cfg.attention_head_dim
+        self.out_channels = out_channels
+        self.time_embedder = TimestepEmbedder(dim)
+        self.context_embedder = nn.Linear(cfg.code_dim, dim)
+        # A fixed function of (K, width), so not saved: recomputed identically at load time.
+        self.register_buffer("context_pos_embed", sincos_1d(dim, token_positions(cfg.num_tokens)), persistent=False)
+        self.transformer_blocks = nn.ModuleList(
+            [
+                SelftokJointBlock(
+                    dim,
+                    cfg.num_attention_heads,
+                    cfg.attention_head_dim,
+                    cfg.mlp_ratio,
+                    cfg.qkv_bias,
+                    context_pre_only=i == num_layers - 1,
+                )
+                for i in range(num_layers)
+            ]
+        )
+        self.norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
+        self.proj_out = nn.Linear(dim, patch_size * patch_size * out_channels)
+        self.gradient_checkpointing = False
+        self._token_modulation_cache: Optional[dict] = None
+        self._init_token_stream()
+
+    @torch.no_grad()
+    def _init_token_stream(self) -> None:
+        """Official initialisation of what SD3 cannot provide: zero adaLN-Zero modulations, N(0, 0.02) token MLPs."""
+        for block in self.transformer_blocks:
+            for norm in (block.norm1, block.norm1_context):
+                nn.init.zeros_(norm.linear.weight)
+                nn.init.zeros_(norm.linear.bias)
+            if not block.context_pre_only:
+                nn.init.normal_(block.norm1_context.token_embedder.mlp[0].weight, std=0.02)
+                nn.init.normal_(block.norm1_context.token_embedder.mlp[2].weight, std=0.02)
+
+    @contextlib.contextmanager
+    def cached_token_modulations(self) -> Iterator[None]:
+        """Reuse the token-stream modulation tables across forward calls inside this context.
+
+        Those tables depend on the weights only, so a sampling loop can compute them once instead of at
+        every step (with all tokens visible they are about a quarter of a batch-1 forward). The cache is
+        used only under ``torch.no_grad()`` and is cleared on exit; do not change the weights inside.
+        """
+        previous = self._token_modulation_cache
+        self._token_modulation_cache = {}
+        try:
+            yield
+        finally:
+            self._token_modulation_cache = previous
+
+    def _cached_token_modulation(self, index: int, block: SelftokJointBlock, num_visible: int, device: torch.device):
+        """The ``(num_visible, 6 * dim)`` table of block ``index`` from the cache, or None to compute it in the block."""
+        if block.context_pre_only or self._token_modulation_cache is None or torch.is_grad_enabled():
+            return None
+        autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+        key = (index, device, autocast_dtype)
+        if key not in self._token_modulation_cache:
+            positions = token_positions(self.config.num_tokens, device=device)
+            self._token_modulation_cache[key] = block.norm1_context.modulation(positions)
+        return self._token_modulation_cache[key][:num_visible]
+
+    def _run_backbone(
+        self,
+        hidden_states: torch.Tensor,
+        token_codes: torch.Tensor,
+        token_mask: Optional[torch.Tensor],
+        temb: torch.Tensor,
+        context_sees_image: bool,
+    ) -> torch.Tensor:
+        """
+        Args:
+            hidden_states: embedded image stream ``(B, N, dim)``.
+            token_codes: the first ``n`` code vectors ``(B, n, code_dim)``.
+            token_mask: ``(B, n)`` visibility, or None when all ``n`` tokens are visible.
+            temb: diffusion-time embedding ``(B, dim)``.
+            context_sees_image: whether token queries attend to image keys.
+        Returns:
+            per-patch outputs ``(B, N, patch_size**2 * out_channels)``.
+        """
+        num_visible = token_codes.shape[1]
+        context = self.context_embedder(token_codes)
+        context = context + self.context_pos_embed[:num_visible].to(context.dtype)
+
+        attention_mask = None
+        if token_mask is not None:
+            image_keys = token_mask.new_ones(token_mask.shape[0], hidden_states.shape[1])
+            attention_mask = torch.cat([token_mask, image_keys], dim=1)[:, None, None, :]
+
+        for index, block in enumerate(self.transformer_blocks):
+            token_modulation = self._cached_token_modulation(index, block, num_visible, context.device)
+            args = (hidden_states, context, temb, token_modulation, attention_mask, context_sees_image)
+            if torch.is_grad_enabled() and self.gradient_checkpointing:
+                context, hidden_states = self._gradient_checkpointing_func(block, *args)
+            else:
+                context, hidden_states = block(*args)
+
+        hidden_states = self.norm_out(hidden_states, temb)
+        return self.proj_out(hidden_states)
+
+    def _unpatchify(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """``(B, h * w, p * p * C)`` patch outputs on an ``h x w`` patch grid -> ``(B, C, h * p, w * p)``."""
+        p = self.config.patch_size
+        x = x.reshape(x.shape[0], height, width, p, p, self.out_channels)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], self.out_channels, height * p, width * p)
+
+    def _check_token_codes(self, token_codes: torch.Tensor, batch_size: Optional[int], allow_prefix: bool) -> None:
+        """``token_codes`` must be ``(batch_size, K, code_dim)``, or ``(batch_size, n <= K, code_dim)`` with ``allow_prefix``."""
+        code_dim, num_tokens = self.config.code_dim, self.config.num_tokens
+        batch = "batch" if batch_size is None else f"batch={batch_size}"
+        expected = f"({batch}, {'n <= ' if allow_prefix else ''}{num_tokens}, {code_dim})"
+        if (
+            token_codes.ndim != 3
+            or (batch_size is not None and token_codes.shape[0] != batch_size)
+            or token_codes.shape[2] != code_dim
+            or token_codes.shape[1] > num_tokens
+            or (not allow_prefix and token_codes.shape[1] != num_tokens)
+        ):
+            raise ValueError(f"token_codes must have shape {expected}, got {tuple(token_codes.shape)}")
+
+
+def _visible_prefix(token_codes: torch.Tensor, token_mask: Optional[torch.Tensor]):
+    """Drop masking where it can be replaced by slicing.
+
+    When every sample sees exactly its first ``n`` tokens (the sampling case), the invisible tokens
+    can be removed: as keys they are masked anyway, and their own outputs only ever feed later blocks
+    as masked keys, never the image. Slicing is exact and lets SDPA run without a mask.
+
+    Returns ``(token_codes, token_mask)`` with ``token_mask`` None when no masking is needed.
+    """
+    if token_mask is None:
+        return token_codes, None
+    token_mask = token_mask.bool()
+    counts = token_mask.sum(dim=1)
+    prefix = torch.arange(token_mask.shape[1], device=token_mask.device) < counts[:, None]
+    uniform_prefix = bool(((counts == counts[0]).all() & (token_mask == prefix).all()).item())
+    num_visible = int(counts[0].item())
+    if uniform_prefix and num_visible > 0:
+        return token_codes[:, :num_visible], None
+    return token_codes, token_mask
+
+
+class SelftokDecoderTransformer(_SelftokMMDiTBase):
+    """Selftok's diffusion decoder: predicts the rectified-flow velocity of a latent given the visible tokens.
+
+    Args:
+        sample_size: latent side the model is built for (32 for 256-px images); any side up to
+            ``pos_embed_max_size * patch_size`` works.
+        patch_size: latent patch size.
+        in_channels, out_channels: latent channels (16 for the SD3 VAE).
+        num_layers: number of joint blocks (the last one is pre-only).
+        attention_head_dim, num_attention_heads: attention shape; the width is their product.
+        pos_embed_max_size: side of the (SD3) 2-D position-embedding table, centre-cropped to the input.
+        num_tokens: K, tokens per image.
+        code_dim: dimension of the code vectors.
+        context_see_xt: whether token queries attend to image keys (True in the release).
+        mlp_ratio: MLP hidden width relative to the model width.
+        qkv_bias: biases in the query/key/value projections.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 16,
+        out_channels: Optional[int] = 16,
+        num_layers: int = 24,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 24,
+        pos_embed_max_size: int = 192,
+        num_tokens: int = 512,
+        code_dim: int = 16,
+        context_see_xt: bool = True,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+    ):
+        super().__init__()
+        out_channels = out_channels if out_channels is not None else in_channels
+        # SD3's patch embedding: Conv2d patchifier + a centre-cropped 2-D table (loaded from SD3 / the checkpoint).
+        self.pos_embed = PatchEmbed(
+            height=sample_size,
+            width=sample_size,
+            patch_size=patch_size,
+            in_channels=in_channels,
+            embed_dim=num_attention_heads * attention_head_dim,
+            pos_embed_max_size=pos_embed_max_size,
+        )
+        self._build_backbone(out_channels)
+
+    def _check_latents(self, hidden_states: torch.Tensor) -> None:
+        cfg = self.config
+        if hidden_states.ndim != 4 or hidden_states.shape[1] != cfg.in_channels:
+            raise ValueError(
+                f"hidden_states must be a (batch, {cfg.in_channels}, height, width) latent, got {tuple(hidden_states.shape)}"
+            )
+        height, width = hidden_states.shape[-2:]
+        max_side = cfg.pos_embed_max_size * cfg.patch_size
+        if height % cfg.patch_size or width % cfg.patch_size or height > max_side or width > max_side:
+            raise ValueError(
+                f"latent size {height}x{width} must be a multiple of patch_size={cfg.patch_size} and at most {max_side}"
+            )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        timestep: Union[torch.Tensor, float],
+        token_codes: torch.Tensor,
+        token_mask: Optional[torch.Tensor] = None,
+        return_dict: bool = True,
+    ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
+        """Velocity ``v = ε - x0`` of the noisy latent ``x_τ = τ ε + (1 - τ) x0``.
+
+        Args:
+            hidden_states: noisy latent ``(B, in_channels, H, W)``.
+            timestep: code time τ in [0, 1] (τ = 1 is pure noise), ``(B,)`` or a scalar; embedded as ``1000 τ``.
+            token_codes: post-normed code vectors in code order, ``(B, K, code_dim)``. Passing only the
+                first ``n <= K`` tokens ``(B, n, code_dim)`` is the same as masking the others.
+            token_mask: ``(B, n)`` boolean, True for visible tokens (``j <= k(τ)``); None = all visible.
+                Invisible tokens are hidden from both streams; their code vectors need not be zeroed.
+            return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
+        Returns:
+            the velocity ``(B, out_channels, H, W)`` as ``.sample`` (or the first tuple element).
+        """
+        self._check_latents(hidden_states)
+        batch_size, _, height, width = hidden_states.shape
+        self._check_token_codes(token_codes, batch_size, allow_prefix=True)
+        if token_mask is not None and tuple(token_mask.shape) != tuple(token_codes.shape[:2]):
+            raise ValueError(
+                f"token_mask must have shape {tuple(token_codes.shape[:2])} (batch, tokens), got {tuple(token_mask.shape)}"
+            )
+        timestep = torch.as_tensor(timestep, device=hidden_states.device)
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch_size)
+        if timestep.shape != (batch_size,):
+            raise ValueError(f"timestep must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}")
+
+        token_codes, token_mask = _visible_prefix(token_codes, token_mask)
+        hidden = self.pos_embed(hidden_states)
+        # The sinusoidal features of 1000 τ need float32: bf16 cannot resolve the angles.
+        temb = self.time_embedder(timestep.to(torch.float32) * 1000.0)
+        out = self._run_backbone(hidden, token_codes, token_mask, temb, context_sees_image=self.config.context_see_xt)
+        p = self.config.patch_size
+        out = self._unpatchify(out, height // p, width // p)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)
+
+
+class SelftokRenderer(_SelftokMMDiTBase):
+    """Selftok's one-step renderer: all K tokens -> the clean latent, in a single forward pass.
+
+    The image stream starts from a learned canvas token (shared by every patch when
+    ``shared_canvas_token``, as in the release) plus a learned position embedding. The time is fixed
+    at 1000 (τ = 1), every token is visible, and token queries do not attend to the image.
+
+    Args:
+        sample_size: side of the output latent (32 for 256-px images); fixed by the learned embeddings.
+        patch_size, out_channels: output patch size and latent channels.
+        num_layers, attention_head_dim, num_attention_heads, num_tokens, code_dim, mlp_ratio, qkv_bias:
+            as in [`SelftokDecoderTransformer`].
+        shared_canvas_token: one canvas token repeated over the patch grid (True) or one per patch.
+    """
+
+    #: The renderer always sees the sample at the noisiest time.
+    render_time = 1000.0
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        patch_size: int = 2,
+        out_channels: int = 16,
+        num_layers: int = 24,
+        attention_head_dim: int = 64,
+        num_attention_heads: int = 24,
+        num_tokens: int = 512,
+        code_dim: int = 16,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        shared_canvas_token: bool = True,
+    ):
+        super().__init__()
+        if sample_size % patch_size:
+            raise ValueError(f"sample_size={sample_size} must be a multiple of patch_size={patch_size}")
+        dim = num_attention_heads * attention_head_dim
+        num_patches = (sample_size // patch_size) ** 2
+        self.canvas_token = nn.Parameter(torch.randn(1, 1 if shared_canvas_token else num_patches, dim) * dim**-0.5)
+        self.canvas_pos_embed = nn.Parameter(torch.randn(num_patches, dim) * dim**-0.5)
+        self._build_backbone(out_channels)
+
+    def forward(
+        self, token_codes: torch.Tensor, return_dict: bool = True
+    ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
+        """
+        Args:
+            token_codes: all K post-normed code vectors in code order, ``(B, K, code_dim)``.
+            return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
+        Returns:
+            the predicted clean latent ``(B, out_channels, sample_size, sample_size)`` as ``.sample``.
+        """
+        self._check_token_codes(token_codes, None, allow_prefix=False)
+        batch_size = token_codes.shape[0]
+        canvas = self.canvas_token + self.canvas_pos_embed
+        hidden = canvas.expand(batch_size, *canvas.shape[1:])
+        timestep = torch.full((batch_size,), self.render_time, device=token_codes.device)
+        temb = self.time_embedder(timestep)
+        out = self._run_backbone(hidden, token_codes, None, temb, context_sees_image=False)
+        grid = self.config.sample_size // self.config.patch_size
+        out = self._unpatchify(out, grid, grid)
+        if not return_dict:
+            return (out,)
+        return Transformer2DModelOutput(sample=out)
+
+
+# -------------------------------------------------------------------------------------- conversion
+_OFFICIAL_HEAD_DIM = 64  # official MMDiT: width = 64 * depth and heads = depth
+
+
+def _init_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A model config (dict or diffusers FrozenDict) without diffusers' private ``_*`` entries."""
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+def _expected_shapes(model_cls: type, config: Mapping[str, Any]) -> dict[str, torch.Size]:
+    """Key -> shape of ``model_cls(**config).state_dict()``, built on the meta device (no memory)."""
+    with torch.device("meta"):
+        model = model_cls(**_init_kwargs(config))
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def _check_against(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size], what: str) -> None:
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = [
+        f"{k}: {tuple(v.shape)} vs model {tuple(expected[k])}"
+        for k, v in state_dict.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k])
+    ]
+    if missing or unexpected or wrong:
+        raise ValueError(f"{what} does not match the model config. missing: {missing}; unexpected: {unexpected}; shapes: {wrong}")
+
+
+def _swap_halves(t: torch.Tensor) -> torch.Tensor:
+    """Official (shift, scale) rows -> diffusers' AdaLayerNormContinuous (scale, shift) rows."""
+    shift, scale = t.chunk(2, dim=0)
+    return torch.cat([scale, shift], dim=0)
+
+
+def _split3(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Rows of a fused qkv projection -> separate q, k, v (cloned, so they can be saved independently)."""
+    return tuple(x.clone() for x in t.chunk(3, dim=0))
+
+
+# Official suffixes inside `joint_blocks.{i}.` -> ours inside `transformer_blocks.{i}.`; qkv handled separately.
+_BLOCK_RENAMES = {
+    "x_block.adaLN_modulation.1": "norm1.linear",
+    "x_block.attn.proj": "attn.to_out.0",
+    "x_block.mlp.fc1": "ff.net.0.proj",
+    "x_block.mlp.fc2": "ff.net.2",
+    "context_block.attn.proj": "attn.to_add_out",
+    "context_block.mlp.fc1": "ff_context.net.0.proj",
+    "context_block.mlp.fc2": "ff_context.net.2",
+    "context_block.t_embedder.mlp.0": "norm1_context.token_embedder.mlp.0",
+    "context_block.t_embedder.mlp.2": "norm1_context.token_embedder.mlp.2",
+}
+_TOP_RENAMES = {
+    "t_embedder.mlp.0": "time_embedder.mlp.0",
+    "t_embedder.mlp.2": "time_embedder.mlp.2",
+    "context_embedder": "context_embedder",
+    "final_layer.linear": "proj_out",
+    "x_embedder.proj": "pos_embed.proj",
+}
+
+
+def _convert_official(
+    official: Mapping[str, torch.Tensor],
+    model_cls: type,
+    config: Mapping[str, Any],
+    tensor_renames: Mapping[str, str],
+    dropped_patterns: Mapping[str, str],
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Shared strict mapping of official ``MMDiT`` / ``MMDiT_Renderer`` keys (without ``model.``)."""
+    last = int(config["num_layers"]) - 1
+    out: dict[str, torch.Tensor] = {}
+    dropped: list[str] = []
+    unknown: list[str] = []
+    for key, value in official.items():
+        block = re.fullmatch(r"joint_blocks\.(\d+)\.(.+)\.(weight|bias)", key)
+        top = re.fullmatch(r"(.+)\.(weight|bias)", key)
+        if key in tensor_renames:
+            out[tensor_renames[key]] = value
+        elif any(re.fullmatch(p, key) for p in dropped_patterns):
+            dropped.append(key)
+        elif block:
+            index, name, kind = int(block.group(1)), block.group(2), block.group(3)
+            prefix = f"transformer_blocks.{index}."
+            is_last = index == last
+            if name == "x_block.attn.qkv":
+                for proj, part in zip(("to_q", "to_k", "to_v"), _split3(value)):
+                    out[f"{prefix}attn.{proj}.{kind}"] = part
+            elif name == "context_block.attn.qkv":
+                q, k, v = _split3(value)
+                out[f"{prefix}attn.add_k_proj.{kind}"], out[f"{prefix}attn.add_v_proj.{kind}"] = k, v
+                if is_last:
+                    dropped.append(f"{key}[query rows]")  # pre-only block: token queries are never used
+                else:
+                    out[f"{prefix}attn.add_q_proj.{kind}"] = q
+            elif name == "context_block.adaLN_modulation.1":
+                out[f"{prefix}norm1_context.linear.{kind}"] = _swap_halves(value) if is_last else value
+            elif name.startswith("context_block.t_embedder.") and is_last:
+                dropped.append(key)  # the pre-only block is modulated by the diffusion time instead
+            elif name in _BLOCK_RENAMES:
+                out[f"{prefix}{_BLOCK_RENAMES[name]}.{kind}"] = value
+            else:
+                unknown.append(key)
+        elif top and top.group(1) == "final_layer.adaLN_modulation.1":
+            out[f"norm_out.linear.{top.group(2)}"] = _swap_halves(value)
+        elif top and top.group(1) in _TOP_RENAMES:
+            out[f"{_TOP_RENAMES[top.group(1)]}.{top.group(2)}"] = value
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ValueError(f"unexpected keys in the official {model_cls.__name__} checkpoint: {sorted(unknown)}")
+
+    if "context_pos_embed" in official and official["context_pos_embed"].device.type != "meta":
+        table = official["context_pos_embed"].reshape(-1, official["context_pos_embed"].shape[-1]).float()
+        expected_table = sincos_1d(table.shape[-1], token_positions(table.shape[0]))
+        if table.shape != expected_table.shape or (table - expected_table).abs().max() > 1e-5:
+            raise ValueError("context_pos_embed is not the sin-cos table at positions 1000 + 8j that this model recomputes")
+    _check_against(out, _expected_shapes(model_cls, config), f"converted official {model_cls.__name__} state dict")
+    return out, dropped
+
+
+_DROPPED_COMMON = {
+    r"y_embedder\..*": "pooled-vector embedder; the decoder is never given a pooled vector (sd3_cond_pooling None)",
+    r"context_pos_embed": "fixed sin-cos table at positions 1000 + 8j, recomputed (checked equal)",
+}
+
+
+def convert_official_decoder_state_dict(
+    official: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official ``MMDiT`` state dict (keys without the ``model.`` prefix) -> [`SelftokDecoderTransformer`] state dict.
+
+    Fused ``qkv`` projections are split, and the (shift, scale) halves of the final and pre-only
+    modulations are swapped into diffusers' (scale, shift) order. Strict: anything neither mapped nor
+    known to be unused, and any key or shape the model for ``config`` lacks, raises ``ValueError``.
+
+    Returns:
+        ``(state_dict, dropped)``: ``dropped`` lists the official keys (or ``key[query rows]`` slices)
+        that were intentionally left out: ``y_embedder.*``, ``context_pos_embed`` (recomputed),
+        the last block's unused ``context_block.t_embedder.*`` and token-query projection.
+    """
+    return _convert_official(
+        official, SelftokDecoderTransformer, config, {"pos_embed": "pos_embed.pos_embed"}, _DROPPED_COMMON
+    )
+
+
+def convert_official_renderer_state_dict(
+    official: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Official ``MMDiT_Renderer`` state dict (without ``model.``) -> [`SelftokRenderer`] state dict.
+
+    As [`convert_official_decoder_state_dict`]; the unused SD3 ``pos_embed`` buffer is dropped too.
+    """
+    renames = {"mask_token": "canvas_token", "positional_embedding": "canvas_pos_embed"}
+    dropped = {**_DROPPED_COMMON, r"pos_embed": "SD3 position table; the renderer has no patch input"}
+    return _convert_official(official, SelftokRenderer, config, renames, dropped)
+
+
+def _official_backbone_sizes(official: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """Sizes shared by the official decoder and renderer, read from tensor shapes."""
+    required = ("context_embedder.weight", "context_pos_embed", "joint_blocks.0.x_block.mlp.fc1.weight", "final_layer.linear.weight")
+    missing = [k for k in required if k not in official]
+    if missing:
+        raise ValueError(f"not an official Selftok MMDiT state dict (keys must not carry 'model.'); missing {missing}")
+    width, code_dim = official["context_embedder.weight"].shape
+    if width % _OFFICIAL_HEAD_DIM:
+        raise ValueError(f"official width {width} is not a multiple of the head size {_OFFICIAL_HEAD_DIM}")
+    blocks = {int(m.group(1)) for k in official for m in [re.match(r"joint_blocks\.(\d+)\.", k)] if m}
+    return dict(
+        num_layers=max(blocks) + 1,
+        attention_head_dim=_OFFICIAL_HEAD_DIM,
+        num_attention_heads=width // _OFFICIAL_HEAD_DIM,
+        num_tokens=int(official["context_pos_embed"].shape[-2]),
+        code_dim=int(code_dim),
+        mlp_ratio=official["joint_blocks.0.x_block.mlp.fc1.weight"].shape[0] / width,
+        qkv_bias="joint_blocks.0.x_block.attn.qkv.bias" in official,
+    )
+
+
+def _square_side(rows: int, what: str) -> int:
+    side = math.isqrt(rows)
+    if side * side != rows:
+        raise ValueError(f"{what} has {rows} rows, not a square grid")
+    return side
+
+
+def decoder_config_from_official_state_dict(
+    official: Mapping[str, torch.Tensor], *, sample_size: int, context_see_xt: bool = True
+) -> dict[str, Any]:
+    """[`SelftokDecoderTransformer`] config from an official ``MMDiT`` state dict (keys without ``model.``).
+
+    Every size comes from tensor shapes, except ``sample_size`` (the latent side, ``image_size // 8``,
+    which the weights do not fix) and ``context_see_xt`` (a forward flag in the official YAML).
+    """
+    config = _official_backbone_sizes(official)
+    width, in_channels, patch_size, _ = official["x_embedder.proj.weight"].shape
+    config.update(
+        sample_size=int(sample_size),
+        patch_size=int(patch_size),
+        in_channels=int(in_channels),
+        out_channels=official["final_layer.linear.weight"].shape[0] // patch_size**2,
+        pos_embed_max_size=_square_side(official["pos_embed"].shape[-2], "pos_embed"),
+        context_see_xt=bool(context_see_xt),
+    )
+    return config
+
+
+def renderer_config_from_official_state_dict(official: Mapping[str, torch.Tensor], *, patch_size: int = 2) -> dict[str, Any]:
+    """[`SelftokRenderer`] config from an official ``MMDiT_Renderer`` state dict (keys without ``model.``).
+
+    The renderer has no patch-embedding weights, so ``patch_size`` is given (the official renderer
+    hard-codes 2); the latent side follows from the learned position table.
+    """
+    config = _official_backbone_sizes(official)
+    grid = _square_side(official["positional_embedding"].shape[0], "positional_embedding")
+    config.update(
+        sample_size=grid * patch_size,
+        patch_size=patch_size,
+        out_channels=official["final_layer.linear.weight"].shape[0] // patch_size**2,
+        shared_canvas_token=official["mask_token"].shape[1] == 1,
+    )
+    return config
+
+
+# SD3 (diffusers) keys that belong to the text stream or to SD3 features Selftok does not use.
+_SD3_SKIPPED = (
+    r"time_text_embed\.text_embedder\..*",  # pooled CLIP projection
+    r"context_embedder\..*",  # text embedder; Selftok's is trained from scratch
+    r"transformer_blocks\.\d+\.(norm1_context|attn\.add_[qkv]_proj|attn\.to_add_out|ff_context)\..*",
+)
+_SD3_IMAGE_STREAM = (
+    r"pos_embed\.(proj\.weight|proj\.bias|pos_embed)",
+    r"transformer_blocks\.\d+\.(norm1\.linear|attn\.to_[qkv]|attn\.to_out\.0|ff\.net\.0\.proj|ff\.net\.2)\.(weight|bias)",
+    r"norm_out\.linear\.(weight|bias)",
+    r"proj_out\.(weight|bias)",
+)
+
+
+def decoder_state_dict_from_sd3(sd3_state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Image-stream initialisation of a [`SelftokDecoderTransformer`] from a diffusers `SD3Transformer2DModel`.
+
+    Selftok trains from SD3-medium with everything but the token stream loaded. The image stream
+    here uses diffusers' own SD3 modules, so the mapping is the identity on those keys, except the
+    timestep MLP (``time_text_embed.timestep_embedder.linear_{1,2}`` -> ``time_embedder.mlp.{0,2}``).
+    The text stream (``context_embedder``, pooled ``text_embedder`` and the blocks' ``*_context`` /
+    ``add_*`` parts) is skipped. Load the result with ``load_state_dict(..., strict=False)``: the
+    missing keys are exactly the token stream.
+
+    Raises:
+        ValueError: for SD3 variants this architecture cannot take (qk-norm or dual-attention SD3.5
+            blocks), a different depth, or any shape that does not fit ``config``.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unsupported = []
+    for key, value in sd3_state_dict.items():
+        t = re.fullmatch(r"time_text_embed\.timestep_embedder\.linear_([12])\.(weight|bias)", key)
+        if t:
+            out[f"time_embedder.mlp.{0 if t.group(1) == '1' else 2}.{t.group(2)}"] = value
+        elif any(re.fullmatch(p, key) for p in _SD3_IMAGE_STREAM):
+            out[key] = value
+        elif not any(re.fullmatch(p, key) for p in _SD3_SKIPPED):
+            unsupported.append(key)
+    if unsupported:
+        raise ValueError(f"SD3 keys with no counterpart in the Selftok decoder (qk-norm / dual attention?): {sorted(unsupported)}")
+    sd3_layers = {int(m.group(1)) for k in sd3_state_dict for m in [re.match(r"transformer_blocks\.(\d+)\.", k)] if m}
+    if len(sd3_layers) != config["num_layers"]:
+        raise ValueError(f"SD3 has {len(sd3_layers)} blocks but the decoder config has num_layers={config['num_layers']}")
+
+    expected = _expected_shapes(SelftokDecoderTransformer, config)
+    wrong = [f"{k}: SD3 {tuple(v.shape)} vs decoder {tuple(expected[k])}" for k, v in out.items() if tuple(v.shape) != tuple(expected[k])]
+    if wrong:
+        raise ValueError(f"SD3 weights do not fit the decoder config: {wrong}")
+    return out

@@ -1,0 +1,286 @@
+"""SelftokDecoderPipeline: Selftok token ids -> images, with the 50-step rectified-flow decoder or the
+one-step renderer, and images -> token ids with the same object.
+
+The sampler is the official one, exactly: code time τ runs uniformly from 1 down to 0 over
+``num_inference_steps`` Euler steps (``x ← x − (τ_i − τ_{i+1}) v``, no shift), and at every step the
+decoder sees only the tokens the token schedule allows at τ_i. diffusers'
+``FlowMatchEulerDiscreteScheduler`` (shift 1, explicit sigmas) reproduces that update bit for bit.
+
+Unlike the official loop, no encoder is re-run to build masks: visibility comes from k(τ) directly,
+and the invisible tail of the token sequence is dropped instead of masked (exact: masked tokens
+influence nothing).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# `configuration_selftok`, `embeddings` and `quantizer` are imported only so that diffusers' remote-code loader,
+# which copies a file's *direct* relative imports, ships them alongside this file.
+from .configuration_selftok import SelftokConfig  # noqa: F401
+from .embeddings import TimestepEmbedder  # noqa: F401
+from .quantizer import CosineVectorQuantizer  # noqa: F401
+from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
+from .modeling_selftok import SelftokModel
+from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
+from .pixel_space import PixelSpaceAutoencoder
+from .token_schedule import to_code_order
+from .vae import pixels_to_latents
+
+__all__ = ["SelftokDecoderPipeline", "sampler_sigmas"]
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# Source files each saved folder carries so that it loads with `trust_remote_code=True` where selftok_hf is
+# not installed (each set is closed under the files' relative imports).
+# Components whose class lives in this package, by module: the files that travel into the component's folder.
+_COMPONENT_SOURCES = {
+    "modeling_selftok_decoder": ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py"),
+    "pixel_space": ("pixel_space.py",),
+}
+_PIPELINE_SOURCES = (
+    "pipeline_selftok_decoder.py",
+    "vae.py",
+    "image_processing_selftok.py",
+    "modeling_selftok.py",
+    "configuration_selftok.py",
+    "quantizer.py",
+    "pixel_space.py",
+) + _COMPONENT_SOURCES["modeling_selftok_decoder"]
+
+
+def sampler_sigmas(num_inference_steps: int) -> np.ndarray:
+    """The official sampler's code times τ_0..τ_{N-1}: ``linspace(1, 0, N + 1)[:-1]`` in float32."""
+    return torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float32)[:-1].numpy()
+
+
+class SelftokDecoderPipeline(DiffusionPipeline):
+    r"""Decode Selftok token ids into images (and encode images into ids).
+
+    Components:
+        image_tokenizer ([`SelftokModel`]): encoder + quantizer; its codebook turns ids into code vectors.
+        transformer ([`SelftokDecoderTransformer`]): the rectified-flow MMDiT decoder (velocity).
+        vae (`AutoencoderKL` or [`PixelSpaceAutoencoder`]): the SD3 VAE (16 channels, x8), or the pixel-space
+            stand-in of a pixel-space tokenizer.
+        scheduler (`FlowMatchEulerDiscreteScheduler`): with ``shift=1.0``.
+        renderer ([`SelftokRenderer`], *optional*): the one-step renderer.
+    """
+
+    model_cpu_offload_seq = "image_tokenizer->transformer->renderer->vae"
+    _optional_components = ["renderer"]
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        image_tokenizer: SelftokModel,
+        transformer: SelftokDecoderTransformer,
+        vae: Union[AutoencoderKL, PixelSpaceAutoencoder],
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        renderer: Optional[SelftokRenderer] = None,
+    ):
+        super().__init__()
+        self.register_modules(image_tokenizer=image_tokenizer, transformer=transformer, vae=vae, scheduler=scheduler, renderer=renderer)
+        size = image_tokenizer.config.image_size if image_tokenizer is not None else 256
+        self.image_processor = SelftokImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+    # ------------------------------------------------------------------------------ save / load
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> None:
+        """Save like any diffusers pipeline, plus the code: ``model_index.json`` names our modules by file, and
+        the files travel with the weights, so ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``
+        works without selftok_hf installed (and ``SelftokDecoderPipeline.from_pretrained(dir)`` with it)."""
+        super().save_pretrained(save_directory, **kwargs)
+        root = Path(save_directory)
+        for name in _PIPELINE_SOURCES:
+            shutil.copyfile(_PACKAGE_DIR / name, root / name)
+        index_path = root / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["_class_name"] = ["pipeline_selftok_decoder", type(self).__name__]
+        for component, entry in index.items():
+            module = entry[0].removeprefix(__package__ + ".") if isinstance(entry, list) and entry[0] else None
+            if module in _COMPONENT_SOURCES:
+                index[component] = [module, entry[1]]
+                for name in _COMPONENT_SOURCES[module]:
+                    shutil.copyfile(_PACKAGE_DIR / name, root / component / name)
+        if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
+            index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """Read ``model_index.json``; when this class itself loads a folder, map the file-based module names
+        that :meth:`save_pretrained` writes back to this package (no remote code needed)."""
+        out = super().load_config(*args, **kwargs)
+        config = out[0] if isinstance(out, tuple) else out
+        if cls is SelftokDecoderPipeline and isinstance(config, dict):
+            if isinstance(config.get("_class_name"), list):
+                config["_class_name"] = config["_class_name"][1]
+            for name, entry in config.items():
+                if isinstance(entry, list) and entry and entry[0] in ("modeling_selftok", *_COMPONENT_SOURCES):
+                    config[name] = [f"{__package__}.{entry[0]}", entry[1]]
+        return out
+
+    # --------------------------------------------------------------------------------- helpers
+    @property
+    def token_schedule(self):
+        return self.image_tokenizer.config.token_schedule
+
+    def _latent_shape(self, batch_size: int) -> tuple[int, int, int, int]:
+        cfg = self.image_tokenizer.config
+        return (batch_size, cfg.latent_channels, cfg.latent_size, cfg.latent_size)
+
+    def _to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """SD3-normalised latents -> images in [0, 1] (official: clamp to [-1, 1], then rescale)."""
+        cfg = self.image_tokenizer.config
+        z = latents / cfg.vae_scaling_factor + cfg.vae_shift_factor
+        images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
+        return ((images.float().clamp(-1, 1) + 1) / 2)
+
+    def check_inputs(self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length=None):
+        self.image_tokenizer.check_token_ids(token_ids)
+        if prefix_length is not None:
+            num_tokens = self.image_tokenizer.config.num_tokens
+            if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or not 0 <= prefix_length <= num_tokens:
+                raise ValueError(f"prefix_length must be an integer in [0, {num_tokens}] (or None for all tokens), got {prefix_length!r}")
+            if use_renderer:
+                raise ValueError("prefix_length cannot be used with use_renderer=True: the renderer decodes from all K tokens")
+        if use_renderer:
+            if self.renderer is None:
+                raise ValueError("use_renderer=True but this pipeline has no renderer component (load or pass one)")
+        elif not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
+        if guidance_scale < 1:
+            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
+        if latents is not None:
+            expected = self._latent_shape(token_ids.shape[0])
+            if tuple(latents.shape) != expected:
+                raise ValueError(f"latents must have shape {expected} (the initial noise), got {tuple(latents.shape)}")
+        if output_type not in ("pil", "np", "pt", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
+
+    # ------------------------------------------------------------------------------- encoding
+    @torch.no_grad()
+    def encode(self, images: Union[PIL.Image.Image, list, torch.Tensor]) -> torch.LongTensor:
+        """Images (PIL, list of PIL/arrays, or pixel values in [-1, 1] ``(B, 3, H, W)``) -> token ids ``(B, K)``, AR order."""
+        if isinstance(images, torch.Tensor):
+            pixel_values = images
+        else:
+            pixel_values = self.image_processor(images, return_tensors="pt").pixel_values
+        cfg = self.image_tokenizer.config
+        latents = pixels_to_latents(self.vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor)
+        return self.image_tokenizer.encode(latents=latents.to(self.image_tokenizer.dtype)).token_ids
+
+    # ------------------------------------------------------------------------------- decoding
+    @torch.no_grad()
+    def __call__(
+        self,
+        token_ids: torch.LongTensor,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[[Any, int, torch.Tensor, dict], dict]] = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        use_renderer: bool = False,
+        prefix_length: Optional[int] = None,
+    ):
+        r"""Decode token ids into images.
+
+        Args:
+            token_ids (`torch.LongTensor` of shape `(B, K)`): ids in AR order (as `encode` returns them).
+            num_inference_steps (`int`, defaults to 50): Euler steps of the decoder (ignored with the renderer).
+            guidance_scale (`float`, defaults to 1.0): classifier-free guidance against the all-tokens-dropped
+                branch (how the decoder was trained to be unconditional); 1 disables it.
+            generator: `torch.Generator`(s) for the initial noise.
+            latents (`torch.Tensor` of shape `(B, C, h, w)`, *optional*): the initial noise at τ = 1.
+            output_type (`str`): "pil", "np", "pt" (images in [0, 1]) or "latent" (the final SD3-normalised latent).
+            callback_on_step_end: called as ``fn(pipe, step, timestep, {"latents": ...})`` after every step;
+                may return a replacement ``latents``.
+            use_renderer (`bool`): decode in one forward pass with the renderer.
+            prefix_length (`int`, *optional*): decode from only the first ``prefix_length`` tokens in AR order
+                (the coarsest); the others are hidden from the decoder at every step, so 0 decodes
+                unconditionally. None (or K) uses all tokens. Not available with the renderer.
+        Returns:
+            [`ImagePipelineOutput`] (or a tuple) with `images`.
+        """
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, got {name!r}")
+        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length)
+        device = self._execution_device
+        batch_size = token_ids.shape[0]
+
+        # 1. Token ids -> code vectors, in the decoder's (code) order.
+        codes = to_code_order(self.image_tokenizer.embed_tokens(token_ids.to(device)))
+
+        if use_renderer:
+            # 2a. One step: the renderer predicts the clean latent from all tokens.
+            codes = codes.to(self.renderer.dtype)
+            latents = self.renderer(token_codes=codes).sample.float()
+        else:
+            # 2b. Initial noise and the official uniform schedule.
+            if latents is None:
+                latents = randn_tensor(self._latent_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
+            latents = latents.to(device=device, dtype=torch.float32)
+            self.scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
+            # Everything that does not change inside the loop is computed once, on the host: the number of
+            # visible tokens k(τ_i) + 1 for every step, and the model dtype (a module walk in diffusers).
+            visible_counts = self.token_schedule.visible_count(self.scheduler.sigmas[:-1].cpu()).tolist()
+            model_dtype = self.transformer.dtype
+            codes = codes.to(model_dtype)
+            do_cfg = guidance_scale > 1.0
+            # A prefix of p tokens in AR order is code indices >= K - p: the finest K - p are hidden.
+            num_hidden = 0 if prefix_length is None else self.image_tokenizer.config.num_tokens - prefix_length
+            if do_cfg:
+                codes = torch.cat([codes, torch.zeros_like(codes)])
+
+            # 3. Denoising loop: at τ_i the decoder sees tokens 0..k(τ_i) (code order) and nothing else.
+            #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
+            with self.progress_bar(total=num_inference_steps) as progress_bar, self.transformer.cached_token_modulations():
+                for i, t in enumerate(self.scheduler.timesteps):
+                    sigma, num_visible = self.scheduler.sigmas[i], visible_counts[i]
+                    model_input = torch.cat([latents, latents]) if do_cfg else latents
+                    token_mask = None
+                    if do_cfg or num_hidden > 0:
+                        # Conditional rows see code indices num_hidden..k(τ_i); the unconditional CFG half sees
+                        # no token (every token dropped, as in training's CFG dropout).
+                        token_mask = (torch.arange(num_visible, device=device) >= num_hidden).expand(batch_size, -1)
+                        if do_cfg:
+                            token_mask = torch.cat([token_mask, torch.zeros_like(token_mask)])
+                    velocity = self.transformer(
+                        hidden_states=model_input.to(model_dtype),
+                        timestep=sigma.expand(model_input.shape[0]).to(device),
+                        token_codes=codes[:, :num_visible],
+                        token_mask=token_mask,
+                    ).sample.float()
+                    if do_cfg:
+                        cond, uncond = velocity.chunk(2)
+                        velocity = uncond + guidance_scale * (cond - uncond)
+                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+
+                    if callback_on_step_end is not None:
+                        callback_kwargs = {}
+                        for name in callback_on_step_end_tensor_inputs:
+                            callback_kwargs[name] = locals()[name]
+                        callback_outputs = callback_on_step_end(self, i, t, callback_kwargs)
+                        latents = callback_outputs.pop("latents", latents)
+                    progress_bar.update()
+
+        # 4. Latent -> images.
+        if output_type == "latent":
+            images = latents
+        else:
+            images = postprocess_images(self._to_images(latents), output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)

@@ -1,0 +1,268 @@
+"""Cosine-similarity vector quantizer with an EMA codebook (Selftok's VQ).
+
+Inference path (what the released tokenizer does at encode / decode time):
+
+    z (B, K, query_dim) --project_in--> (B, K, code_dim) --l2norm--> argmax cosine vs l2-normed codebook
+    ids -> codebook[ids] --project_out--> (B, K, token_dim) --post_norm (LayerNorm)--> token embeddings
+
+Training path (:meth:`CosineVectorQuantizer.forward` in train mode), as the official VQ does it:
+
+- the codebook is not a parameter: it follows exponential moving averages of the encoder outputs
+  assigned to each code (decay 0.99, Laplace-smoothed counts, rows re-normalised), after a k-means
+  initialisation on the first batch;
+- codes whose EMA count falls below a threshold *relative to the expected usage*
+  (``threshold * batch * K * world / C``) are re-seeded from the batch, sampling positions with
+  probability ``softmax(10 * normalised 1 / perplexity_k)`` ("smart" reactivation);
+- losses: commitment ``mean((sg(q) - z)^2)`` and a diversity term, ``-w * weight * H`` where H mixes
+  per-position and 64-group entropies of ``0.8 * EMA usage + 0.2 * batch softmax(10 cos)`` and the
+  weight decays from 0.5 to 0 as the codebook's usage perplexity goes from 10% to 30% of C.
+
+Under ``torch.distributed`` every statistic is all-reduced, and k-means / reactivation samples are
+drawn on rank 0 and broadcast, so every rank holds the same codebook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CosineVectorQuantizer", "QuantizerOutput"]
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if _world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def _broadcast(t: torch.Tensor) -> torch.Tensor:
+    if _world_size() > 1:
+        dist.broadcast(t, src=0)
+    return t
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy over the last axis (the official form, no epsilon: p comes from softmax mixes)."""
+    return -(p * torch.log(p)).sum(dim=-1)
+
+
+@dataclass
+class QuantizerOutput:
+    """Training-time quantizer output (code order).
+
+    Attributes:
+        ids: ``(B, K)`` int64.
+        quantized: ``(B, K, token_dim)`` post-normed token vectors with straight-through gradients.
+        loss: scalar, ``commitment_weight * commit + diversity``.
+        stats: floats for logging (commitment, diversity entropy, usage perplexity, reactivated codes).
+    """
+
+    ids: torch.Tensor
+    quantized: torch.Tensor
+    loss: torch.Tensor
+    stats: dict
+
+
+class CosineVectorQuantizer(nn.Module):
+    """Cosine VQ with an EMA codebook.
+
+    Args:
+        input_dim: width of the encoder outputs (the query width).
+        codebook_size: number of codes C.
+        code_dim: width D of a code.
+        token_dim: width of the vectors handed downstream; a Linear maps codes to it if ``!= code_dim``.
+        num_positions: K, token positions per image (for the per-position usage statistics).
+        post_norm: apply LayerNorm(token_dim, eps=1e-6) to the output vectors.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        codebook_size: int,
+        code_dim: int,
+        token_dim: int,
+        num_positions: int,
+        post_norm: bool = True,
+        ema_decay: float = 0.99,
+        ema_eps: float = 1e-5,
+        kmeans_iters: int = 10,
+        commitment_weight: float = 1.0,
+        diversity_weight: float = 1.0,
+        diversity_temperature: float = 10.0,
+        ema_entropy_ratio: float = 0.8,
+        diversity_schedule: tuple = (0.1, 0.3),
+        dead_code_threshold: float = 0.2,
+        reset_cluster_size: float = 0.2,
+        smart_reactivation: bool = True,
+    ) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.code_dim = code_dim
+        self.ema_decay, self.ema_eps, self.kmeans_iters = ema_decay, ema_eps, kmeans_iters
+        self.commitment_weight, self.diversity_weight = commitment_weight, diversity_weight
+        self.diversity_temperature, self.ema_entropy_ratio = diversity_temperature, ema_entropy_ratio
+        self.diversity_schedule = tuple(diversity_schedule)
+        self.dead_code_threshold, self.reset_cluster_size = dead_code_threshold, reset_cluster_size
+        self.smart_reactivation = smart_reactivation
+        self.project_in = nn.Linear(input_dim, code_dim) if input_dim != code_dim else nn.Identity()
+        self.project_out = nn.Linear(code_dim, token_dim) if token_dim != code_dim else nn.Identity()
+        self.post_norm = nn.LayerNorm(token_dim, eps=1e-6) if post_norm else nn.Identity()
+
+        # EMA codebook state. `embed` rows are unit vectors; `initted` is 0 until k-means has run.
+        self.register_buffer("embed", F.normalize(torch.randn(codebook_size, code_dim), dim=-1))
+        self.register_buffer("embed_avg", torch.zeros(codebook_size, code_dim))
+        self.register_buffer("cluster_size", torch.zeros(codebook_size))
+        self.register_buffer("initted", torch.zeros(()))
+        # EMA of p(code | token position): drives smart dead-code reactivation and the diversity loss.
+        self.register_buffer("position_code_usage", torch.full((num_positions, codebook_size), 1.0 / codebook_size))
+        self.register_buffer("position_usage_initted", torch.zeros(()))
+
+    def project(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs ``(B, K, input_dim)`` -> unit-norm code-space vectors ``(B, K, code_dim)``, fp32."""
+        return F.normalize(self.project_in(features.float()), dim=-1)
+
+    def cosine_similarity(self, features: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity ``(B, K, C)`` of the projected features to every code."""
+        return self.project(features) @ self.embed.float().t()
+
+    @torch.autocast("cuda", enabled=False)
+    @torch.autocast("cpu", enabled=False)
+    def quantize(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest codes by cosine similarity.
+
+        Args:
+            features: ``(B, K, input_dim)`` encoder outputs.
+        Returns:
+            ``(ids, projected)``: int64 ids ``(B, K)`` and the unit-norm projected features ``(B, K, code_dim)``.
+        """
+        projected = self.project(features)
+        ids = (projected @ self.embed.float().t()).argmax(dim=-1)
+        return ids, projected
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Code ids ``(B, K)`` -> token embeddings ``(B, K, token_dim)`` (codebook row, project_out, post_norm)."""
+        return self.post_norm(self.project_out(F.embedding(ids, self.embed)))
+
+    # ------------------------------------------------------------------------------ training
+    def forward(self, features: torch.Tensor) -> QuantizerOutput:
+        """Quantize ``(B, K, input_dim)`` features (code order). In train mode, also update the EMA codebook
+        and return the quantizer losses; in eval mode the loss is zero and no state changes."""
+        with torch.autocast(features.device.type, enabled=False):
+            z = self.project(features)
+            if self.training:
+                self._kmeans_init(z)
+            # A snapshot: the EMA update below rewrites `embed` in place, and autograd needs the old one.
+            embed = self.embed.clone() if self.training else self.embed
+            cos = z @ embed.t()
+            ids = cos.argmax(dim=-1)
+            codes = F.embedding(ids, embed)
+            stats = {}
+            loss = z.new_zeros(())
+            if self.training:
+                onehot = F.one_hot(ids, self.codebook_size).to(z.dtype)
+                self._update_position_usage(onehot)
+                self._update_codebook(z, onehot)
+                stats["reactivated_codes"] = self._reactivate_dead_codes(z)
+                commit = F.mse_loss(codes.detach(), z)
+                diversity, entropy = self._diversity_loss(cos)
+                loss = self.commitment_weight * commit + diversity
+                stats.update(
+                    commitment=commit.item(), diversity_entropy=entropy.item(), usage_perplexity=self.usage_perplexity().item()
+                )
+                codes = z + (codes - z).detach()  # straight-through estimator
+        return QuantizerOutput(ids=ids, quantized=self.post_norm(self.project_out(codes)), loss=loss, stats=stats)
+
+    def usage_perplexity(self) -> torch.Tensor:
+        """Mean over positions of ``exp(H(p(code | position)))`` from the EMA statistics."""
+        p = self.position_code_usage
+        return torch.exp(-(p * torch.log(p + 1e-10)).sum(dim=-1)).mean()
+
+    @torch.no_grad()
+    def _kmeans_init(self, z: torch.Tensor) -> None:
+        """Spherical k-means on the first batch (codes sampled on rank 0, statistics all-reduced)."""
+        if bool(self.initted):
+            return
+        samples = z.detach().reshape(-1, self.code_dim)
+        n, C = samples.shape[0], self.codebook_size
+        idx = torch.randperm(n, device=z.device)[:C] if n >= C else torch.randint(0, n, (C,), device=z.device)
+        means = _broadcast(samples[idx].contiguous())
+        bins = torch.zeros(C, device=z.device)
+        for _ in range(self.kmeans_iters):
+            buckets = (samples @ means.t()).argmax(dim=-1)
+            bins = _all_reduce_sum(torch.bincount(buckets, minlength=C).to(samples.dtype))
+            sums = _all_reduce_sum(torch.zeros_like(means).index_add_(0, buckets, samples))
+            new_means = F.normalize(sums / bins.clamp(min=1).unsqueeze(-1), dim=-1)
+            means = torch.where((bins == 0).unsqueeze(-1), means, new_means)
+        self.embed.copy_(means)
+        self.embed_avg.copy_(means * bins.unsqueeze(-1))
+        self.cluster_size.copy_(bins)
+        self.initted.fill_(1)
+
+    @torch.no_grad()
+    def _update_position_usage(self, onehot: torch.Tensor) -> None:
+        """EMA of p(code | position) over the batch; the first update uses decay 0.3 (official)."""
+        batch = _all_reduce_sum(onehot.mean(dim=0)) / _world_size()
+        decay = self.ema_decay if bool(self.position_usage_initted) else 0.3
+        self.position_code_usage.lerp_(batch, 1 - decay)
+        self.position_usage_initted.fill_(1)
+
+    @torch.no_grad()
+    def _update_codebook(self, z: torch.Tensor, onehot: torch.Tensor) -> None:
+        flat_z, flat_onehot = z.reshape(-1, self.code_dim), onehot.reshape(-1, self.codebook_size)
+        bins = _all_reduce_sum(flat_onehot.sum(dim=0))
+        self.cluster_size.lerp_(bins, 1 - self.ema_decay)
+        embed_sum = _all_reduce_sum(flat_onehot.t() @ flat_z)
+        self.embed_avg.lerp_(embed_sum, 1 - self.ema_decay)
+        total = self.cluster_size.sum()
+        smoothed = (self.cluster_size + self.ema_eps) / (total + self.codebook_size * self.ema_eps) * total
+        self.embed.copy_(F.normalize(self.embed_avg / smoothed.unsqueeze(-1), dim=-1))
+
+    def position_weights(self) -> torch.Tensor:
+        """Smart-reactivation weight of each token position: ``softmax(10 * (1/ppl_k) / max_k(1/ppl_k))``."""
+        p = self.position_code_usage
+        inv_perplexity = 1 / torch.exp(-(p * torch.log(p + 1e-10)).sum(dim=-1))
+        return (inv_perplexity / inv_perplexity.max() * 10.0).softmax(dim=-1)
+
+    @torch.no_grad()
+    def _reactivate_dead_codes(self, z: torch.Tensor) -> int:
+        """Re-seed codes whose EMA count is below the relative threshold with batch samples."""
+        if self.dead_code_threshold <= 0:
+            return 0
+        B, K, _ = z.shape
+        expected = B * K * _world_size() / self.codebook_size  # expected count of a code per step
+        dead = self.cluster_size < self.dead_code_threshold * expected
+        num_dead = int(dead.sum())
+        if num_dead == 0:
+            return 0
+        samples = z.reshape(-1, self.code_dim)
+        if self.smart_reactivation:
+            # Sample positions by weight, spread evenly over the batch (samples are batch-major).
+            p = (self.position_weights() / B).repeat(B)
+            picks = torch.multinomial(p, num_dead, replacement=True)
+        else:
+            picks = torch.randint(0, samples.shape[0], (num_dead,), device=z.device)
+        new_codes = _broadcast(samples[picks].contiguous())
+        reset = self.reset_cluster_size * expected
+        self.embed[dead] = new_codes
+        self.embed_avg[dead] = new_codes * reset
+        self.cluster_size[dead] = reset
+        return num_dead
+
+    def _diversity_loss(self, cos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[OFF] diversity loss; returns ``(loss, entropy)``."""
+        batch_p = (cos * self.diversity_temperature).softmax(dim=-1).mean(dim=0)  # (K, C)
+        mix = self.position_code_usage * self.ema_entropy_ratio + batch_p * (1 - self.ema_entropy_ratio)
+        groups = torch.stack([g.mean(dim=0) for g in mix.tensor_split(64, dim=0) if len(g)], dim=0)
+        entropy = 0.5 * (_entropy(mix).mean() + _entropy(groups).mean())
+        frac = float(self.usage_perplexity()) / self.codebook_size
+        lo, hi = self.diversity_schedule
+        weight = 0.5 if frac < lo else max(0.5 - 0.5 / (hi - lo) * (frac - lo), 0.0)
+        return -self.diversity_weight * weight * entropy, entropy
