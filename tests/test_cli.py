@@ -111,12 +111,12 @@ def test_generate_and_describe(vlm_dir, tmp_path, capsys):
 def test_help_lists_every_subcommand():
     result = subprocess.run(["selftok", "--help"], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for name in ["encode", "decode", "reconstruct", "generate", "describe", *DELEGATED_COMMANDS]:
+    for name in ["encode", "decode", "reconstruct", "generate", "describe", "push", *DELEGATED_COMMANDS]:
         assert re.search(rf"^\s+{re.escape(name)}\s+\S", result.stdout, re.MULTILINE), f"{name} missing from selftok --help"
     assert "examples:" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["encode", "decode", "reconstruct", "generate", "describe", *DELEGATED_COMMANDS])
+@pytest.mark.parametrize("command", ["encode", "decode", "reconstruct", "generate", "describe", "push", *DELEGATED_COMMANDS])
 def test_subcommand_help_exits_zero(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

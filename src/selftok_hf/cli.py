@@ -5,6 +5,7 @@
     selftok reconstruct photo.jpg -o recon.png           # images -> side-by-side PNG, PSNR printed
     selftok generate --pipeline vlm/ "a red circle"      # prompt -> image (a SelftokPipeline folder)
     selftok describe --pipeline vlm/ photo.jpg           # image -> text
+    selftok push converted/ my-org/selftok              # upload a saved folder to the Hugging Face Hub
     selftok convert | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
@@ -45,6 +46,7 @@ examples:
   selftok reconstruct photo.jpg -o recon.png --renderer
   selftok generate --pipeline my-vlm/ "a red circle on a blue background" -o out.png
   selftok describe --pipeline my-vlm/ photo.jpg --question "What is in the image?"
+  selftok push converted/ my-org/selftok-512
 
 run 'selftok <command> --help' for the options of one command."""
 
@@ -130,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("--question", default="Describe the image.", help='the question asked about every image (default: "Describe the image.")')
     describe.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer in tokens (default: 64)")
     _add_runtime_arguments(describe)
+
+    push = command("push", "upload a saved folder (tokenizer, decoder pipeline, VLM pipeline, LoRA adapter) to the Hub", "selftok push converted/ my-org/selftok-512")
+    push.add_argument("folder", help="a folder written by save_pretrained (or selftok convert / train-*)")
+    push.add_argument("repo_id", help='the Hub repo, "user/name" or "org/name" (created if missing)')
+    push.add_argument("--token", default=None, help="Hub token (default: the stored login or HF_TOKEN)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--commit-message", default=None, help='default: "Upload <artifact> with selftok-hf"')
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
 
     for name, (_, summary) in DELEGATED_COMMANDS.items():
         # Listed here for 'selftok --help'; their arguments are parsed by the entry point itself (see main).
@@ -332,7 +342,19 @@ def _describe(parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
-COMMANDS = {"encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "generate": _generate, "describe": _describe}
+def _push(parser: argparse.ArgumentParser, args) -> int:
+    from .hub import artifact_kind, push_folder
+
+    try:
+        kind = artifact_kind(args.folder)
+    except ValueError as error:
+        parser.error(str(error))
+    commit = push_folder(args.folder, args.repo_id, token=args.token, private=args.private or None, commit_message=args.commit_message, create_pr=args.create_pr)
+    print(f"pushed {kind} from {args.folder}: {commit.pr_url or commit.commit_url}")
+    return 0
+
+
+COMMANDS = {"encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "generate": _generate, "describe": _describe, "push": _push}
 
 
 def main(argv: list[str] | None = None) -> int:
