@@ -144,3 +144,18 @@ def test_bad_arguments_exit_2(decoder_dir, tmp_path, capsys):
     code, err = exit_code("generate", "a cat", "--pipeline", decoder_dir, "-o", tmp_path / "x.png")
     assert code == 2 and "is not a SelftokPipeline folder" in err
 
+
+
+def test_default_is_the_embedded_pipeline(tmp_path):
+    from selftok_hf.quickstart import embedded_pipeline
+
+    pipe = embedded_pipeline()
+    assert main(["encode", *PHOTOS, "-o", str(tmp_path / "ids.npy")]) == 0
+    ids = np.load(tmp_path / "ids.npy")
+    np.testing.assert_array_equal(ids, pipe.encode([PIL.Image.open(p).convert("RGB") for p in PHOTOS]).numpy())
+    assert main(["decode", str(tmp_path / "ids.npy"), "-o", str(tmp_path / "out"), "--renderer"]) == 0
+    expected = pipe(torch.from_numpy(ids), use_renderer=True, output_type="np").images
+    for index, want in enumerate(expected):
+        got = np.asarray(PIL.Image.open(tmp_path / "out" / f"image_{index:04d}.png"))
+        assert got.shape == (32, 32, 3)
+        np.testing.assert_array_equal(got, np.round(want * 255).astype(np.uint8))
