@@ -256,3 +256,53 @@ def test_renderer_starts_from_the_decoder_and_trains(tmp_path, image_dir):
     ids = torch.zeros(1, pipe.image_tokenizer.config.num_tokens, dtype=torch.long)
     assert pipe(ids, use_renderer=True, output_type="pt").images.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     shutil.rmtree(tmp_path / "ren")
+
+
+def test_training_options_accumulation_bf16_checkpointing_cached_latents(tmp_path, image_dir):
+    """Each option runs end to end and changes what it should."""
+    base = TokenizerTrainer(_args(tmp_path / "base", image_dir, max_steps=1, batch_size=2))
+    base_loss = base.run()[0]["loss"]
+    accumulated = TokenizerTrainer(_args(tmp_path / "acc", image_dir, max_steps=1, batch_size=2, gradient_accumulation_steps=2))
+    history = accumulated.run()
+    # The logged loss is the mean of the micro-batches; micro-batch 0 is the base run's only batch.
+    assert history[0]["loss"] != base_loss and np.isfinite(history[0]["loss"])
+    checkpointed = TokenizerTrainer(_args(tmp_path / "ckpt", image_dir, max_steps=1, batch_size=2, gradient_checkpointing=True))
+    # Recomputing activations changes nothing but memory: same loss as the base run.
+    assert checkpointed.run()[0]["loss"] == pytest.approx(base_loss, rel=1e-5)
+    objective = checkpointed.accelerator.unwrap_model(checkpointed.models["objective"])
+    assert objective.tokenizer.encoder.gradient_checkpointing and objective.decoder.gradient_checkpointing
+    # accelerate fixes the precision once per process: bf16 autocast runs in a fresh one.
+    out = tmp_path / "bf16"
+    result = subprocess.run(
+        [sys.executable, "-m", "selftok_hf.training.tokenizer", "--dataset", image_dir, "--output-dir", str(out),
+         "--max-steps", "2", "--batch-size", "2", "--log-every", "1", "--mixed-precision", "bf16"],
+        capture_output=True, text=True, timeout=600, check=False, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(entry["loss"]) for entry in logs)
+    exported = SelftokDecoderPipeline.from_pretrained(str(out / "pipeline"))
+    assert exported.image_tokenizer.quantizer.embed.dtype == torch.float32  # the quantizer stays fp32
+    cached = TokenizerTrainer(_args(tmp_path / "cache", image_dir, max_steps=1, cache_latents=True))
+    cached.run()
+    assert "latents" in cached.batches.dataset.column_names
+    assert cached.batches.batch(0).shape == (2, 12, 8, 8)
+
+
+def test_decoder_image_stream_from_an_sd3_transformer(tmp_path, image_dir):
+    from diffusers import SD3Transformer2DModel
+
+    from selftok_hf.modeling_selftok_decoder import SELFTOK_DECODER_TINY_CONFIG
+
+    cfg = SELFTOK_DECODER_TINY_CONFIG
+    sd3 = SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=12, out_channels=12, num_layers=cfg["num_layers"],
+        attention_head_dim=cfg["attention_head_dim"], num_attention_heads=cfg["num_attention_heads"],
+        joint_attention_dim=16, caption_projection_dim=16, pooled_projection_dim=8, pos_embed_max_size=cfg["pos_embed_max_size"],
+    )
+    sd3.save_pretrained(tmp_path / "sd3")
+    trainer = TokenizerTrainer(_args(tmp_path, image_dir, sd3_transformer=str(tmp_path / "sd3")))
+    _, decoder, _ = trainer._build_models()
+    theirs = sd3.state_dict()
+    assert torch.equal(decoder.state_dict()["transformer_blocks.0.attn.to_q.weight"], theirs["transformer_blocks.0.attn.to_q.weight"])
+    assert torch.equal(decoder.state_dict()["pos_embed.proj.weight"], theirs["pos_embed.proj.weight"])
