@@ -41,3 +41,13 @@ def steering_pipeline():
                     param.copy_(0.3 * torch.randn(param.shape, generator=generator))
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models: one intra-op thread beats thread start-up costs and pool stalls on a busy 2-core CI box.
+    Opt in per module with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,13 +22,7 @@ from selftok_hf.vae import RandomWeightsWarning
 ARCHITECTURES = ["llama", "qwen2", "gpt2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # Tiny models: thread start-up costs more than the matmuls, and the CI box has 2 shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

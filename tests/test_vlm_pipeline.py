@@ -20,13 +20,7 @@ from selftok_hf.tiny_vlm import (
 from selftok_hf.vae import RandomWeightsWarning
 from selftok_hf.visual_vocabulary import mask_logits
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,7 @@ from selftok_hf.processing_selftok import IGNORE_INDEX
 from selftok_hf.quickstart import bundled_images
 from selftok_hf.tiny_vlm import tiny_selftok_pipeline
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

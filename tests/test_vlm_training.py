@@ -23,12 +23,7 @@ from selftok_hf.training.sft import (
 CAPTIONS = {"astronaut.jpg": "an astronaut in a white suit", "coffee.jpg": "a cup of coffee", "chelsea.jpg": "a tabby cat"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

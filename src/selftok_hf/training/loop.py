@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .data import step_seed
 
-__all__ = ["LoopArguments", "TrainingLoop", "add_dataclass_arguments", "latest_checkpoint"]
+__all__ = ["LoopArguments", "TrainingLoop", "add_dataclass_arguments", "latest_checkpoint", "run_training_cli"]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +97,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kind = int if "int" in annotation else float if "float" in annotation else str
             parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper())
+
+
+def run_training_cli(prog: str, description: str, args_cls: type, train: Callable, argv: list[str] | None = None) -> int:
+    """Shared ``main()`` of the trainer scripts: one flag per ``args_cls`` field plus ``--export-dir``; invalid
+    options exit with code 2; then ``train(args, export_dir)``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_dataclass_arguments(parser, args_cls)
+    parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
+    ns = parser.parse_args(argv)
+    export_dir = ns.__dict__.pop("export_dir")
+    try:
+        args = args_cls(**vars(ns))
+    except ValueError as err:
+        parser.error(str(err))
+    logging.basicConfig(level=logging.INFO)
+    train(args, export_dir)
+    return 0
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

@@ -18,7 +18,6 @@ downloaded here, so the default perceptual term is LPIPS only when ``lpips_weigh
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -33,7 +32,7 @@ from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..vae import pixels_to_latents
 from .data import StepBatches, load_image_dataset
-from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+from .loop import LoopArguments, TrainingLoop, run_training_cli
 
 __all__ = [
     "PatchDiscriminator",
@@ -249,22 +248,14 @@ def train_renderer(
 
 def main(argv: list[str] | None = None) -> int:
     """``selftok-train-renderer``: train the one-step renderer of a trained tokenizer/decoder pipeline."""
-    parser = argparse.ArgumentParser(
-        prog="selftok-train-renderer",
-        description="Train Selftok's one-step renderer from a trained decoder (frozen tokenizer; MSE + perceptual + GAN "
+    return run_training_cli(
+        "selftok-train-renderer",
+        "Train Selftok's one-step renderer from a trained decoder (frozen tokenizer; MSE + perceptual + GAN "
         "with the paper's schedule). Use `accelerate launch -m selftok_hf.training.renderer` for several processes.",
+        RendererTrainingArguments,
+        train_renderer,
+        argv,
     )
-    add_dataclass_arguments(parser, RendererTrainingArguments)
-    parser.add_argument("--export-dir", default=None, help="where to write the pipeline with the renderer (default: OUTPUT_DIR/pipeline)")
-    ns = parser.parse_args(argv)
-    export_dir = ns.__dict__.pop("export_dir")
-    try:
-        args = RendererTrainingArguments(**vars(ns))
-    except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO)
-    train_renderer(args, export_dir)
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ the image half of every block) 1e-5, the rest of the decoder 5e-5; AdamW(0.9, 0.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -49,7 +48,7 @@ from .data import (
     images_to_tensor,
     load_image_dataset,
 )
-from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+from .loop import LoopArguments, TrainingLoop, run_training_cli
 
 __all__ = [
     "SelftokTokenizerObjective",
@@ -365,22 +364,14 @@ def train_tokenizer(args: TokenizerTrainingArguments, export_dir: str | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """``selftok-train-tokenizer``: train a Selftok tokenizer + decoder (``accelerate launch`` for several processes)."""
-    parser = argparse.ArgumentParser(
-        prog="selftok-train-tokenizer",
-        description="Train a Selftok tokenizer and its diffusion decoder (release objective) with accelerate. "
+    return run_training_cli(
+        "selftok-train-tokenizer",
+        "Train a Selftok tokenizer and its diffusion decoder (release objective) with accelerate. "
         "Run it directly for one process, or with `accelerate launch [--config_file F] -m selftok_hf.training.tokenizer` for DDP/FSDP/DeepSpeed.",
+        TokenizerTrainingArguments,
+        train_tokenizer,
+        argv,
     )
-    add_dataclass_arguments(parser, TokenizerTrainingArguments)
-    parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
-    ns = parser.parse_args(argv)
-    export_dir = ns.__dict__.pop("export_dir")
-    try:
-        args = TokenizerTrainingArguments(**vars(ns))
-    except ValueError as err:
-        parser.error(str(err))
-    logging.basicConfig(level=logging.INFO)
-    train_tokenizer(args, export_dir)
-    return 0
 
 
 if __name__ == "__main__":
