@@ -69,31 +69,40 @@ class Config:
     # Tokenizers: K tokens of a C-entry codebook -> K log2 C bits per image, for both arms.
     num_tokens: int = 16
     codebook_size: int = 64
+    token_schedule: str = "6,5,2,2,1"
     tokenizer_images: int = 4000
-    tokenizer_steps: int = 1500
+    tokenizer_steps: int = 14000
     tokenizer_batch: int = 32
     tokenizer_lr: float = 1e-3
-    raster_steps: int = 1500
+    raster_steps: int = 6000
     decoder_steps: int = 8
     # LM + SFT.
     lm_hidden: int = 128
     lm_layers: int = 4
     sft_images_per_prompt: int = 40
-    sft_steps: int = 1000
+    sft_steps: int = 3000
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # RL.
-    rl_steps: int = 100
+    rl_steps: int = 200
     rl_prompts_per_step: int = 4
     group_size: int = 8
-    rl_lr: float = 1e-4
+    rl_lr: float = 3e-4
     beta: float = 0.04
     # Evaluation.
-    eval_images_per_prompt: int = 4
+    eval_images_per_prompt: int = 8
 
     @property
     def bits_per_image(self) -> float:
         return self.num_tokens * math.log2(self.codebook_size)
+
+    @property
+    def schedule(self) -> list[int]:
+        """Selftok tokens per stage of the token schedule (the release's 192, 184, 72, 48, 16 of 512, scaled)."""
+        counts = [int(c) for c in self.token_schedule.split(",")]
+        if sum(counts) != self.num_tokens or len(counts) != 5:
+            raise ValueError(f"token_schedule must be 5 counts summing to num_tokens={self.num_tokens}, got {self.token_schedule!r}")
+        return counts
 
 
 # ---------------------------------------------------------------------------------------------- codecs
@@ -176,18 +185,10 @@ def build_lm(cfg: Config, seed: int) -> TokenLM:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     # Only K and the codebook size of the image tokenizer matter for the id layout ("mean" init for both arms).
-    layout = SelftokConfig(num_tokens=cfg.num_tokens, codebook_size=cfg.codebook_size, schedule_tokens_per_stage=schedule(cfg.num_tokens))
+    layout = SelftokConfig(num_tokens=cfg.num_tokens, codebook_size=cfg.codebook_size, schedule_tokens_per_stage=cfg.schedule)
     vocabulary = add_visual_tokens(model, tokenizer, layout, init="mean", seed=seed)
     processor = SelftokProcessor(image_processor=SelftokImageProcessorPil(), tokenizer=tokenizer, visual_vocabulary=vocabulary)
     return TokenLM(model, processor, vocabulary)
-
-
-def schedule(num_tokens: int) -> list[int]:
-    """Tokens per stage of the release schedule (192, 184, 72, 48, 16 of 512), scaled to ``num_tokens``."""
-    release = np.array([192, 184, 72, 48, 16]) / 512 * num_tokens
-    counts = np.maximum(np.floor(release).astype(int), 1)
-    counts[0] += num_tokens - counts.sum()
-    return counts.tolist()
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -211,7 +212,10 @@ def write_tokenizer_data(cfg: Config) -> Path:
 
     data_dir = Path(cfg.output_dir) / "tokenizers" / "data"
     if not (data_dir / "dataset_info.json").exists():
-        _, _, images = render_dataset(cfg, ShapesWorld(image_size=cfg.image_size).all_prompts(), cfg.tokenizer_images, seed=10_000)
+        world = ShapesWorld(image_size=cfg.image_size)
+        specs = world.all_prompts()
+        chosen = np.random.default_rng(0).integers(len(specs), size=cfg.tokenizer_images)
+        images = [world.render(world.sample_scene(specs[i], seed=j)) for j, i in enumerate(chosen)]
         pil = [PIL.Image.fromarray((im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)) for im in images]
         datasets.Dataset.from_dict({"image": pil}).save_to_disk(str(data_dir))
     return data_dir
@@ -234,7 +238,7 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
         tokenizer_config = {
             "latent_size": cfg.image_size // patch, "latent_downsample": patch, "encoder_hidden_size": 64, "encoder_num_heads": 4, "encoder_depth": 4,
             "num_tokens": cfg.num_tokens, "query_dim": 128, "query_heads": 4, "codebook_size": cfg.codebook_size, "code_dim": 8, "token_dim": 8,
-            "schedule_tokens_per_stage": schedule(cfg.num_tokens),
+            "schedule_tokens_per_stage": cfg.schedule,
         }
         decoder_config = {**SELFTOK_DECODER_TINY_CONFIG, "num_layers": 4, "attention_head_dim": 16, "num_attention_heads": 4}
         (root / "selftok").mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,15 @@
 a pixel-space detector, program / QA rewards, and the simplified GRPO objective and trainer."""
 
 from .detector import Detection, ShapeDetector, as_image_batch
+from .evaluation import shapes_geneval
+from .grpo import (
+    GRPOLossOutput,
+    constrained_log_distributions,
+    constrained_logprobs,
+    group_advantages,
+    grpo_loss,
+    k3_kl,
+)
 from .rewards import (
     CombinedReward,
     DetectorJudge,
@@ -26,6 +35,7 @@ from .shapes_world import (
     parse_prompt,
     render_scene,
 )
+from .trainer import GRPOArguments, GRPOTrainer, build_reward, load_prompts
 
 __all__ = [
     "CATEGORIES",
@@ -35,6 +45,9 @@ __all__ = [
     "CombinedReward",
     "Detection",
     "DetectorJudge",
+    "GRPOArguments",
+    "GRPOLossOutput",
+    "GRPOTrainer",
     "ObjectSpec",
     "ProgramResult",
     "ProgramReward",
@@ -46,9 +59,17 @@ __all__ = [
     "ShapeInstance",
     "ShapesWorld",
     "as_image_batch",
+    "build_reward",
+    "constrained_log_distributions",
+    "constrained_logprobs",
     "dsg_questions",
     "evaluate_prompt",
+    "group_advantages",
+    "grpo_loss",
+    "k3_kl",
+    "load_prompts",
     "parse_prompt",
     "program_accuracy",
     "render_scene",
+    "shapes_geneval",
 ]
