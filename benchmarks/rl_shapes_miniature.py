@@ -75,6 +75,7 @@ class Config:
     tokenizer_batch: int = 32
     tokenizer_lr: float = 1e-3
     raster_steps: int = 6000
+    renderer_steps: int = 0
     decoder_steps: int = 8
     # LM + SFT.
     lm_hidden: int = 128
@@ -107,16 +108,18 @@ class Config:
 
 # ---------------------------------------------------------------------------------------------- codecs
 class SelftokCodec:
-    """Images in [0, 1] <-> Selftok ids through a trained pixel-space :class:`SelftokDecoderPipeline`."""
+    """Images in [0, 1] <-> Selftok ids through a trained pixel-space :class:`SelftokDecoderPipeline`: decoded by
+    ``decoder_steps`` flow steps, or by the one-step renderer when ``use_renderer``."""
 
     name = "selftok"
 
-    def __init__(self, path: Path, decoder_steps: int):
+    def __init__(self, path: Path, decoder_steps: int, use_renderer: bool = False):
         from selftok_hf import SelftokDecoderPipeline
 
         self.pipe = SelftokDecoderPipeline.from_pretrained(path)
         self.pipe.set_progress_bar_config(disable=True)
         self.decoder_steps = decoder_steps
+        self.use_renderer = use_renderer
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.LongTensor:
@@ -125,7 +128,7 @@ class SelftokCodec:
     @torch.no_grad()
     def decode(self, ids: torch.LongTensor) -> torch.Tensor:
         # The decoder's noise comes from the global generator, which every caller seeds.
-        return self.pipe(ids.cpu(), num_inference_steps=self.decoder_steps, output_type="pt").images
+        return self.pipe(ids.cpu(), num_inference_steps=self.decoder_steps, use_renderer=self.use_renderer, output_type="pt").images
 
 
 class RasterCodec:
@@ -149,7 +152,11 @@ class RasterCodec:
 
 def load_codec(cfg: Config, arm: str):
     root = Path(cfg.output_dir) / "tokenizers"
-    return SelftokCodec(root / "selftok" / "pipeline", cfg.decoder_steps) if arm == "selftok" else RasterCodec(root / "raster")
+    if arm == "raster":
+        return RasterCodec(root / "raster")
+    if cfg.renderer_steps:
+        return SelftokCodec(root / "selftok" / "pipeline_renderer", cfg.decoder_steps, use_renderer=True)
+    return SelftokCodec(root / "selftok" / "pipeline", cfg.decoder_steps)
 
 
 @dataclass
@@ -250,7 +257,21 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
             latent_space="pixel", pixel_patch_size=patch, encoder_lr=cfg.tokenizer_lr, decoder_image_lr=cfg.tokenizer_lr,
             decoder_token_lr=cfg.tokenizer_lr, cache_latents=True, log_every=100, checkpoint_every=500, resume_from="latest", seed=0,
         )
-        train_tokenizer(args, str(root / "selftok" / "pipeline"))
+        if not (root / "selftok" / "pipeline" / "model_index.json").exists():
+            train_tokenizer(args, str(root / "selftok" / "pipeline"))
+        if cfg.renderer_steps:
+            from selftok_hf.training.renderer import (
+                RendererTrainingArguments,
+                train_renderer,
+            )
+
+            # MSE only: no LPIPS weights offline, and the paper's GAN term starts after 30k steps.
+            renderer_args = RendererTrainingArguments(
+                output_dir=str(root / "selftok" / "renderer_run"), pipeline=str(root / "selftok" / "pipeline"), dataset=str(data_dir),
+                max_steps=cfg.renderer_steps, batch_size=cfg.tokenizer_batch, learning_rate=cfg.tokenizer_lr, loss_switch_step=10**9,
+                log_every=100, checkpoint_every=500, resume_from="latest", seed=0,
+            )
+            train_renderer(renderer_args, str(root / "selftok" / "pipeline_renderer"))
     else:
         from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
         from selftok_hf.training.data import StepBatches, load_image_dataset
@@ -265,8 +286,10 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
         train_raster_vq(model, batches, cfg.raster_steps, learning_rate=cfg.tokenizer_lr, log_every=100, history=history)
         model.save_pretrained(root / "raster")
         (root / "raster" / "history.json").write_text(json.dumps(history))
-    seconds = time.perf_counter() - started
-    (root / f"{arm}_seconds.json").write_text(json.dumps(seconds))
+    # Accumulated over invocations (a resumed or extended training adds its own time).
+    seconds_path = root / f"{arm}_seconds.json"
+    seconds = time.perf_counter() - started + (json.loads(seconds_path.read_text()) if seconds_path.exists() else 0.0)
+    seconds_path.write_text(json.dumps(seconds))
     return {"arm": arm, "seconds": seconds}
 
 
@@ -483,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     arms = cfg.arms.split(",")
     if not set(arms) <= {"selftok", "raster"}:
         raise ValueError(f"--arms must name selftok and/or raster, got {cfg.arms!r}")
-    todo = [(cfg, arm) for arm in arms if not (root / "tokenizers" / arm / ("pipeline" if arm == "selftok" else "config.json")).exists()]
+    done_marker = {"selftok": "pipeline_renderer" if cfg.renderer_steps else "pipeline", "raster": "config.json"}
+    todo = [(cfg, arm) for arm in arms if not (root / "tokenizers" / arm / done_marker[arm]).exists()]
     for done in _pool_map(cfg, train_tokenizers, todo):
         print(f"trained the {done['arm']} tokenizer in {done['seconds'] / 60:.1f} min", flush=True)
     recon_path = root / "tokenizers" / "reconstruction.json"
