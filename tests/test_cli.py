@@ -121,7 +121,73 @@ def test_subcommand_help_exits_zero(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
     assert exit_info.value.code == 0
-    assert "usage:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # The delegated entry points too name the command the way it was called, not their selftok-* script.
+    assert out.startswith(f"usage: selftok {command} ") and "selftok-" not in out.split("\n\n")[0]
+    assert options_without_help(out) == []
+
+
+def options_without_help(help_text: str) -> list[str]:
+    """The options of an argparse --help text that have no help string (their entry is the invocation alone)."""
+    lines = help_text.split("\n")
+    missing = []
+    for line, next_line in zip(lines, lines[1:] + [""]):
+        entry = re.match(r"^  (-\S.*?)(?:\s{2,}\S.*)?$", line)
+        if entry and line.strip() == entry.group(1) and not re.match(r"^\s{20,}\S", next_line):
+            missing.append(entry.group(1))
+    return missing
+
+
+def test_options_without_help_finds_them():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="p")
+    parser.add_argument("--documented-long-option-name", metavar="VALUE", help="explained on the next line")
+    parser.add_argument("--seed", help="explained on the same line")
+    parser.add_argument("--bare", metavar="VALUE")
+    parser.add_argument("--flag", action="store_true")
+    assert options_without_help(parser.format_help()) == ["--bare VALUE", "--flag"]
+
+
+@pytest.mark.parametrize("arguments_class", ["training.tokenizer:TokenizerTrainingArguments", "training.renderer:RendererTrainingArguments", "training.sft:SFTArguments", "rl.trainer:GRPOArguments"])
+def test_every_trainer_option_has_help_from_the_docstring(arguments_class):
+    import dataclasses
+    import importlib
+
+    from selftok_hf.training.loop import dataclass_field_help
+
+    module, name = arguments_class.split(":")
+    cls = getattr(importlib.import_module(f"selftok_hf.{module}"), name)
+    helps = dataclass_field_help(cls)
+    missing = [f.name for f in dataclasses.fields(cls) if not helps.get(f.name)]
+    assert not missing, f"document these fields in the Args: section of {name} (or a base): {missing}"
+    assert all("`" not in text for text in helps.values())  # docstring markup is stripped
+
+
+def test_delegated_commands_bad_arguments_exit_2(tmp_path, capsys):
+    def exit_code(*argv):
+        with pytest.raises(SystemExit) as exit_info:
+            main(list(map(str, argv)))
+        return exit_info.value.code, capsys.readouterr().err
+
+    code, err = exit_code("train-lm", "--dataset", "pairs")
+    assert code == 2 and "selftok train-lm: error: the following arguments are required: --pipeline" in err
+    code, err = exit_code("train-lm", "--pipeline", tmp_path, "--dataset", "pairs", "--task-mix", "t2i=1,cats=2")
+    assert code == 2 and "selftok train-lm: error: task mix items" in err
+    code, err = exit_code("rl", "--pipeline", tmp_path / "missing")
+    assert code == 2 and "selftok rl: error: --pipeline: no such file or folder" in err
+    code, err = exit_code("rl", "--pipeline", tmp_path, "--group-size", "1")
+    assert code == 2 and "group_size must be >= 2" in err
+    code, err = exit_code("train-tokenizer", "--max-steps", "0")
+    assert code == 2 and "selftok train-tokenizer: error: max_steps must be >= 1" in err
+    code, err = exit_code("train-renderer", "--pipeline", tmp_path / "missing")
+    assert code == 2 and "selftok train-renderer: error: --pipeline: no such file or folder" in err
+    code, err = exit_code("eval", "--pipeline", tmp_path / "missing", "--images", tmp_path)
+    assert code == 2 and "selftok eval: error: no such file or folder" in err
+    code, err = exit_code("quickstart", "--steps", "0")
+    assert code == 2 and "selftok quickstart: error:" in err
+    assert main(["convert", "--config", str(tmp_path / "missing.yml"), "--checkpoint", "x.pth", "--output", str(tmp_path / "o")]) == 2
+    assert "selftok convert: error: config" in capsys.readouterr().err
 
 
 def test_bad_arguments_exit_2(decoder_dir, tmp_path, capsys):

@@ -10,8 +10,8 @@
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
 names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). The training, conversion
-and evaluation subcommands are the ``selftok-*`` console scripts under one name: ``selftok train-lm --help`` is
-``selftok-train-lm --help``.
+and evaluation subcommands are the ``selftok-*`` console scripts under one name: ``selftok train-lm ...`` runs
+``selftok-train-lm ...`` (each entry point takes ``main(argv, prog=...)``, so its usage and errors say ``selftok train-lm``).
 """
 
 from __future__ import annotations
@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in DELEGATED_COMMANDS:
         module_name, function_name = DELEGATED_COMMANDS[argv[0]][0].split(":")
-        return getattr(importlib.import_module(module_name), function_name)(argv[1:])
+        # prog: usage lines and errors name 'selftok <command>', the way the user called it.
+        return getattr(importlib.import_module(module_name), function_name)(argv[1:], prog=f"selftok {argv[0]}")
     parser = build_parser()
     args = parser.parse_args(argv)
     return COMMANDS[args.command](args.command_parser, args)

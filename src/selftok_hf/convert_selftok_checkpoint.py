@@ -115,6 +115,8 @@ def load_official_config(path: str) -> dict:
     """Read an official YAML config and return its ``tokenizer.params`` dict (plus ``model`` options)."""
     import yaml
 
+    if not os.path.isfile(path):
+        raise ValueError(f"config {path} does not exist")
     with open(path) as f:
         cfg = yaml.safe_load(f)
     if not isinstance(cfg, dict) or "tokenizer" not in cfg or "params" not in cfg["tokenizer"]:
@@ -425,9 +427,9 @@ def convert_official_checkpoint(
     return output_dir
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None, prog: str = "selftok-convert") -> int:
     parser = argparse.ArgumentParser(
-        prog="selftok-convert",
+        prog=prog,
         description="Convert an official Selftok checkpoint (selftok-team/SelftokTokenizer) into a selftok-hf folder.",
     )
     parser.add_argument("--config", required=True, help="official tokenizer YAML, e.g. configs/res256/256-eval.yml")
@@ -444,7 +446,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae
         )
     except ValueError as e:
-        print(f"selftok-convert: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}")
     return 0

@@ -507,9 +507,9 @@ def _ssim_range(value: str) -> float | str:
     return number
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="selftok-eval",
+        prog=prog,
         description="Reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a Selftok pipeline, against the original pixels and the VAE round trip.",
     )
     parser.add_argument("--pipeline", required=True, help="folder of a saved SelftokDecoderPipeline (selftok-convert output)")
@@ -522,7 +522,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--renderer", action="store_true", help="also evaluate the one-step renderer")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="decoder classifier-free guidance (default 1: none)")
     parser.add_argument("--seed", type=int, default=0, help="image i is decoded from the noise of seed + i (default 0)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default: 8)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--lpips-weights", nargs="+", metavar="FILE", help="LPIPS weights: torchvision alexnet .pth and lpips v0.1 alex.pth (or one merged file)")
     parser.add_argument("--inception-weights", metavar="FILE", help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth, for rFID")
@@ -538,8 +538,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
+def main(argv: list[str] | None = None, prog: str = "selftok-eval") -> int:
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     for name in ("batch_size", "max_images"):
         value = getattr(args, name)

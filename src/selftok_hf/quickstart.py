@@ -92,8 +92,8 @@ def side_by_side(rows: list[list[PIL.Image.Image]]) -> PIL.Image.Image:
     return canvas
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="selftok-quickstart", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample images)")
     parser.add_argument("--pipeline", default=None, help="a SelftokDecoderPipeline folder (default: the bundled pixel-space model)")
     parser.add_argument("--output", default="selftok_tokens.json", help="where to write the ids (JSON)")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             images = {path: PIL.Image.open(path).convert("RGB") for path in args.images}
         except OSError as e:
-            parser.exit(2, f"selftok-quickstart: error: cannot read image: {e}\n")
+            parser.exit(2, f"{parser.prog}: error: cannot read image: {e}\n")
     else:
         images = {**bundled_images(), **bundled_fashion_images()}
 

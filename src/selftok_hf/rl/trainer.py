@@ -55,7 +55,13 @@ import torch
 
 from ..generation_selftok import generate_image_tokens
 from ..pipeline_selftok import SelftokPipeline
-from ..training.loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+from ..training.loop import (
+    LoopArguments,
+    TrainingLoop,
+    add_dataclass_arguments,
+    parse_dataclass_arguments,
+    plain_text,
+)
 from .evaluation import decode_images, prompt_batch
 from .grpo import constrained_logprobs, group_advantages, grpo_loss
 from .rewards import CombinedReward, DetectorJudge, ProgramReward, QAReward
@@ -341,10 +347,10 @@ class GRPOTrainer(TrainingLoop):
         return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="selftok-rl", description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, GRPOArguments)
-    args = GRPOArguments(**vars(parser.parse_args(argv)))
+def main(argv: list[str] | None = None, prog: str = "selftok-rl") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=plain_text(__doc__.split("\n\n")[0]))
+    add_dataclass_arguments(parser, GRPOArguments, required=("pipeline",))
+    args, _ = parse_dataclass_arguments(parser, GRPOArguments, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trainer = GRPOTrainer(args)
     history = trainer.run()

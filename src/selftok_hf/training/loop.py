@@ -17,13 +17,15 @@ Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,16 @@ from tqdm.auto import tqdm
 
 from .data import step_seed
 
-__all__ = ["LoopArguments", "TrainingLoop", "add_dataclass_arguments", "latest_checkpoint", "run_training_cli"]
+__all__ = [
+    "LoopArguments",
+    "TrainingLoop",
+    "add_dataclass_arguments",
+    "dataclass_field_help",
+    "latest_checkpoint",
+    "parse_dataclass_arguments",
+    "plain_text",
+    "run_training_cli",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +98,88 @@ class LoopArguments:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--flag`` per dataclass field (``--flag/--no-flag`` for booleans), typed from the annotation."""
+_DOC_ROLE = re.compile(r":\w+:`~?\.?([^`]+)`")  # :class:`~pkg.mod.Name` -> Name
+_DOC_LITERAL = re.compile(r"``([^`]+)``")  # ``text`` -> text
+_DOC_ARG = re.compile(r"^ {4}(\w+(?:\s*/\s*\w+)*):\s*(.*)$")  # "    name: text" or "    a / b / c: text"
+
+
+def plain_text(docstring_text: str) -> str:
+    """Docstring markup (``code``, :class:`~x.Y` roles) as plain text for ``--help``."""
+    text = _DOC_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], docstring_text)
+    return " ".join(_DOC_LITERAL.sub(r"\1", text).split())
+
+
+def dataclass_field_help(cls: type) -> dict[str, str]:
+    """Field name -> plain-text description, from the ``Args:`` sections of the docstrings of ``cls`` and its bases
+    (a subclass's entry wins). A grouped entry ``a / b / c: text`` describes each of ``a``, ``b`` and ``c``."""
+    entries: list[tuple[list[str], list[str]]] = []
+    for klass in reversed(cls.__mro__):
+        in_args = False
+        for line in inspect.cleandoc(klass.__dict__.get("__doc__") or "").splitlines():
+            if line.strip() == "Args:":
+                in_args = True
+            elif in_args and line and not line.startswith(" "):
+                in_args = False  # the next section
+            elif in_args and (match := _DOC_ARG.match(line)):
+                entries.append(([name.strip() for name in match.group(1).split("/")], [match.group(2)]))
+            elif in_args and entries and line.startswith(" " * 8):
+                entries[-1][1].append(line)
+    return {name: plain_text(" ".join(parts)) for names, parts in entries for name in names}
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, required: Collection[str] = ()) -> None:
+    """One ``--flag`` per dataclass field (``--flag/--no-flag`` for booleans), typed from the annotation, its help
+    text taken from the class docstring (:func:`dataclass_field_help`) and its default shown; fields named in
+    ``required`` must be given on the command line."""
+    helps = dataclass_field_help(cls)
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "").rstrip(".").replace("%", "%%")
+        if f.name in required:
+            text += " (required)"
+        elif f.default not in (None, ""):
+            text += " (default: %(default)s)"
         annotation = str(f.type)
         if "bool" in annotation:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
         else:
             kind = int if "int" in annotation else float if "float" in annotation else str
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper())
+            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(), help=text, required=f.name in required)
 
 
-def run_training_cli(prog: str, description: str, args_cls: type, train: Callable, argv: list[str] | None = None) -> int:
+def parse_dataclass_arguments(
+    parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None, existing_paths: Collection[str] = ()
+) -> tuple[Any, dict[str, Any]]:
+    """Parse ``argv`` with a parser built by :func:`add_dataclass_arguments` into a ``cls`` instance. A bad value exits
+    with code 2 and a message naming it: a path in ``existing_paths`` (field names) that does not exist, or a value
+    that ``cls`` rejects (a ``ValueError`` from its ``__post_init__``).
+
+    Returns:
+        The ``cls`` instance and the parsed options that are not ``cls`` fields.
+    """
+    parsed = vars(parser.parse_args(argv))
+    names = {f.name for f in fields(cls)}
+    for name in existing_paths:
+        if parsed.get(name) and not os.path.exists(parsed[name]):
+            parser.error(f"--{name.replace('_', '-')}: no such file or folder: {parsed[name]}")
+    try:
+        args = cls(**{name: value for name, value in parsed.items() if name in names})
+    except ValueError as err:
+        parser.error(str(err))
+    return args, {name: value for name, value in parsed.items() if name not in names}
+
+
+def run_training_cli(
+    prog: str, description: str, args_cls: type, train: Callable, argv: list[str] | None = None, existing_paths: Collection[str] = ()
+) -> int:
     """Shared ``main()`` of the trainer scripts: one flag per ``args_cls`` field plus ``--export-dir``; invalid
-    options exit with code 2; then ``train(args, export_dir)``."""
+    options exit with code 2 (:func:`parse_dataclass_arguments`); then ``train(args, export_dir)``."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_dataclass_arguments(parser, args_cls)
     parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
-    ns = parser.parse_args(argv)
-    export_dir = ns.__dict__.pop("export_dir")
-    try:
-        args = args_cls(**vars(ns))
-    except ValueError as err:
-        parser.error(str(err))
+    args, extra = parse_dataclass_arguments(parser, args_cls, argv, existing_paths)
     logging.basicConfig(level=logging.INFO)
-    train(args, export_dir)
+    train(args, extra["export_dir"])
     return 0
 
 

@@ -106,7 +106,8 @@ class RendererTrainingArguments(LoopArguments):
 
     Args:
         pipeline: a ``SelftokDecoderPipeline`` folder with the trained tokenizer and decoder.
-        dataset / split / image_column / data_dir / max_train_images / max_image_side: training images.
+        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images, as for
+            the tokenizer trainer (see :func:`~selftok_hf.training.data.load_image_dataset`).
         learning_rate / discriminator_lr: AdamW(0.9, 0.99) learning rates.
         loss_switch_step: step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper).
         lpips_weights: a user-supplied LPIPS state-dict file for the perceptual term (``selftok_hf.metrics.LPIPS``).
@@ -246,15 +247,16 @@ def train_renderer(
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "selftok-train-renderer") -> int:
     """``selftok-train-renderer``: train the one-step renderer of a trained tokenizer/decoder pipeline."""
     return run_training_cli(
-        "selftok-train-renderer",
+        prog,
         "Train Selftok's one-step renderer from a trained decoder (frozen tokenizer; MSE + perceptual + GAN "
         "with the paper's schedule). Use `accelerate launch -m selftok_hf.training.renderer` for several processes.",
         RendererTrainingArguments,
         train_renderer,
         argv,
+        existing_paths=("pipeline", "data_dir", "lpips_weights"),
     )
 
 

@@ -43,7 +43,12 @@ from ..modeling_selftok_lm import embedding_module_names, lora_target_modules
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import IGNORE_INDEX, SelftokProcessor
 from .data import load_image_dataset
-from .loop import LoopArguments, TrainingLoop, add_dataclass_arguments
+from .loop import (
+    LoopArguments,
+    TrainingLoop,
+    add_dataclass_arguments,
+    parse_dataclass_arguments,
+)
 
 __all__ = [
     "SFTArguments",
@@ -408,10 +413,10 @@ def _context(model) -> int | None:
     return context_length(model.config)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="selftok-train-lm", description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, SFTArguments)
-    args = SFTArguments(**vars(parser.parse_args(argv)))
+def main(argv: list[str] | None = None, prog: str = "selftok-train-lm") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    add_dataclass_arguments(parser, SFTArguments, required=("pipeline", "dataset"))
+    args, _ = parse_dataclass_arguments(parser, SFTArguments, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trainer = SFTTrainer(args)
     history = trainer.run()

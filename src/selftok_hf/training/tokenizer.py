@@ -163,14 +163,15 @@ class TokenizerTrainingArguments(LoopArguments):
     """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`).
 
     Args:
-        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images (see
-            :func:`~selftok_hf.training.data.load_image_dataset`).
+        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images: a
+            ``datasets`` name or ``save_to_disk`` folder, ``imagefolder`` with ``data_dir``, ``offline:photos`` or
+            ``offline:fashion-mnist`` (see :func:`~selftok_hf.training.data.load_image_dataset`).
         eval_dataset / eval_split / eval_images / eval_every / eval_decoder_steps: held-out reconstructions
             (PSNR of an ``eval_decoder_steps``-step decode of ``eval_images`` centre crops every ``eval_every`` steps).
         tokenizer_config / decoder_config: a preset (``tiny``, ``release``), a JSON file or a JSON object; decoder
             sizes that must agree with the tokenizer (tokens, code width, latent channels and side) are filled in.
-        latent_space: ``pixel`` (a :class:`PixelSpaceAutoencoder` with ``pixel_patch_size``) or ``sd3`` (the SD3 VAE
-            at ``vae_path``).
+        latent_space / pixel_patch_size / vae_path: ``pixel`` (a :class:`PixelSpaceAutoencoder` with
+            ``pixel_patch_size``) or ``sd3`` (the SD3 VAE at ``vae_path``).
         sd3_transformer: a diffusers ``SD3Transformer2DModel`` folder to initialise the decoder's image stream.
         init_from: a pipeline folder written by this trainer or the converter, to continue training from.
         encoder_lr / decoder_image_lr / decoder_token_lr: the three learning rates of the release.
@@ -362,15 +363,16 @@ def train_tokenizer(args: TokenizerTrainingArguments, export_dir: str | None = N
     return trainer
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "selftok-train-tokenizer") -> int:
     """``selftok-train-tokenizer``: train a Selftok tokenizer + decoder (``accelerate launch`` for several processes)."""
     return run_training_cli(
-        "selftok-train-tokenizer",
+        prog,
         "Train a Selftok tokenizer and its diffusion decoder (release objective) with accelerate. "
         "Run it directly for one process, or with `accelerate launch [--config_file F] -m selftok_hf.training.tokenizer` for DDP/FSDP/DeepSpeed.",
         TokenizerTrainingArguments,
         train_tokenizer,
         argv,
+        existing_paths=("data_dir", "vae_path", "sd3_transformer", "init_from"),
     )
 
 
