@@ -1,0 +1,105 @@
+"""Every script in examples/ runs offline at tiny size in a fresh process (nothing downloaded), and its outputs hold
+what it says it wrote."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from selftok_hf import SelftokDecoderPipeline, SelftokPipeline
+from selftok_hf.quickstart import (
+    bundled_fashion_images,
+    bundled_images,
+    embedded_pipeline,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+pytestmark = pytest.mark.slow  # each starts a Python process and loads torch, transformers and diffusers (~10 s)
+
+
+def run_example(script: str, *args, cwd: Path) -> str:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_every_example_is_tested():
+    tested = set(re.findall(r'run_example\(\s*"([a-z_0-9]+\.py)"', Path(__file__).read_text()))
+    assert {p.name for p in EXAMPLES.glob("*.py")} == tested
+
+
+def test_quickstart(tmp_path):
+    out = run_example("quickstart.py", "--steps", "2", "--output", "qs", cwd=tmp_path)
+    assert re.search(r"^PSNR decoder: \d+\.\d\d dB$", out, re.MULTILINE) and re.search(r"^PSNR renderer: \d+\.\d\d dB$", out, re.MULTILINE)
+    ids = json.loads((tmp_path / "qs.json").read_text())
+    images = {**bundled_images(), **bundled_fashion_images()}
+    assert list(ids) == list(images)
+    np.testing.assert_array_equal(np.asarray(list(ids.values())), embedded_pipeline().encode(list(images.values())).numpy())
+    # Six rows of 32-px images zoomed 4x; columns: input, decoder, renderer, prefixes 1, 2, 4, 8, 16 of K = 32.
+    assert "input | decoder | renderer | 1 tokens | 2 tokens | 4 tokens | 8 tokens | 16 tokens" in out
+    assert PIL.Image.open(tmp_path / "qs.png").size == (8 * 128, 6 * 128)
+
+
+def test_train_tokenizer_imagefolder(tmp_path):
+    out = run_example("train_tokenizer_imagefolder.py", "--tiny", "--output-dir", tmp_path / "run", cwd=tmp_path)
+    assert len(list((tmp_path / "run" / "images").glob("*.png"))) == 6
+    assert re.search(r"^PSNR 10-step decoder: -?\d+\.\d\d dB$", out, re.MULTILINE) and re.search(r"^PSNR renderer: -?\d+\.\d\d dB$", out, re.MULTILINE)
+    pipe = SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / "pipeline")
+    assert pipe.renderer is not None
+    # The tokenizer trained on the folder for 4 steps and the renderer for 2, as logged.
+    for stage, steps in (("tokenizer", 4), ("renderer", 2)):
+        log = [json.loads(line) for line in (tmp_path / "run" / stage / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == steps
+
+
+def test_train_pixel_tokenizer(tmp_path):
+    out = run_example("train_pixel_tokenizer.py", "--tiny", "--steps", "2", "--output-dir", tmp_path / "run", cwd=tmp_path)
+    assert "trained pipeline:" in out
+    for folder in ("pipeline", "pipeline-fp16"):
+        assert SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / folder).renderer is not None
+
+
+def test_rl_shapes(tmp_path):
+    out = run_example("rl_shapes.py", "--tiny", "--max-steps", "2", "--output-dir", tmp_path / "rl", cwd=tmp_path)
+    steps = re.findall(r"^step (\d+): reward [0-9.]+ \(program [0-9.]+, colour [0-9.]+\), kl ([0-9.e+-]+)", out, re.MULTILINE)
+    assert [s for s, _ in steps] == ["1", "2"]
+    assert float(steps[0][1]) == 0.0 < float(steps[1][1])  # the policy moved away from the reference after one update
+    for when in ("before", "after"):
+        assert re.search(rf"^held-out accuracy {when} RL: overall [0-9.]+, mean program reward [0-9.]+$", out, re.MULTILINE)
+    assert SelftokPipeline.from_pretrained(tmp_path / "rl" / "pipeline").vocabulary.num_image_tokens == 32
+
+
+def test_convert_official_weights(tmp_path):
+    out = run_example("convert_official_weights.py", "--tiny", "--output", tmp_path / "converted", "--steps", "2", cwd=tmp_path)
+    assert "(components: image_tokenizer, renderer, scheduler, transformer, vae)" in out
+    pipe = SelftokDecoderPipeline.from_pretrained(tmp_path / "converted")
+    ids = pipe.encode([bundled_images()["coffee.jpg"]])[0].tolist()
+    assert f"coffee.jpg ids (AR order): {ids[:8]} ...; official order: {ids[::-1][:8]} ..." in out
+    assert re.search(r"^PSNR 2-step decoder: \d+\.\d\d dB$", out, re.MULTILINE) and "PSNR renderer:" in out
+
+
+def test_vlm_text_to_image(tmp_path):
+    run_example("vlm_text_to_image.py", "--tiny", "--decoder-steps", "2", "--output", tmp_path / "t2i.png", cwd=tmp_path)
+    assert PIL.Image.open(tmp_path / "t2i.png").size == (2 * 64, 64)  # one prompt, two 64-px images
+
+
+def test_vlm_understanding(tmp_path):
+    out = run_example("vlm_understanding.py", "--tiny", "--max-new-tokens", "4", cwd=tmp_path)
+    assert out.count(".jpg: ") == 3
+
+
+def test_vlm_lora_finetune(tmp_path):
+    out = run_example("vlm_lora_finetune.py", "--tiny", "--output-dir", tmp_path / "lora", cwd=tmp_path)
+    assert out.count("reproduces its photo's ids") == 3
+    answers = re.findall(r"^I2T expected (.+), got (.+)$", out, re.MULTILINE)
+    assert len(answers) == 3 and all(expected == got for expected, got in answers)
