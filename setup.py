@@ -7,9 +7,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="MIT",
-    package_dir={"": "src"},
-    packages=find_packages("src"),
+    # The model card templates live at the top of the repo (model_cards/) and ship as selftok_hf/model_cards/.
+    package_dir={"": "src", "selftok_hf.model_cards": "model_cards"},
+    packages=find_packages("src") + ["selftok_hf.model_cards"],
     package_data={
+        "selftok_hf.model_cards": ["*.md"],
         "selftok_hf": [
             "assets/*.jpg",
             "assets/*.md",

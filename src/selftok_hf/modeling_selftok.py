@@ -7,6 +7,7 @@ only here and in the decoder pipeline, via :func:`~selftok_hf.token_schedule.to_
 """
 
 
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +20,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_selftok import SelftokConfig
 from .embeddings import TimestepEmbedder, sincos_2d
+from .hub import SelftokHubMixin
 from .quantizer import CosineVectorQuantizer
 from .token_schedule import to_ar_order, to_code_order, token_positions
 from .vae import pixels_to_latents
@@ -235,11 +237,12 @@ class SelftokPreTrainedModel(PreTrainedModel):
             init.copy_(module.embed, F.normalize(torch.randn_like(module.embed), dim=-1))
 
 
-class SelftokModel(SelftokPreTrainedModel):
+class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     """The Selftok image tokenizer: SD3 latents -> K discrete tokens in AR order, and tokens -> code vectors.
 
     The SD3 VAE is not part of this model (it is a stock diffusers ``AutoencoderKL`` stored once, next to
     the tokenizer, in the pipeline folder). Attach it with :meth:`attach_vae` to go from pixels to ids.
+    ``push_to_hub`` uploads what :meth:`save_pretrained` writes, model card included (:mod:`selftok_hf.hub`).
     """
 
     def __init__(self, config: SelftokConfig) -> None:
@@ -266,6 +269,15 @@ class SelftokModel(SelftokPreTrainedModel):
         )
         self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
         self.post_init()
+
+    def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *, push_to_hub: bool = False, **kwargs) -> None:
+        """transformers' ``save_pretrained`` (with the code files that ``trust_remote_code=True`` loads), plus a
+        ``README.md`` model card. With ``push_to_hub=True`` the folder is then uploaded by
+        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``)."""
+        push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
+        super().save_pretrained(save_directory, is_main_process, **kwargs)
+        if is_main_process:
+            self._finish_save(save_directory, push_arguments)
 
     # ----------------------------------------------------------------------------------------- VAE
     def attach_vae(self, vae) -> "SelftokModel":

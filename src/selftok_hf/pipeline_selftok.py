@@ -18,14 +18,20 @@ Folder layout written by :meth:`SelftokPipeline.save_pretrained`::
         tokenizer.json, tokenizer_config.json, processor_config.json
                                    the processor: SelftokProcessor / AutoProcessor.from_pretrained(folder)
         decoder/                   SelftokDecoderPipeline.from_pretrained(folder / "decoder")
+        pipeline_selftok.py, ...   the code, for loading without selftok_hf (see below)
+        README.md                  the model card (selftok_hf.hub)
 
-So the LM folder is also a plain causal-LM checkpoint (trl, PEFT and serving stacks load it directly).
+So the LM folder is also a plain causal-LM checkpoint (trl, PEFT and serving stacks load it directly). Where
+selftok_hf is not installed, ``get_class_from_dynamic_module("pipeline_selftok.SelftokPipeline", folder)``
+(transformers) loads this class from the folder's code files, and its
+``from_pretrained(folder, trust_remote_code=True)`` works as here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,14 +40,17 @@ import numpy as np
 import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
+from huggingface_hub import CommitInfo
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
+from transformers.dynamic_module_utils import get_relative_import_files
 
 from .generation_selftok import (
     SelftokVisualGrammarLogitsProcessor,
     context_length,
     generate_image_tokens,
 )
+from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .processing_selftok import SelftokProcessor
 from .visual_vocabulary import VisualVocabulary
@@ -67,7 +76,7 @@ class SelftokPipelineOutput(BaseOutput):
     token_ids: torch.LongTensor
 
 
-class SelftokPipeline:
+class SelftokPipeline(SelftokHubMixin):
     r"""Text-to-image generation and image understanding with a Selftok VLM.
 
     Args:
@@ -97,39 +106,57 @@ class SelftokPipeline:
 
     # ----------------------------------------------------------------------------- save / load
     @classmethod
-    def from_pretrained(cls, pretrained_path: str | os.PathLike, dtype: torch.dtype | None = None, **language_model_kwargs) -> SelftokPipeline:
+    def from_pretrained(
+        cls, pretrained_path: str | os.PathLike, dtype: torch.dtype | None = None, trust_remote_code: bool = False, **language_model_kwargs
+    ) -> SelftokPipeline:
         """Load a folder written by :meth:`save_pretrained` (see the module docstring for the layout).
 
         Args:
-            pretrained_path: the folder.
+            pretrained_path: the folder, or a Hub repo id (the repo is downloaded with ``snapshot_download``).
             dtype: dtype of the LM and the decoder models (default: as saved / float32).
+            trust_remote_code: let the LM and the processor's parts load with the folder's code files (needed where
+                selftok_hf is not installed and this class came from ``get_class_from_dynamic_module``).
             language_model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
         """
-        root = Path(pretrained_path)
+        root = source = Path(pretrained_path)
+        if hub_model_id(str(pretrained_path)):
+            from huggingface_hub import snapshot_download
+
+            # The LM and processor load by the repo id (from the same snapshot), so that it is their name_or_path.
+            root, source = Path(snapshot_download(str(pretrained_path))), str(pretrained_path)
         if not (root / PIPELINE_CONFIG_NAME).is_file():
             raise ValueError(f"{root} is not a SelftokPipeline folder (no {PIPELINE_CONFIG_NAME}); save one with SelftokPipeline.save_pretrained")
         layout = json.loads((root / PIPELINE_CONFIG_NAME).read_text())
-        language_model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, **language_model_kwargs).eval()
-        processor = SelftokProcessor.from_pretrained(root)
+        language_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **language_model_kwargs).eval()
+        processor = SelftokProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         decoder_kwargs = {"torch_dtype": dtype} if dtype is not None else {}
         decoder = SelftokDecoderPipeline.from_pretrained(root / layout.get("decoder", DECODER_SUBFOLDER), **decoder_kwargs)
         return cls(language_model, processor, decoder)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Write the LM and processor at the root of ``save_directory`` and the decoder pipeline in ``decoder/``.
+    def save_pretrained(self, save_directory: str | os.PathLike, *, push_to_hub: bool = False, **kwargs) -> None:
+        """Write the LM and processor at the root of ``save_directory``, the decoder pipeline in ``decoder/``, the
+        code files that load it without selftok_hf, and a ``README.md`` model card.
 
-        ``kwargs`` go to the LM's ``save_pretrained`` (e.g. ``max_shard_size``). A LoRA-wrapped LM must be merged
-        first (:meth:`merge_lora`), or its adapter saved on its own with ``language_model.save_pretrained``.
+        ``kwargs`` go to the LM's ``save_pretrained`` (e.g. ``max_shard_size``). With ``push_to_hub=True`` the folder
+        is then uploaded by :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``,
+        ``commit_message``, ``create_pr``). A LoRA-wrapped LM must be merged first (:meth:`merge_lora`), or its
+        adapter saved on its own (:meth:`save_lora_adapter`).
         """
         if self.has_lora:
-            raise ValueError("the language model carries a LoRA adapter: call pipe.merge_lora() before save_pretrained, or save the adapter with pipe.language_model.save_pretrained(dir)")
+            raise ValueError("the language model carries a LoRA adapter: call pipe.merge_lora() before save_pretrained, or save the adapter with pipe.save_lora_adapter(dir)")
+        push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
         root = Path(save_directory)
         root.mkdir(parents=True, exist_ok=True)
         self.language_model.save_pretrained(root, **kwargs)
         self.processor.save_pretrained(root)
         self.decoder.save_pretrained(root / DECODER_SUBFOLDER)
+        (root / DECODER_SUBFOLDER / CARD_NAME).unlink(missing_ok=True)  # the pipeline's card (below) describes the decoder too
         layout = {"_class_name": type(self).__name__, "language_model": ".", "processor": ".", "decoder": DECODER_SUBFOLDER}
         (root / PIPELINE_CONFIG_NAME).write_text(json.dumps(layout, indent=2) + "\n")
+        # This module and everything it imports, for `get_class_from_dynamic_module` (see the module docstring).
+        for source in [__file__, *get_relative_import_files(__file__)]:
+            shutil.copyfile(source, root / Path(source).name)
+        self._finish_save(root, push_arguments, base_model=hub_model_id(self.language_model.name_or_path))
 
     # --------------------------------------------------------------------------------- LoRA
     @property
@@ -138,6 +165,28 @@ class SelftokPipeline:
         from peft import PeftModel
 
         return isinstance(self.language_model, PeftModel)
+
+    def save_lora_adapter(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Write the LM's PEFT adapter, the processor and a ``README.md`` model card to ``save_directory``.
+
+        The folder loads onto this pipeline's base with :meth:`load_lora` (or ``PeftModel.from_pretrained`` on the
+        base LM). ``kwargs`` go to PEFT's ``save_pretrained`` (e.g. ``save_embedding_layers=False`` when every new
+        token row is in the adapter's ``trainable_token_indices``).
+        """
+        if not self.has_lora:
+            raise ValueError("the language model has no LoRA adapter to save (wrap it with peft.get_peft_model or load one with load_lora)")
+        self.language_model.save_pretrained(save_directory, **kwargs)
+        self.processor.save_pretrained(save_directory)
+        self._finish_save(save_directory, None)
+
+    def push_lora_adapter(self, repo_id: str, *, card_data: dict[str, Any] | None = None, **push_kwargs: Any) -> CommitInfo:
+        """Upload what :meth:`save_lora_adapter` writes to ``repo_id`` as one commit (``push_kwargs``: ``token``,
+        ``private``, ``commit_message``, ``commit_description``, ``create_pr``; see :func:`selftok_hf.hub.push_folder`).
+
+        ``language_model.push_to_hub`` (PEFT's) uploads the adapter without the processor, and with transformers'
+        generic model card unless the repo already has one.
+        """
+        return push_saved(self.save_lora_adapter, repo_id, card_data=card_data, **push_kwargs)
 
     def load_lora(self, adapter_path: str | os.PathLike, merge: bool = False) -> SelftokPipeline:
         """Put a PEFT LoRA adapter (e.g. from ``selftok-train-lm --lora``) on the LM; with ``merge=True`` fold it in."""

@@ -29,6 +29,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .configuration_selftok import SelftokConfig  # noqa: F401
 from .embeddings import TimestepEmbedder  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
+from .hub import CARD_NAME, SelftokHubMixin
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
 from .modeling_selftok import SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
@@ -48,6 +49,7 @@ _COMPONENT_SOURCES = {
 }
 _PIPELINE_SOURCES = (
     "pipeline_selftok_decoder.py",
+    "hub.py",
     "vae.py",
     "image_processing_selftok.py",
     "modeling_selftok.py",
@@ -62,7 +64,7 @@ def sampler_sigmas(num_inference_steps: int) -> np.ndarray:
     return torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float32)[:-1].numpy()
 
 
-class SelftokDecoderPipeline(DiffusionPipeline):
+class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
     r"""Decode Selftok token ids into images (and encode images into ids).
 
     Components:
@@ -92,12 +94,17 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         self.image_processor = SelftokImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     # ------------------------------------------------------------------------------ save / load
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs) -> None:
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], *, push_to_hub: bool = False, **kwargs) -> None:
         """Save like any diffusers pipeline, plus the code: ``model_index.json`` names our modules by file, and
         the files travel with the weights, so ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``
-        works without selftok_hf installed (and ``SelftokDecoderPipeline.from_pretrained(dir)`` with it)."""
+        works without selftok_hf installed (and ``SelftokDecoderPipeline.from_pretrained(dir)`` with it). Writes
+        a ``README.md`` model card; with ``push_to_hub=True`` the folder is then uploaded by
+        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``)."""
+        push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
         super().save_pretrained(save_directory, **kwargs)
         root = Path(save_directory)
+        # The pipeline's card (below) describes the tokenizer too; its own card would show a wrong loading call.
+        (root / "image_tokenizer" / CARD_NAME).unlink(missing_ok=True)
         for name in _PIPELINE_SOURCES:
             shutil.copyfile(_PACKAGE_DIR / name, root / name)
         index_path = root / "model_index.json"
@@ -112,6 +119,7 @@ class SelftokDecoderPipeline(DiffusionPipeline):
         if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
             index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self._finish_save(root, push_arguments)
 
     @classmethod
     def load_config(cls, *args, **kwargs):
