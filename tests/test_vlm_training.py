@@ -5,6 +5,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from selftok_hf import SelftokPipeline
@@ -76,6 +77,7 @@ def test_lora_adapter_holds_new_rows_reloads_exactly_and_merges(base_dir, pairs,
     # the 128 new rows (64 visual + 2 markers + 62 padding) of the embedding and of the untied head, nothing more
     assert sorted(token_rows.values()) == [(128, 64), (128, 64)]
     assert all(v[0] != 1152 for v in shapes.values())  # no full vocabulary matrix
+    assert "selftok" in ModelCard.load(adapter_dir / "README.md").data.tags  # our LoRA card, not PEFT's (selftok_hf.hub)
 
     example = trainer.builder(trainer.dataset[0], "t2i", np.random.default_rng(0))
     input_ids = torch.tensor([example["input_ids"]])

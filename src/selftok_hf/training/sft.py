@@ -21,8 +21,8 @@
   atomic checkpoints.
 
 Outputs in ``--output-dir``: ``pipeline/`` (a full :class:`~selftok_hf.SelftokPipeline` folder; full
-fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: load with ``SelftokPipeline.load_lora``),
-``log.jsonl`` and ``checkpoints/``.
+fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: adapter, processor and model card, written by
+``SelftokPipeline.save_lora_adapter``; load with ``SelftokPipeline.load_lora``), ``log.jsonl`` and ``checkpoints/``.
 """
 
 from __future__ import annotations
@@ -395,8 +395,7 @@ class SFTTrainer(TrainingLoop):
             adapter_dir = self.output_dir / "adapter"
             # Every new row (visual tokens, markers, padding) is in trainable_token_indices, so the adapter needs no
             # full embedding matrices.
-            model.save_pretrained(adapter_dir, save_embedding_layers=False)
-            self.pipeline.processor.save_pretrained(adapter_dir)
+            self.pipeline.save_lora_adapter(adapter_dir, save_embedding_layers=False)
             written["adapter"] = adapter_dir
             if not self.args.merge_lora:
                 return written
