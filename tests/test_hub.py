@@ -205,8 +205,6 @@ def hub(tmp_path_factory):
         prompt = vlm.processor.pad(
             [vlm.processor.chat_prompt(PROMPT, generate_image=True)]
         )
-        with torch.no_grad():
-            lora_logits = lora.language_model(**prompt).logits
         lora.push_lora_adapter("org/lora", card_data={"base_model": "org/vlm"})
         lora_card = (root / "org/lora/README.md").read_text()
         # PEFT's own push (transformers' PushToHubMixin) updates the adapter and keeps the repo's card.
@@ -238,11 +236,15 @@ def hub(tmp_path_factory):
                 ).token_ids,
                 "prompt": dict(prompt),
                 "lm_logits": vlm.language_model(**prompt).logits,
-                "lora_logits": lora_logits,
                 "lora_logits_updated": lora_logits_updated,
             }
     torch.set_num_threads(threads)
     torch.save(expected, work / "expected.pt")
+    # The pushed VLM as the Hub cache holds a downloaded repo, for loading it by its repo id offline.
+    cached = work / "hf_cache" / "models--org--vlm"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text("0" * 40)
+    shutil.copytree(root / "org/vlm", cached / "snapshots" / ("0" * 40))
     shutil.copyfile(
         resources.files("selftok_hf") / "assets" / "coffee.jpg", work / "image.jpg"
     )  # the cards' snippets open it
@@ -427,6 +429,7 @@ def run_fresh_process(hub, script: str, snippets: list[tuple[str, str]]) -> str:
         HF_HUB_OFFLINE="1",
         OMP_NUM_THREADS="1",
         HF_MODULES_CACHE=str(work / "modules"),
+        HF_HUB_CACHE=str(work / "hf_cache"),
     )
     result = subprocess.run(
         [sys.executable, "-c", program],
@@ -446,7 +449,10 @@ def test_reload_and_card_snippets_with_selftok_hf(hub):
     snippets = card_snippets(hub["root"], with_selftok_hf=True)
     assert {kind for kind, _ in snippets} == set(CARD_REPOS)
     script = f"""
+        import tempfile
+        from pathlib import Path
         import torch
+        from huggingface_hub import ModelCard
         from transformers import AutoModel
         from selftok_hf import SelftokDecoderPipeline, SelftokModel, SelftokPipeline
         from selftok_hf.quickstart import bundled_images
@@ -460,9 +466,12 @@ def test_reload_and_card_snippets_with_selftok_hf(hub):
             ids = decoder.encode(expected["pixel_values"])
             assert torch.equal(ids, expected["decoder_ids"])
             assert torch.allclose(decoder(ids, use_renderer=True, output_type="pt").images, expected["rendered"], atol=1e-5)
-        vlm = SelftokPipeline.from_pretrained(hub + "/org/vlm")
+        vlm = SelftokPipeline.from_pretrained("org/vlm")  # a repo id: snapshot_download, here from the Hub cache
         vlm.set_progress_bar_config(disable=True)
         assert vlm.describe(bundled_images()["coffee.jpg"], max_new_tokens=6) == expected["answer"]
+        with tempfile.TemporaryDirectory() as folder:  # loaded by its repo id, the LM is the next save's base_model
+            vlm.save_pretrained(folder)
+            assert ModelCard.load(Path(folder) / "README.md").data.base_model == "org/vlm"
         generated = vlm("{PROMPT}", output_type="ids", generator=torch.Generator().manual_seed(0)).token_ids
         assert torch.equal(generated, expected["generated_ids"])
         vlm.load_lora(hub + "/org/lora")
