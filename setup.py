@@ -39,6 +39,7 @@ setup(
     extras_require={
         "eval": ["matplotlib"],  # selftok-eval's psnr_vs_steps.png
         "dev": ["pytest", "matplotlib", "scikit-image"],  # scikit-image: the SSIM reference in tests
+        "demo": ["gradio>=6.0"],  # selftok demo (selftok_hf.demo); 6.0: the theme is an argument of launch()
     },
     entry_points={
         "console_scripts": [

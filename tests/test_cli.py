@@ -111,12 +111,12 @@ def test_generate_and_describe(vlm_dir, tmp_path, capsys):
 def test_help_lists_every_subcommand():
     result = subprocess.run(["selftok", "--help"], check=False, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    for name in ["encode", "decode", "reconstruct", "generate", "describe", "push", *DELEGATED_COMMANDS]:
+    for name in ["encode", "decode", "reconstruct", "generate", "describe", "push", "demo", *DELEGATED_COMMANDS]:
         assert re.search(rf"^\s+{re.escape(name)}\s+\S", result.stdout, re.MULTILINE), f"{name} missing from selftok --help"
     assert "examples:" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["encode", "decode", "reconstruct", "generate", "describe", "push", *DELEGATED_COMMANDS])
+@pytest.mark.parametrize("command", ["encode", "decode", "reconstruct", "generate", "describe", "push", "demo", *DELEGATED_COMMANDS])
 def test_subcommand_help_exits_zero(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -162,6 +162,16 @@ def test_every_trainer_option_has_help_from_the_docstring(arguments_class):
     missing = [f.name for f in dataclasses.fields(cls) if not helps.get(f.name)]
     assert not missing, f"document these fields in the Args: section of {name} (or a base): {missing}"
     assert all("`" not in text for text in helps.values())  # docstring markup is stripped
+
+
+def test_demo_arguments_and_missing_gradio(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--tiny", "--vlm", str(tmp_path)])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio now raises ImportError
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo"])
+    assert exit_info.value.code == 1 and "pip install 'selftok-hf[demo]'" in capsys.readouterr().err
 
 
 def test_delegated_commands_bad_arguments_exit_2(tmp_path, capsys):

@@ -6,6 +6,7 @@
     selftok generate --pipeline vlm/ "a red circle"      # prompt -> image (a SelftokPipeline folder)
     selftok describe --pipeline vlm/ photo.jpg           # image -> text
     selftok push converted/ my-org/selftok              # upload a saved folder to the Hugging Face Hub
+    selftok demo [--pipeline DIR] [--vlm DIR | --tiny]   # the Gradio demo page (pip install "selftok-hf[demo]")
     selftok convert | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
@@ -47,6 +48,8 @@ examples:
   selftok generate --pipeline my-vlm/ "a red circle on a blue background" -o out.png
   selftok describe --pipeline my-vlm/ photo.jpg --question "What is in the image?"
   selftok push converted/ my-org/selftok-512
+  selftok demo --port 7860
+  selftok train-tokenizer --dataset imagefolder --data-dir my_images/ --output-dir run
 
 run 'selftok <command> --help' for the options of one command."""
 
@@ -141,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", default=None, help='default: "Upload <artifact> with selftok-hf"')
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
 
+    demo = command("demo", 'a web page (Gradio): image -> tokens -> reconstruction, coarse to fine; prompt -> image with a VLM', "selftok demo --tiny --port 7860")
+    demo.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokDecoderPipeline folder for the image tab (default: the bundled trained 32-px model)")
+    vlm = demo.add_mutually_exclusive_group()
+    vlm.add_argument("--vlm", default=None, metavar="DIR", help="a SelftokPipeline folder: adds the text-to-image tab")
+    vlm.add_argument("--tiny", action="store_true", help="add the text-to-image tab with the seeded random tiny VLM (offline; meaningless images)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for every interface (default: 127.0.0.1)")
+    demo.add_argument("--port", type=_positive_int, default=7860, help="port to serve on (default: 7860)")
+    _add_runtime_arguments(demo, seed=False)
+
     for name, (_, summary) in DELEGATED_COMMANDS.items():
         # Listed here for 'selftok --help'; their arguments are parsed by the entry point itself (see main).
         commands.add_parser(name, help=summary, add_help=False)
@@ -175,11 +187,11 @@ def _load_decoder_pipeline(args):
     return pipe.to(args.device)
 
 
-def _load_vlm_pipeline(parser: argparse.ArgumentParser, args):
+def _load_vlm_pipeline(parser: argparse.ArgumentParser, args, path: str):
     from .pipeline_selftok import SelftokPipeline
 
     try:
-        pipe = SelftokPipeline.from_pretrained(args.pipeline, dtype=_torch_dtype(args.dtype))
+        pipe = SelftokPipeline.from_pretrained(path, dtype=_torch_dtype(args.dtype))
     except ValueError as error:
         parser.error(str(error))
     return pipe.to(args.device)
@@ -309,7 +321,7 @@ def _reconstruct(parser: argparse.ArgumentParser, args) -> int:
 
 
 def _generate(parser: argparse.ArgumentParser, args) -> int:
-    pipe = _load_vlm_pipeline(parser, args)
+    pipe = _load_vlm_pipeline(parser, args, args.pipeline)
     generators = [_generator(args.seed + index) for index in range(args.num_images)]
     output = pipe(
         args.prompt,
@@ -334,7 +346,7 @@ def _describe(parser: argparse.ArgumentParser, args) -> int:
     import torch
 
     images = _load_images(parser, args.images)
-    pipe = _load_vlm_pipeline(parser, args)
+    pipe = _load_vlm_pipeline(parser, args, args.pipeline)
     torch.manual_seed(args.seed)
     answers = pipe.describe(images, question=args.question, max_new_tokens=args.max_new_tokens)
     for path, answer in zip(args.images, answers):
@@ -354,7 +366,25 @@ def _push(parser: argparse.ArgumentParser, args) -> int:
     return 0
 
 
-COMMANDS = {"encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "generate": _generate, "describe": _describe, "push": _push}
+def _demo(parser: argparse.ArgumentParser, args) -> int:
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        parser.exit(1, f"{parser.prog}: error: the demo needs Gradio: pip install 'selftok-hf[demo]'\n")
+    from .demo import build_demo, offline_theme
+
+    vlm = None
+    if args.vlm:
+        vlm = _load_vlm_pipeline(parser, args, args.vlm)
+    elif args.tiny:
+        from .tiny_vlm import tiny_selftok_pipeline
+
+        vlm = tiny_selftok_pipeline("llama").to(args.device, _torch_dtype(args.dtype))
+    build_demo(_load_decoder_pipeline(args), vlm).launch(server_name=args.host, server_port=args.port, theme=offline_theme())
+    return 0
+
+
+COMMANDS = {"encode": _encode, "decode": _decode, "reconstruct": _reconstruct, "generate": _generate, "describe": _describe, "push": _push, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
