@@ -351,3 +351,11 @@ class TrainingLoop:
     def finish(self) -> None:
         """Close trackers and the process group (call once, after exporting)."""
         self.accelerator.end_training()
+
+    def train_and_export_pipeline(self, export_dir: str | os.PathLike | None = None):
+        """Train (or resume), export the decoder pipeline to ``export_dir`` (default ``{output_dir}/pipeline``) and
+        :meth:`finish`; returns ``self``. For trainers whose ``export(save_directory)`` writes one pipeline folder."""
+        self.run()
+        self.export(export_dir or os.path.join(self.args.output_dir, "pipeline"))
+        self.finish()
+        return self

@@ -240,11 +240,7 @@ def train_renderer(
     discriminator: nn.Module | None = None,
 ) -> RendererTrainer:
     """Train (or resume) and export to ``export_dir`` (default ``{output_dir}/pipeline``); returns the trainer."""
-    trainer = RendererTrainer(args, perceptual=perceptual, discriminator=discriminator)
-    trainer.run()
-    trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
-    trainer.finish()
-    return trainer
+    return RendererTrainer(args, perceptual=perceptual, discriminator=discriminator).train_and_export_pipeline(export_dir)
 
 
 def main(argv: list[str] | None = None, prog: str = "selftok-train-renderer") -> int:

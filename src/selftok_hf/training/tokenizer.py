@@ -356,11 +356,7 @@ class TokenizerTrainer(TrainingLoop):
 
 def train_tokenizer(args: TokenizerTrainingArguments, export_dir: str | None = None) -> TokenizerTrainer:
     """Train (or resume) and export to ``export_dir`` (default ``{output_dir}/pipeline``); returns the trainer."""
-    trainer = TokenizerTrainer(args)
-    trainer.run()
-    trainer.export(export_dir or os.path.join(args.output_dir, "pipeline"))
-    trainer.finish()
-    return trainer
+    return TokenizerTrainer(args).train_and_export_pipeline(export_dir)
 
 
 def main(argv: list[str] | None = None, prog: str = "selftok-train-tokenizer") -> int:
