@@ -9,23 +9,26 @@ token-level MDP satisfy the Bellman equation. This script measures it at a scale
 
 1. **World.** :class:`~selftok_hf.rl.ShapesWorld` (1-3 coloured shapes, 32 px, 84 prompts in 6 GenEval-style
    categories) split into held-in and held-out prompts (per category, ``--held-out-fraction``).
-2. **Tokenizers, same bits per image.** A pixel-space Selftok tokenizer (K tokens, codebook C, trained by
-   :class:`~selftok_hf.training.tokenizer.TokenizerTrainer`; ids decoded by a few flow steps of its diffusion
-   decoder) and a raster VQ autoencoder (:class:`~selftok_hf.raster_vq.RasterVQAutoencoder`, a sqrt(K) x sqrt(K)
-   grid with the same codebook C), both trained on renders of random scenes of every prompt (an image codec sees
-   no text). Their reconstruction accuracy (the detector's verdict on encode -> decode of ground-truth images) is
-   the ceiling of everything after.
+2. **Tokenizers, same bits per image; three arms.** A pixel-space Selftok tokenizer (K tokens, codebook C, trained
+   by :class:`~selftok_hf.training.tokenizer.TokenizerTrainer`) whose ids are decoded either by a few flow steps of
+   its diffusion decoder (arm ``selftok``) or by its one-step renderer (arm ``selftok_renderer``, distilled by
+   :class:`~selftok_hf.training.renderer.RendererTrainer`; same ids, other decoder), and a raster VQ autoencoder
+   (arm ``raster``: :class:`~selftok_hf.raster_vq.RasterVQAutoencoder`, a sqrt(K) x sqrt(K) grid with the same
+   codebook C). All are trained on renders of random scenes of every prompt (an image codec sees no text). Their
+   reconstruction accuracy (the detector's verdict on encode -> decode of ground-truth images) says how well each
+   codec can express the world at all (a policy may still exceed it: it can emit ids no real image encodes to).
 3. **LM.** For each arm and seed, the same small Llama (random init, the bundled BPE, extended by
    :func:`~selftok_hf.add_visual_tokens`) is fine-tuned by :class:`~selftok_hf.training.sft.SFTTrainer` on
    (prompt, image ids) pairs of *held-in prompts only* (``--sft-categories`` restricts them further), then trained
    by :class:`~selftok_hf.rl.trainer.GRPOTrainer` with the exact program reward on held-in prompts only.
 4. **Evaluation.** GenEval-style accuracy (all checks of a prompt pass, by the exact detector on decoded
    pixels) per category on held-out prompts (and held-in, for reference) before SFT, after SFT and after RL.
-   Mean and 95% t-interval over seeds. Same LM, SFT and RL budgets for both arms.
+   Mean and 95% t-interval over seeds. Same LM, SFT and RL budgets for every arm.
 
 Everything is cached under ``--output-dir`` stage by stage (rerunning resumes); ``--workers`` runs jobs in
 parallel processes with one thread each (on a shared CPU, one thread per process is much faster for these
-sizes than a contended thread pool). Outputs: ``results.json``, ``results.md`` (the table) and ``results.png``.
+sizes than a contended thread pool). Outputs: ``results.json``, ``results.md`` (the table), ``results.png`` (the
+accuracy curves) and ``reconstructions.png`` (ground truth and each arm's encode -> decode).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class Config:
     """Every knob of the experiment (the ``cpu`` preset is the dataclass default)."""
 
     output_dir: str = "runs/rl_shapes_miniature"
-    arms: str = "selftok,raster"
+    arms: str = "selftok,selftok_renderer,raster"
     seeds: list = field(default_factory=lambda: [0, 1, 2])
     workers: int = 2
     image_size: int = 32
@@ -71,21 +74,21 @@ class Config:
     codebook_size: int = 64
     token_schedule: str = "6,5,2,2,1"
     tokenizer_images: int = 4000
-    tokenizer_steps: int = 14000
+    tokenizer_steps: int = 12000
     tokenizer_batch: int = 32
     tokenizer_lr: float = 1e-3
-    raster_steps: int = 6000
-    renderer_steps: int = 0
+    raster_steps: int = 3000
+    renderer_steps: int = 2000
     decoder_steps: int = 8
     # LM + SFT.
     lm_hidden: int = 128
     lm_layers: int = 4
     sft_images_per_prompt: int = 40
-    sft_steps: int = 3000
+    sft_steps: int = 1500
     sft_batch: int = 32
     sft_lr: float = 1e-3
     # RL.
-    rl_steps: int = 200
+    rl_steps: int = 300
     rl_prompts_per_step: int = 4
     group_size: int = 8
     rl_lr: float = 3e-4
@@ -107,6 +110,11 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------- codecs
+#: The experiment's arms: Selftok ids decoded by a few flow steps or by the one-step renderer, and the raster control.
+ARMS = ("selftok", "selftok_renderer", "raster")
+#: The file (under ``tokenizers/``) whose presence means an arm's codec is trained.
+TRAINED_MARKERS = {"selftok": "selftok/pipeline/model_index.json", "selftok_renderer": "selftok/pipeline_renderer/model_index.json", "raster": "raster/config.json"}
+
 class SelftokCodec:
     """Images in [0, 1] <-> Selftok ids through a trained pixel-space :class:`SelftokDecoderPipeline`: decoded by
     ``decoder_steps`` flow steps, or by the one-step renderer when ``use_renderer``."""
@@ -154,7 +162,7 @@ def load_codec(cfg: Config, arm: str):
     root = Path(cfg.output_dir) / "tokenizers"
     if arm == "raster":
         return RasterCodec(root / "raster")
-    if cfg.renderer_steps:
+    if arm == "selftok_renderer":
         return SelftokCodec(root / "selftok" / "pipeline_renderer", cfg.decoder_steps, use_renderer=True)
     return SelftokCodec(root / "selftok" / "pipeline", cfg.decoder_steps)
 
@@ -257,21 +265,21 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
             latent_space="pixel", pixel_patch_size=patch, encoder_lr=cfg.tokenizer_lr, decoder_image_lr=cfg.tokenizer_lr,
             decoder_token_lr=cfg.tokenizer_lr, cache_latents=True, log_every=100, checkpoint_every=500, resume_from="latest", seed=0,
         )
-        if not (root / "selftok" / "pipeline" / "model_index.json").exists():
-            train_tokenizer(args, str(root / "selftok" / "pipeline"))
-        if cfg.renderer_steps:
-            from selftok_hf.training.renderer import (
-                RendererTrainingArguments,
-                train_renderer,
-            )
+        train_tokenizer(args, str(root / "selftok" / "pipeline"))
+    elif arm == "selftok_renderer":
+        from selftok_hf.training.renderer import (
+            RendererTrainingArguments,
+            train_renderer,
+        )
 
-            # MSE only: no LPIPS weights offline, and the paper's GAN term starts after 30k steps.
-            renderer_args = RendererTrainingArguments(
-                output_dir=str(root / "selftok" / "renderer_run"), pipeline=str(root / "selftok" / "pipeline"), dataset=str(data_dir),
-                max_steps=cfg.renderer_steps, batch_size=cfg.tokenizer_batch, learning_rate=cfg.tokenizer_lr, loss_switch_step=10**9,
-                log_every=100, checkpoint_every=500, resume_from="latest", seed=0,
-            )
-            train_renderer(renderer_args, str(root / "selftok" / "pipeline_renderer"))
+        # The one-step renderer of the trained selftok arm (same tokenizer, so the same ids). MSE only: there are no
+        # LPIPS weights offline, and the paper's GAN term starts only after 30k steps.
+        renderer_args = RendererTrainingArguments(
+            output_dir=str(root / "selftok" / "renderer_run"), pipeline=str(root / "selftok" / "pipeline"), dataset=str(data_dir),
+            max_steps=cfg.renderer_steps, batch_size=cfg.tokenizer_batch, learning_rate=cfg.tokenizer_lr, loss_switch_step=10**9,
+            log_every=100, checkpoint_every=500, resume_from="latest", seed=0,
+        )
+        train_renderer(renderer_args, str(root / "selftok" / "pipeline_renderer"))
     else:
         from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
         from selftok_hf.training.data import StepBatches, load_image_dataset
@@ -405,7 +413,7 @@ def summarise(cfg: Config, runs: list[dict], reconstruction: dict, seconds: floa
     ``compute_s`` sums every stage's single-thread time (tokenizers and all runs, even those of earlier invocations);
     ``wall_time_s`` is this invocation's."""
     root = Path(cfg.output_dir) / "tokenizers"
-    compute = {arm: json.loads((root / f"{arm}_seconds.json").read_text()) for arm in ("selftok", "raster") if (root / f"{arm}_seconds.json").exists()}
+    compute = {arm: json.loads((root / f"{arm}_seconds.json").read_text()) for arm in ARMS if (root / f"{arm}_seconds.json").exists()}
     compute["runs"] = sum(r["timings_s"]["total"] for r in runs)
     summary = {
         "config": asdict(cfg), "bits_per_image": cfg.bits_per_image, "wall_time_s": seconds, "compute_s": compute,
@@ -452,6 +460,27 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save_reconstruction_grid(cfg: Config, arms: list[str], path: Path, zoom: int = 3) -> list[str]:
+    """One ground-truth scene of every 6th prompt (top row) and its encode -> decode by each arm (a row each), as a
+    PNG zoomed ``zoom`` x (nearest neighbour); returns the prompts, left to right."""
+    import PIL.Image
+
+    from selftok_hf.rl import ShapesWorld
+
+    world = ShapesWorld(image_size=cfg.image_size)
+    data = world.generate(world.all_prompts()[::6], images_per_prompt=1, seed=20_000)
+    rows = [data["images"]]
+    for arm in arms:
+        codec = load_codec(cfg, arm)
+        torch.manual_seed(0)
+        rows.append(codec.decode(codec.encode(data["images"])))
+    grid = torch.cat([torch.cat(list(row.clamp(0, 1)), dim=2) for row in rows], dim=1)
+    pixels = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    image = PIL.Image.fromarray(pixels)
+    image.resize((image.width * zoom, image.height * zoom), PIL.Image.NEAREST).save(path)
+    return data["prompts"]
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -461,7 +490,7 @@ def plot(summary: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = np.arange(len(STAGES))
     for ax, split in zip(axes, ("held_out", "held_in")):
-        for offset, arm in ((-0.05, "selftok"), (0.05, "raster")):
+        for offset, arm in zip((-0.06, 0.0, 0.06), ARMS):
             if f"{arm}/{split}/after_rl" not in summary["table"]:
                 continue
             rows = [summary["table"][f"{arm}/{split}/{stage}"]["overall"] for stage in STAGES]
@@ -504,12 +533,14 @@ def main(argv: list[str] | None = None) -> int:
 
     write_tokenizer_data(cfg)
     arms = cfg.arms.split(",")
-    if not set(arms) <= {"selftok", "raster"}:
-        raise ValueError(f"--arms must name selftok and/or raster, got {cfg.arms!r}")
-    done_marker = {"selftok": "pipeline_renderer" if cfg.renderer_steps else "pipeline", "raster": "config.json"}
-    todo = [(cfg, arm) for arm in arms if not (root / "tokenizers" / arm / done_marker[arm]).exists()]
-    for done in _pool_map(cfg, train_tokenizers, todo):
-        print(f"trained the {done['arm']} tokenizer in {done['seconds'] / 60:.1f} min", flush=True)
+    if not set(arms) <= set(ARMS):
+        raise ValueError(f"--arms must name some of {', '.join(ARMS)}, got {cfg.arms!r}")
+    # The renderer is trained from the selftok arm's decoder, so after it; the two tokenizers train in parallel.
+    needed = {*arms, "selftok"} if "selftok_renderer" in arms else set(arms)
+    for stage in (("selftok", "raster"), ("selftok_renderer",)):
+        todo = [(cfg, arm) for arm in stage if arm in needed and not (root / "tokenizers" / TRAINED_MARKERS[arm]).exists()]
+        for done in _pool_map(cfg, train_tokenizers, todo):
+            print(f"trained the {done['arm']} codec in {done['seconds'] / 60:.1f} min", flush=True)
     recon_path = root / "tokenizers" / "reconstruction.json"
     if not recon_path.exists():
         recon_path.write_text("{}")
@@ -524,6 +555,7 @@ def main(argv: list[str] | None = None) -> int:
     (root / "results.json").write_text(json.dumps(summary, indent=1))
     (root / "results.md").write_text(markdown(summary))
     plot(summary, root / "results.png")
+    save_reconstruction_grid(cfg, arms, root / "reconstructions.png")
     print(markdown(summary))
     return 0
 
