@@ -1,10 +1,12 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="selftok-hf",
     version="0.1.0",
     description="Selftok discrete visual tokens (arXiv 2505.07538) for transformers and diffusers",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     # The model card templates live at the top of the repo (model_cards/) and ship as selftok_hf/model_cards/.
@@ -38,7 +40,9 @@ setup(
     ],
     extras_require={
         "eval": ["matplotlib"],  # selftok-eval's psnr_vs_steps.png
-        "dev": ["pytest", "matplotlib", "scikit-image"],  # scikit-image: the SSIM reference in tests
+        "photos": ["scikit-image", "scikit-learn"],  # the offline:photos training source (their bundled photographs)
+        # scikit-image: the SSIM reference in tests; both: offline:photos in the examples' tests
+        "dev": ["pytest", "matplotlib", "scikit-image", "scikit-learn"],
         "demo": ["gradio>=6.0"],  # selftok demo (selftok_hf.demo); 6.0: the theme is an argument of launch()
     },
     entry_points={

@@ -56,14 +56,17 @@ FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/dataset
 
 def _offline_photo(spec: str) -> PIL.Image.Image:
     module, name = spec.split(":")
-    if module == "skimage":
-        import skimage.data
+    try:
+        if module == "skimage":
+            import skimage.data
 
-        array = getattr(skimage.data, name)()
-    else:
-        from sklearn.datasets import load_sample_image
+            array = getattr(skimage.data, name)()
+        else:
+            from sklearn.datasets import load_sample_image
 
-        array = load_sample_image(name)
+            array = load_sample_image(name)
+    except ImportError as error:
+        raise ImportError(f"offline:photos needs scikit-image and scikit-learn: pip install 'selftok-hf[photos]' ({error})") from error
     return PIL.Image.fromarray(array).convert("RGB")
 
 
