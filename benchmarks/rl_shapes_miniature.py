@@ -417,7 +417,7 @@ def summarise(cfg: Config, runs: list[dict], reconstruction: dict, seconds: floa
     compute["runs"] = sum(r["timings_s"]["total"] for r in runs)
     summary = {
         "config": asdict(cfg), "bits_per_image": cfg.bits_per_image, "wall_time_s": seconds, "compute_s": compute,
-        "reconstruction": reconstruction, "table": {},
+        "reconstruction": reconstruction, "table": {}, "rl_gain": {},
     }
     for arm in cfg.arms.split(","):
         arm_runs = [r for r in runs if r["arm"] == arm]
@@ -429,6 +429,13 @@ def summarise(cfg: Config, runs: list[dict], reconstruction: dict, seconds: floa
                     mean, half = t_interval(values)
                     row[column] = {"mean": mean, "ci95": half, "per_seed": values}
                 summary["table"][f"{arm}/{split}/{stage}"] = row
+            # What RL adds, paired by seed (the same LM before and after), which removes the between-seed spread.
+            gains = {}
+            for column in COLUMNS:
+                values = [r["evals"]["after_rl"][split][column] - r["evals"]["after_sft"][split][column] for r in arm_runs]
+                mean, half = t_interval(values)
+                gains[column] = {"mean": mean, "ci95": half, "per_seed": values}
+            summary["rl_gain"][f"{arm}/{split}"] = gains
     summary["runs"] = runs
     return summary
 
@@ -439,12 +446,12 @@ def markdown(summary: dict) -> str:
         "# Selftok-Zero miniature: RL on AR (Selftok) vs raster (VQ) tokens in the shapes world",
         "",
         f"{len(cfg['seeds'])} seeds ({', '.join(map(str, cfg['seeds']))}); {cfg['num_tokens']} tokens x {cfg['codebook_size']} codes = "
-        f"{summary['bits_per_image']:.0f} bits per image for both tokenizers; {cfg['image_size']} px. Accuracy = every check of the prompt "
+        f"{summary['bits_per_image']:.0f} bits per image for every arm; {cfg['image_size']} px. Accuracy = every check of the prompt "
         "passes (exact detector on decoded pixels). Mean ± 95% t-interval over seeds. Single-thread compute: "
         + ", ".join(f"{k} {v / 60:.1f} min" for k, v in summary["compute_s"].items())
         + f"; this invocation's wall time {summary['wall_time_s'] / 60:.1f} min.",
         "",
-        "## Tokenizer ceiling: encode -> decode of ground-truth images (all 84 prompts)",
+        "## Codec reconstruction accuracy: encode -> decode of ground-truth images (all 84 prompts)",
         "",
         "| tokenizer | " + " | ".join(COLUMNS) + " | PSNR |",
         "|---|" + "---|" * (len(COLUMNS) + 1),
@@ -457,6 +464,17 @@ def markdown(summary: dict) -> str:
             for stage in STAGES:
                 row = summary["table"][f"{arm}/{split}/{stage}"]
                 lines.append(f"| {arm} | {stage} | " + " | ".join(f"{row[c]['mean']:.2f} ± {row[c]['ci95']:.2f}" for c in COLUMNS) + " |")
+    lines += [
+        "",
+        "## What RL adds: after_rl - after_sft, paired by seed",
+        "",
+        "| tokenizer | prompts | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for split in ("held_out", "held_in"):
+        for arm in cfg["arms"].split(","):
+            row = summary["rl_gain"][f"{arm}/{split}"]
+            lines.append(f"| {arm} | {split} | " + " | ".join(f"{row[c]['mean']:+.2f} ± {row[c]['ci95']:.2f}" for c in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
