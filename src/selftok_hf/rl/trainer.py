@@ -62,6 +62,7 @@ from ..training.loop import (
     parse_dataclass_arguments,
     plain_text,
 )
+from ..training.sft import pipeline_or_load
 from .evaluation import decode_images, prompt_batch
 from .grpo import constrained_logprobs, group_advantages, grpo_loss
 from .rewards import CombinedReward, DetectorJudge, ProgramReward, QAReward
@@ -223,10 +224,7 @@ class GRPOTrainer(TrainingLoop):
     # ---------------------------------------------------------------------------------- build
     def build(self) -> None:
         args = self.args
-        if self.pipeline is None:
-            if not args.pipeline:
-                raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
-            self.pipeline = SelftokPipeline.from_pretrained(args.pipeline)
+        self.pipeline = pipeline_or_load(self.pipeline, args.pipeline)
         if getattr(self.pipeline, "has_lora", False):
             raise ValueError("merge the LoRA adapter first (pipeline.merge_lora()): the KL reference is a full copy of the policy")
         if self.image_decoder is None:

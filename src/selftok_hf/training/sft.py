@@ -57,6 +57,7 @@ __all__ = [
     "collate_examples",
     "main",
     "parse_task_mix",
+    "pipeline_or_load",
     "pretokenize_images",
 ]
 
@@ -242,6 +243,15 @@ class SFTArguments(LoopArguments):
             raise ValueError("merge_lora needs lora")
 
 
+def pipeline_or_load(pipeline: SelftokPipeline | None, path: str | None) -> SelftokPipeline:
+    """The pipeline a trainer was given, else the one saved at ``path`` (its ``--pipeline`` argument)."""
+    if pipeline is not None:
+        return pipeline
+    if not path:
+        raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
+    return SelftokPipeline.from_pretrained(path)
+
+
 class SFTTrainer(TrainingLoop):
     """Fine-tunes the LM of a :class:`SelftokPipeline` on a mixture of T2I / I2T / image / text examples.
 
@@ -307,10 +317,7 @@ class SFTTrainer(TrainingLoop):
 
     def build(self) -> None:
         args = self.args
-        if self.pipeline is None:
-            if not args.pipeline:
-                raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
-            self.pipeline = SelftokPipeline.from_pretrained(args.pipeline)
+        self.pipeline = pipeline_or_load(self.pipeline, args.pipeline)
         self.pipeline.set_progress_bar_config(disable=True)
         self._load_data()
         model = self.pipeline.language_model
