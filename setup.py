@@ -27,7 +27,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
-        "diffusers>=0.35",
+        "diffusers>=0.42",  # from_pretrained(dtype=...) (torch_dtype is deprecated)
         "tokenizers",
         "accelerate",
         "peft",

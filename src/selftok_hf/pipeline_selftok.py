@@ -129,7 +129,7 @@ class SelftokPipeline(SelftokHubMixin):
         layout = json.loads((root / PIPELINE_CONFIG_NAME).read_text())
         language_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **language_model_kwargs).eval()
         processor = SelftokProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        decoder_kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+        decoder_kwargs = {"dtype": dtype} if dtype is not None else {}
         decoder = SelftokDecoderPipeline.from_pretrained(root / layout.get("decoder", DECODER_SUBFOLDER), **decoder_kwargs)
         return cls(language_model, processor, decoder)
 
