@@ -63,7 +63,7 @@ class Config:
 
     output_dir: str = "runs/rl_shapes_miniature"
     arms: str = "selftok,selftok_renderer,raster"
-    seeds: list = field(default_factory=lambda: [0, 1, 2])
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     workers: int = 2
     image_size: int = 32
     held_out_fraction: float = 0.5
@@ -405,6 +405,22 @@ def t_interval(values: list[float]) -> tuple[float, float]:
 
 
 STAGES = ("before_sft", "after_sft", "after_rl")
+
+
+def gain_p_values(rl_gain: dict) -> dict[str, float]:
+    """Two-sided Welch t-test p-value of each Selftok arm's overall RL gain against the raster arm's, per split
+    (the seeds of two arms are independent runs; uncorrected for the several comparisons; NaN when both arms'
+    gains are constant)."""
+    from scipy import stats
+
+    p_values = {}
+    for key, gains in rl_gain.items():
+        arm, split = key.split("/")
+        control = rl_gain.get(f"raster/{split}")
+        if arm != "raster" and control is not None and len(gains["overall"]["per_seed"]) > 1:
+            test = stats.ttest_ind(gains["overall"]["per_seed"], control["overall"]["per_seed"], equal_var=False)
+            p_values[key] = float(test.pvalue)
+    return p_values
 COLUMNS = ("single_object", "two_objects", "counting", "colors", "position", "color_attr", "overall")
 
 
@@ -436,6 +452,7 @@ def summarise(cfg: Config, runs: list[dict], reconstruction: dict, seconds: floa
                 mean, half = t_interval(values)
                 gains[column] = {"mean": mean, "ci95": half, "per_seed": values}
             summary["rl_gain"][f"{arm}/{split}"] = gains
+    summary["gain_vs_raster_p"] = gain_p_values(summary["rl_gain"])
     summary["runs"] = runs
     return summary
 
@@ -468,13 +485,17 @@ def markdown(summary: dict) -> str:
         "",
         "## What RL adds: after_rl - after_sft, paired by seed",
         "",
-        "| tokenizer | prompts | " + " | ".join(COLUMNS) + " |",
-        "|---|---|" + "---|" * len(COLUMNS),
+        "| tokenizer | prompts | " + " | ".join(COLUMNS) + " | overall gain vs raster's: Welch p |",
+        "|---|---|" + "---|" * (len(COLUMNS) + 1),
     ]
     for split in ("held_out", "held_in"):
         for arm in cfg["arms"].split(","):
             row = summary["rl_gain"][f"{arm}/{split}"]
-            lines.append(f"| {arm} | {split} | " + " | ".join(f"{row[c]['mean']:+.2f} ± {row[c]['ci95']:.2f}" for c in COLUMNS) + " |")
+            p_value = summary["gain_vs_raster_p"].get(f"{arm}/{split}")
+            lines.append(
+                f"| {arm} | {split} | " + " | ".join(f"{row[c]['mean']:+.2f} ± {row[c]['ci95']:.2f}" for c in COLUMNS)
+                + (f" | {p_value:.3f} |" if p_value is not None else " | |")
+            )
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,7 @@
 """``benchmarks/rl_shapes_miniature.py`` end to end at toy budgets: every stage runs, caches and reports."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -38,6 +39,9 @@ def test_miniature_runs_every_stage_and_resumes(tmp_path):
             after = summary["table"][f"{arm}/{split}/after_rl"]["overall"]["per_seed"]
             before = summary["table"][f"{arm}/{split}/after_sft"]["overall"]["per_seed"]
             assert gain["per_seed"] == pytest.approx([a - b for a, b in zip(after, before)])
+    assert set(summary["gain_vs_raster_p"]) == {f"{arm}/{split}" for arm in arms[:2] for split in ("held_out", "held_in")}
+    # NaN where the toy runs' gains are constant in both arms (no variance to test).
+    assert all(math.isnan(p) or 0.0 <= p <= 1.0 for p in summary["gain_vs_raster_p"].values())
     for name in ("results.md", "results.png", "reconstructions.png"):
         assert (out / name).stat().st_size > 0
     assert "## What RL adds" in (out / "results.md").read_text()
