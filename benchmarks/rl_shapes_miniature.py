@@ -119,8 +119,6 @@ class SelftokCodec:
     """Images in [0, 1] <-> Selftok ids through a trained pixel-space :class:`SelftokDecoderPipeline`: decoded by
     ``decoder_steps`` flow steps, or by the one-step renderer when ``use_renderer``."""
 
-    name = "selftok"
-
     def __init__(self, path: Path, decoder_steps: int, use_renderer: bool = False):
         from selftok_hf import SelftokDecoderPipeline
 
@@ -141,8 +139,6 @@ class SelftokCodec:
 
 class RasterCodec:
     """Images in [0, 1] <-> raster-order ids through a trained :class:`RasterVQAutoencoder`."""
-
-    name = "raster"
 
     def __init__(self, path: Path):
         from selftok_hf.raster_vq import RasterVQAutoencoder
