@@ -52,6 +52,7 @@ setup(
             "selftok-quickstart=selftok_hf.quickstart:main",
             "selftok-train-tokenizer=selftok_hf.training.tokenizer:main",
             "selftok-train-renderer=selftok_hf.training.renderer:main",
+            "selftok-train-vae=selftok_hf.training.autoencoder:main",
             "selftok-train-lm=selftok_hf.training.sft:main",
             "selftok-eval=selftok_hf.evaluation:main",
             "selftok-rl=selftok_hf.rl.trainer:main",

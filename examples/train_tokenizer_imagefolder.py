@@ -5,7 +5,7 @@ one of them with the result.
     python examples/train_tokenizer_imagefolder.py --tiny --output-dir /tmp/run     # offline smoke run, seconds
 
 The model is the small pixel-space Selftok of the embedded default (32-px images, 32 tokens x 10 bits,
-``examples/configs/pixel32_*.json``): it trains on a CPU. ``--tiny`` writes the six bundled sample images into
+``examples/configs/default32_pixel_*.json``): it trains on a CPU. ``--tiny`` writes the six bundled sample images into
 ``OUTPUT_DIR/images`` and trains the tiny test model on them for a few steps (the reconstruction is noise). For the
 release-size model on SD3 latents use ``selftok train-tokenizer --latent-space sd3 --tokenizer-config release ...``
 (README, "Train your own tokenizer"). Every option of the trainers is a field of ``TokenizerTrainingArguments`` /
@@ -53,8 +53,8 @@ def main() -> None:
         dataset="imagefolder",
         data_dir=str(data_dir),
         max_image_side=96,
-        tokenizer_config="tiny" if args.tiny else str(CONFIGS / "pixel32_tokenizer.json"),
-        decoder_config="tiny" if args.tiny else str(CONFIGS / "pixel32_decoder.json"),
+        tokenizer_config="tiny" if args.tiny else str(CONFIGS / "default32_pixel_tokenizer.json"),
+        decoder_config="tiny" if args.tiny else str(CONFIGS / "default32_pixel_decoder.json"),
         latent_space="pixel",
         max_steps=steps,
         batch_size=args.batch_size,

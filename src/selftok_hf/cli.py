@@ -7,7 +7,7 @@
     selftok describe --pipeline vlm/ photo.jpg           # image -> text
     selftok push converted/ my-org/selftok              # upload a saved folder to the Hugging Face Hub
     selftok demo [--pipeline DIR] [--vlm DIR | --tiny]   # the Gradio demo page (pip install "selftok-hf[demo]")
-    selftok convert | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
+    selftok convert | train-vae | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
 names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). The training, conversion
@@ -32,6 +32,7 @@ DELEGATED_COMMANDS = {
     "convert": ("selftok_hf.convert_selftok_checkpoint:main", "convert an official Selftok checkpoint into a selftok-hf folder"),
     "train-tokenizer": ("selftok_hf.training.tokenizer:main", "train the Selftok tokenizer + diffusion decoder on an image folder or dataset"),
     "train-renderer": ("selftok_hf.training.renderer:main", "distil the one-step renderer from a trained decoder"),
+    "train-vae": ("selftok_hf.training.autoencoder:main", "train a small SD3-shaped VAE for a small tokenizer to read"),
     "train-lm": ("selftok_hf.training.sft:main", "fine-tune a language model on Selftok tokens (full or LoRA)"),
     "rl": ("selftok_hf.rl.trainer:main", "GRPO reinforcement learning on visual tokens"),
     "eval": ("selftok_hf.evaluation:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),

@@ -24,6 +24,8 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "HELD_OUT_PHOTOS",
     "OFFLINE_PHOTOS",
+    "OPENCV_DATA_DIR",
+    "OPENCV_PHOTOS",
     "StepBatches",
     "cache_latents",
     "center_resize_crop",
@@ -53,6 +55,25 @@ HELD_OUT_PHOTOS = ("skimage:astronaut", "skimage:coffee", "skimage:chelsea")
 
 FASHION_MNIST_DIR = Path(os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 
+#: Debian's ``opencv-doc`` sample images (``apt-get install opencv-doc``, or only its images:
+#: ``apt-get download opencv-doc && dpkg-deb --fsys-tarfile opencv-doc_*.deb | tar x ./usr/share/doc/opencv-doc/examples/data``
+#: and ``OPENCV_DATA_DIR`` pointing at that folder).
+OPENCV_DATA_DIR = Path(os.environ.get("OPENCV_DATA_DIR", "/usr/share/doc/opencv-doc/examples/data"))
+#: ``offline:opencv-photos``: the colour photographs and renders among them, split by scene. Near-duplicate pairs
+#: (stereo views, before / after edits) stay inside one split; ``test`` is for reported numbers only and
+#: ``validation`` for choosing between models.
+OPENCV_PHOTOS = {
+    "train": (
+        "Blender_Suzanne1.jpg", "Blender_Suzanne2.jpg", "HappyFish.jpg", "LinuxLogo.jpg", "WindowsLogo.jpg", "aero1.jpg",
+        "aero3.jpg", "aloeL.jpg", "aloeR.jpg", "apple.jpg", "blox.jpg", "board.jpg", "cards.png", "chicky_512.png",
+        "ela_original.jpg", "ela_modified.jpg", "graf1.png", "graf3.png", "left.jpg", "right.jpg", "leuvenA.jpg",
+        "leuvenB.jpg", "orange.jpg", "pca_test1.jpg", "pic1.png", "pic2.png", "pic3.png", "pic5.png", "rubberwhale1.png",
+        "rubberwhale2.png", "starry_night.jpg", "sudoku.png", "text_defocus.jpg", "text_motion.jpg",
+    ),
+    "validation": ("licenseplate_motion.jpg", "pic4.png", "squirrel_cls.jpg", "stuff.jpg"),
+    "test": ("baboon.jpg", "building.jpg", "butterfly.jpg", "fruits.jpg", "home.jpg", "messi5.jpg", "pic6.png", "smarties.png"),
+}
+
 
 def _offline_photo(spec: str) -> PIL.Image.Image:
     module, name = spec.split(":")
@@ -68,6 +89,22 @@ def _offline_photo(spec: str) -> PIL.Image.Image:
     except ImportError as error:
         raise ImportError(f"offline:photos needs scikit-image and scikit-learn: pip install 'selftok-hf[photos]' ({error})") from error
     return PIL.Image.fromarray(array).convert("RGB")
+
+
+def _opencv_photos(split: str) -> dict[str, list]:
+    if split not in OPENCV_PHOTOS:
+        raise ValueError(f"offline:opencv-photos has the splits {sorted(OPENCV_PHOTOS)}, not {split!r}")
+    missing = [name for name in OPENCV_PHOTOS[split] if not (OPENCV_DATA_DIR / name).exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"{OPENCV_DATA_DIR} lacks {missing[:3]}...: install Debian's `opencv-doc` package or set OPENCV_DATA_DIR "
+            "(see selftok_hf.training.data.OPENCV_DATA_DIR)"
+        )
+    images = []
+    for name in OPENCV_PHOTOS[split]:
+        with PIL.Image.open(OPENCV_DATA_DIR / name) as image:
+            images.append(image.convert("RGB"))
+    return {"image": images, "name": list(OPENCV_PHOTOS[split])}
 
 
 def _fashion_mnist(split: str, limit: int | None) -> list[PIL.Image.Image]:
@@ -95,8 +132,9 @@ def load_image_dataset(
 
     Args:
         source: ``offline:photos`` (scikit-image / scikit-learn photos; split ``train`` excludes
-            :data:`HELD_OUT_PHOTOS`, split ``test`` is exactly them), ``offline:fashion-mnist`` (split ``train`` /
-            ``test``), ``imagefolder`` (with ``data_dir``), a directory written by ``Dataset.save_to_disk``, or any
+            :data:`HELD_OUT_PHOTOS`, split ``test`` is exactly them), ``offline:opencv-photos`` (Debian's
+            ``opencv-doc`` photographs, splits ``train`` / ``validation`` / ``test`` of :data:`OPENCV_PHOTOS`),
+            ``offline:fashion-mnist`` (split ``train`` / ``test``), ``imagefolder`` (with ``data_dir``), a directory written by ``Dataset.save_to_disk``, or any
             name ``datasets.load_dataset`` resolves offline.
         split: dataset split.
         image_column: the column holding images (renamed to ``image``).
@@ -108,6 +146,8 @@ def load_image_dataset(
     if source == "offline:photos":
         specs = OFFLINE_PHOTOS if split == "train" else HELD_OUT_PHOTOS
         ds = datasets.Dataset.from_dict({"image": [_offline_photo(s) for s in specs], "name": list(specs)})
+    elif source == "offline:opencv-photos":
+        ds = datasets.Dataset.from_dict(_opencv_photos(split))
     elif source == "offline:fashion-mnist":
         ds = datasets.Dataset.from_dict({"image": _fashion_mnist(split, limit)})
     elif source == "imagefolder":

@@ -25,7 +25,8 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import step_seed
@@ -43,6 +46,7 @@ __all__ = [
     "add_dataclass_arguments",
     "dataclass_field_help",
     "latest_checkpoint",
+    "load_json_or_preset",
     "parse_dataclass_arguments",
     "plain_text",
     "run_training_cli",
@@ -53,6 +57,7 @@ logger = logging.getLogger(__name__)
 _CHECKPOINTS = "checkpoints"
 _LATEST = "latest"
 _STATE_FILE = "trainer_state.json"
+_EMA_WEIGHTS, _EMA_STATE = "ema.safetensors", "ema.json"
 
 
 @dataclass
@@ -73,6 +78,10 @@ class LoopArguments:
         log_every: steps between log lines.
         report_to: accelerate tracker (e.g. ``"tensorboard"``), or None.
         cpu: force CPU even when an accelerator is present.
+        warmup_steps: linear learning-rate warm-up over this many optimiser steps, then constant (0: none).
+        ema_decay: keep an exponential moving average of the trained parameters with this decay (diffusers'
+            ``EMAModel``, decay warm-up ``(1 + s) / (10 + s)``); evaluation and export then use the averaged weights
+            (0: off).
     """
 
     output_dir: str = "selftok-run"
@@ -88,8 +97,14 @@ class LoopArguments:
     log_every: int = 10
     report_to: str | None = None
     cpu: bool = False
+    warmup_steps: int = 0
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.gradient_accumulation_steps < 1:
@@ -183,6 +198,20 @@ def run_training_cli(
     return 0
 
 
+def load_json_or_preset(value: str | None, presets: dict[str, dict]) -> dict:
+    """``value`` as keyword arguments: the name of a preset in ``presets``, a JSON file, or a JSON object (None: {})."""
+    if value is None:
+        return {}
+    if value in presets:
+        return dict(presets[value])
+    if not value.lstrip().startswith("{") and Path(value).is_file():
+        return json.loads(Path(value).read_text())
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError(f"{value!r} is neither a preset ({sorted(presets)}), a JSON file nor a JSON object") from None
+
+
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint the ``latest`` pointer of ``output_dir`` names, or None."""
     pointer = Path(output_dir) / _CHECKPOINTS / _LATEST
@@ -225,6 +254,7 @@ class TrainingLoop:
         self.step = 0
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.ema: EMAModel | None = None
         self.history: list[dict[str, Any]] = []
 
     # --------------------------------------------------------------------------- subclass hooks
@@ -236,14 +266,27 @@ class TrainingLoop:
         """Loss of micro-batch ``micro_step`` (already seeded) and floats to log."""
         raise NotImplementedError
 
+    def learning_rate_factor(self, step: int) -> float:
+        """Multiplier of every base learning rate at optimiser step ``step`` (0-based): the linear warm-up. A pure
+        function of the step, so a resumed run needs no scheduler state."""
+        warmup = self.args.warmup_steps
+        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+
     def optimizer_step(self) -> dict[str, float]:
-        """Step every optimizer, zero the gradients; returns extra floats to log (e.g. learning rates)."""
+        """Step every optimizer at its warmed-up learning rates, zero the gradients, update the EMA; returns extra
+        floats to log (e.g. learning rates)."""
         logs = {}
+        factor = self.learning_rate_factor(self.step)
         for name, optimizer in self.optimizers.items():
+            for group in optimizer.param_groups:
+                group.setdefault("base_lr", group["lr"])
+                group["lr"] = group["base_lr"] * factor
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             for group in optimizer.param_groups:
                 logs[f"lr/{group.get('name', name)}"] = group["lr"]
+        if self.ema is not None:
+            self.ema.step(self._trained_parameters())
         return logs
 
     def on_log(self, logs: dict[str, float]) -> dict[str, float]:
@@ -253,6 +296,24 @@ class TrainingLoop:
     # ------------------------------------------------------------------------------- checkpoints
     def _unwrapped(self) -> dict[str, torch.nn.Module]:
         return {name: self.accelerator.unwrap_model(m) for name, m in self.models.items()}
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for model in self._unwrapped().values() for p in model.parameters() if p.requires_grad]
+
+    @contextmanager
+    def ema_weights(self) -> Iterator[None]:
+        """Inside this block the trained models hold their EMA weights (a no-op without ``ema_decay``); the
+        training weights are put back on exit. Evaluation and export run inside it."""
+        if self.ema is None:
+            yield
+            return
+        params = self._trained_parameters()
+        self.ema.store(params)
+        self.ema.copy_to(params)
+        try:
+            yield
+        finally:
+            self.ema.restore(params)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
@@ -265,10 +326,20 @@ class TrainingLoop:
         self.accelerator.wait_for_everyone()
         self.accelerator.save_state(str(tmp))
         if self.accelerator.is_main_process:
+            if self.ema is not None:
+                state = self.ema.state_dict()
+                save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}, str(tmp / _EMA_WEIGHTS))
+                _write_atomically(tmp / _EMA_STATE, json.dumps(state))
             _write_atomically(tmp / _STATE_FILE, json.dumps({"step": self.step, "args": asdict(self.args)}, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
+            # Saving a step that already exists (a finished run resumed): the old copy is moved aside, not deleted,
+            # until the new one is in place, so a death at any point leaves one complete copy under a known name.
+            replaced = root / f".replaced-{name}"
+            if final.exists():
+                shutil.rmtree(replaced, ignore_errors=True)
+                os.replace(final, replaced)
             os.replace(tmp, final)
             _write_atomically(root / _LATEST, name)
+            shutil.rmtree(replaced, ignore_errors=True)
             kept = sorted(p for p in root.glob("step-*") if p.is_dir())
             for old in kept[: max(0, len(kept) - self.args.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -282,6 +353,36 @@ class TrainingLoop:
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_STATE_FILE})")
         self.accelerator.load_state(str(path))
         self.step = int(json.loads(state_file.read_text())["step"])
+        if self.ema is not None:
+            if not (path / _EMA_WEIGHTS).exists():
+                raise FileNotFoundError(f"{path} holds no EMA weights ({_EMA_WEIGHTS}) but ema_decay is set")
+            shadow = load_file(str(path / _EMA_WEIGHTS))
+            state = json.loads((path / _EMA_STATE).read_text())
+            self.ema.load_state_dict({**state, "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+
+    def _resume_path(self) -> Path | None:
+        """The checkpoint ``resume_from`` names. ``"latest"`` in a run folder with no checkpoint yet means a fresh
+        start (None); a ``latest`` pointer whose folder is gone, or a missing named checkpoint, is an error, never a
+        silent restart from step 0."""
+        if self.args.resume_from != "latest":
+            path = Path(self.args.resume_from)
+            if not path.is_dir():
+                raise FileNotFoundError(f"checkpoint {self.args.resume_from} not found")
+            return path
+        root = self.output_dir / _CHECKPOINTS
+        pointer = root / _LATEST
+        if not pointer.exists():
+            if any(root.glob("step-*")):
+                raise FileNotFoundError(f"{root} holds checkpoints but no '{_LATEST}' pointer; pass --resume-from with one of them")
+            return None
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            # A death between moving an old copy aside and renaming the new one in (save_checkpoint).
+            aside = root / f".replaced-{pointer.read_text().strip()}"
+            if aside.is_dir():
+                return aside
+            raise FileNotFoundError(f"'{_LATEST}' names {pointer.read_text().strip()!r}, which is missing from {root}")
+        return path
 
     # -------------------------------------------------------------------------------------- run
     def _seed_micro_step(self, micro_step: int) -> None:
@@ -289,7 +390,8 @@ class TrainingLoop:
         torch.manual_seed(seed)
 
     def run(self) -> list[dict[str, Any]]:
-        """Train to ``max_steps`` (resuming if asked); returns the logged history of this process."""
+        """Train to ``max_steps`` (resuming if asked); returns the logged history of this process. With
+        ``ema_decay`` the models hold the EMA weights afterwards (the checkpoint keeps both)."""
         args, acc = self.args, self.accelerator
         torch.manual_seed(args.seed)  # identical initial weights on every process
         self.build()
@@ -299,22 +401,27 @@ class TrainingLoop:
         n_models = len(self.models)
         self.models = dict(zip(names[:n_models], prepared[:n_models]))
         self.optimizers = dict(zip(names[n_models:], prepared[n_models:]))
+        if args.ema_decay:
+            self.ema = EMAModel(self._trained_parameters(), decay=args.ema_decay)
 
+        log_path = self.output_dir / "log.jsonl"
         if args.resume_from:
-            path = latest_checkpoint(args.output_dir) if args.resume_from == "latest" else Path(args.resume_from)
+            path = self._resume_path()
             if path is not None:
                 self.load_checkpoint(path)
                 logger.info("resumed from %s at step %d", path, self.step)
-            elif args.resume_from != "latest":
-                raise FileNotFoundError(f"checkpoint {args.resume_from} not found")
+                if acc.is_main_process and log_path.exists():  # drop lines logged after the checkpoint
+                    lines = [line for line in log_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
+                    _write_atomically(log_path, "".join(line + "\n" for line in lines))
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
+            for leftover in (self.output_dir / _CHECKPOINTS).glob(".tmp-step-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
         if args.report_to:
             acc.init_trackers("selftok", config={k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))})
 
         for model in self.models.values():
             model.train()
-        log_path = self.output_dir / "log.jsonl"
         progress = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="training")
         started = time.perf_counter()
         while self.step < args.max_steps:
@@ -346,6 +453,9 @@ class TrainingLoop:
                 self.save_checkpoint()
         progress.close()
         self.save_checkpoint()
+        if self.ema is not None:
+            # As diffusers' training scripts do before saving: training is over, the averaged weights are the model.
+            self.ema.copy_to(self._trained_parameters())
         return self.history
 
     def finish(self) -> None:

@@ -206,7 +206,7 @@ class SFTArguments(LoopArguments):
         text_dataset: optional text-only dataset (column ``text_column``) for the ``text`` task.
         task_mix: task probabilities, e.g. ``"t2i=0.5,i2t=0.5"``.
         chat_format / question / caption_dropout: see :class:`SFTExampleBuilder`.
-        learning_rate / weight_decay / warmup_steps / max_grad_norm: AdamW with linear warm-up, then constant.
+        learning_rate / weight_decay / max_grad_norm: AdamW (with the loop's linear ``warmup_steps``, then constant).
         lora / lora_rank / lora_alpha / lora_dropout: LoRA instead of full fine-tuning.
         merge_lora: with ``lora``, also write the merged full pipeline.
         image_batch_size / cache_dir: pre-tokenisation batch size and cache folder.
@@ -224,7 +224,6 @@ class SFTArguments(LoopArguments):
     caption_dropout: float = 0.1
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
-    warmup_steps: int = 0
     max_grad_norm: float = 1.0
     lora: bool = False
     lora_rank: int = 16
@@ -341,11 +340,6 @@ class SFTTrainer(TrainingLoop):
         params = [p for p in model.parameters() if p.requires_grad]
         self.models = {"language_model": model}
         self.optimizers = {"language_model": torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)}
-        warmup = args.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizers["language_model"], lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-        )
-        self.accelerator.register_for_checkpointing(self.scheduler)
 
     # ------------------------------------------------------------------------------- training
     def _permutation(self, epoch: int, size: int) -> np.ndarray:
@@ -385,9 +379,7 @@ class SFTTrainer(TrainingLoop):
         if self.args.max_grad_norm and self.accelerator.sync_gradients:
             params = [p for p in self.models["language_model"].parameters() if p.requires_grad]
             self.accelerator.clip_grad_norm_(params, self.args.max_grad_norm)
-        logs = super().optimizer_step()
-        self.scheduler.step()
-        return logs
+        return super().optimizer_step()
 
     # --------------------------------------------------------------------------------- export
     def export(self) -> dict[str, Path]:

@@ -48,7 +48,7 @@ from .data import (
     images_to_tensor,
     load_image_dataset,
 )
-from .loop import LoopArguments, TrainingLoop, run_training_cli
+from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
 
 __all__ = [
     "SelftokTokenizerObjective",
@@ -144,20 +144,6 @@ def decoder_parameter_groups(decoder: SelftokDecoderTransformer) -> tuple[list[n
     return image, rest
 
 
-def _load_json_or_preset(value: str | None, presets: dict[str, dict]) -> dict:
-    if value is None:
-        return {}
-    if value in presets:
-        return dict(presets[value])
-    path = Path(value)
-    if path.is_file():
-        return json.loads(path.read_text())
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        raise ValueError(f"{value!r} is neither a preset ({sorted(presets)}), a JSON file nor a JSON object") from None
-
-
 @dataclass
 class TokenizerTrainingArguments(LoopArguments):
     """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`).
@@ -171,7 +157,9 @@ class TokenizerTrainingArguments(LoopArguments):
         tokenizer_config / decoder_config: a preset (``tiny``, ``release``), a JSON file or a JSON object; decoder
             sizes that must agree with the tokenizer (tokens, code width, latent channels and side) are filled in.
         latent_space / pixel_patch_size / vae_path: ``pixel`` (a :class:`PixelSpaceAutoencoder` with
-            ``pixel_patch_size``) or ``sd3`` (the SD3 VAE at ``vae_path``).
+            ``pixel_patch_size``) or ``vae`` (the ``AutoencoderKL`` folder at ``vae_path``: SD3's, or one written by
+            ``selftok-train-vae``; its channels, downsampling and normalisation set the tokenizer's latent space;
+            ``sd3`` is the same).
         sd3_transformer: a diffusers ``SD3Transformer2DModel`` folder to initialise the decoder's image stream.
         init_from: a pipeline folder written by this trainer or the converter, to continue training from.
         encoder_lr / decoder_image_lr / decoder_token_lr: the three learning rates of the release.
@@ -205,10 +193,10 @@ class TokenizerTrainingArguments(LoopArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.latent_space not in ("pixel", "sd3"):
-            raise ValueError(f"latent_space must be 'pixel' or 'sd3', got {self.latent_space!r}")
-        if self.latent_space == "sd3" and not self.vae_path and not self.init_from:
-            raise ValueError("latent_space='sd3' needs vae_path (an SD3 `vae` folder) or init_from")
+        if self.latent_space not in ("pixel", "vae", "sd3"):
+            raise ValueError(f"latent_space must be 'pixel' or 'vae' ('sd3'), got {self.latent_space!r}")
+        if self.latent_space != "pixel" and not self.vae_path and not self.init_from:
+            raise ValueError(f"latent_space={self.latent_space!r} needs vae_path (an AutoencoderKL folder) or init_from")
 
 
 class TokenizerTrainer(TrainingLoop):
@@ -223,7 +211,7 @@ class TokenizerTrainer(TrainingLoop):
         if args.init_from:
             pipe = SelftokDecoderPipeline.from_pretrained(args.init_from)
             return pipe.image_tokenizer, pipe.transformer, pipe.vae
-        tok_kwargs = _load_json_or_preset(args.tokenizer_config, {"tiny": SELFTOK_TINY_CONFIG, "release": {}})
+        tok_kwargs = load_json_or_preset(args.tokenizer_config, {"tiny": SELFTOK_TINY_CONFIG, "release": {}})
         if args.latent_space == "pixel":
             vae = PixelSpaceAutoencoder(patch_size=args.pixel_patch_size)
             tok_kwargs.update(latent_channels=vae.config.latent_channels, latent_downsample=args.pixel_patch_size)
@@ -233,9 +221,14 @@ class TokenizerTrainer(TrainingLoop):
             from diffusers import AutoencoderKL
 
             vae = AutoencoderKL.from_pretrained(args.vae_path)
+            # The latent space is the VAE's: SD3's values for the SD3 VAE, measured ones for one trained here.
+            tok_kwargs.setdefault("latent_channels", vae.config.latent_channels)
+            tok_kwargs.setdefault("latent_downsample", 2 ** (len(vae.config.block_out_channels) - 1))
+            tok_kwargs.setdefault("vae_scaling_factor", vae.config.scaling_factor)
+            tok_kwargs.setdefault("vae_shift_factor", vae.config.shift_factor or 0.0)
         tokenizer = SelftokModel(SelftokConfig(**tok_kwargs))
         tc = tokenizer.config
-        dec_kwargs = _load_json_or_preset(
+        dec_kwargs = load_json_or_preset(
             args.decoder_config, {"tiny": SELFTOK_DECODER_TINY_CONFIG, "release": SELFTOK_DECODER_RELEASE_CONFIG}
         )
         dec_kwargs.update(
@@ -333,16 +326,17 @@ class TokenizerTrainer(TrainingLoop):
         objective = self.accelerator.unwrap_model(self.models["objective"])
         objective.eval()
         try:
-            pipe = self.pipeline()
-            pixels = self.eval_pixels.to(self.accelerator.device)
-            ids = pipe.encode(pixels)
-            generator = torch.Generator(pixels.device).manual_seed(self.args.seed)
-            decoded = pipe(ids, num_inference_steps=self.args.eval_decoder_steps, generator=generator, output_type="pt").images
-            target = (pixels.float().clamp(-1, 1) + 1) / 2
-            mse = (decoded.float() - target).pow(2).flatten(1).mean(1)
-            psnr = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean().item()
+            with self.ema_weights():
+                pipe = self.pipeline()
+                pixels = self.eval_pixels.to(self.accelerator.device)
+                ids = pipe.encode(pixels)
+                generator = torch.Generator(pixels.device).manual_seed(self.args.seed)
+                decoded = pipe(ids, num_inference_steps=self.args.eval_decoder_steps, generator=generator, output_type="pt").images
         finally:
             objective.train()
+        target = (pixels.float().clamp(-1, 1) + 1) / 2
+        mse = (decoded.float() - target).pow(2).flatten(1).mean(1)
+        psnr = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean().item()
         return {f"eval/psnr_{self.args.eval_decoder_steps}_steps": psnr}
 
     def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:

@@ -1,0 +1,158 @@
+"""Train a small Selftok (tokenizer + diffusion decoder, then the one-step renderer) on photos available offline.
+
+This is how the embedded default of ``selftok-quickstart`` is trained, with the library's own trainers. Two latent
+spaces, the same tokenizer and decoder sizes (``examples/configs/default32_*.json``; 32 tokens x 10 bits per
+32-px image):
+
+- ``--latent-space vae`` (the paper's structure): first a small SD3-shaped ``AutoencoderKL`` (16 channels, 4x
+  downsampling: 32-px images -> 8 x 8 x 16 latents, ``selftok-train-vae``), then Selftok on its latents;
+- ``--latent-space pixel``: Selftok on 2 x 2 pixel blocks (16 x 16 x 12 "latents", no VAE).
+
+Data: the scikit-image / scikit-learn photographs and the ``train`` split of Debian's ``opencv-doc`` photographs
+(``offline:opencv-photos``), each downscaled once to a 160-px shortest edge and seen as official random resize +
+crops, mixed with Fashion-MNIST training images. Never trained on: the README's sample photos, the ``validation``
+and ``test`` splits of the opencv-doc photos, the Fashion-MNIST test split. The trainers' held-out curve uses the
+validation split (``benchmarks/default_tokenizer_baselines.py`` reports on the test images).
+
+    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-vae --latent-space vae --resume-from latest
+    python examples/train_default_tokenizer.py --output-dir /tmp/smoke --tiny         # seconds, for CI
+
+Every stage resumes exactly (``--resume-from latest``) and a finished stage is skipped, so the same command
+continues a killed run. The result: ``OUTPUT_DIR/pipeline`` and its float16 copy ``OUTPUT_DIR/pipeline-fp16``
+(what ``selftok_hf/assets`` ships).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+
+from selftok_hf.training.autoencoder import AutoencoderTrainingArguments, train_autoencoder
+from selftok_hf.training.data import FASHION_MNIST_DIR, load_image_dataset, random_resize_crop
+from selftok_hf.training.renderer import RendererTrainingArguments, train_renderer
+from selftok_hf.training.tokenizer import TokenizerTrainingArguments, train_tokenizer
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def build_training_mix(path: Path, photo_repeats: int, fashion_images: int, max_side: int, tiny: bool) -> Path:
+    """Photos (repeated: every visit draws a new random crop) + Fashion-MNIST, saved with ``save_to_disk``."""
+    photos = [load_image_dataset("offline:photos", "train", max_side=max_side).remove_columns("name")]
+    if not tiny:
+        photos.append(load_image_dataset("offline:opencv-photos", "train", max_side=max_side).remove_columns("name"))
+    parts = photos * photo_repeats
+    if fashion_images and (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        parts.append(load_image_dataset("offline:fashion-mnist", "train", limit=fashion_images))
+    datasets.concatenate_datasets(parts).save_to_disk(str(path))
+    return path
+
+
+def build_validation_crops(path: Path, size: int, crops_per_photo: int, tiny: bool) -> Path:
+    """Fixed random crops of the validation photos (the trainers' held-out curve; never the reported test set)."""
+    source = load_image_dataset("offline:photos", "test") if tiny else load_image_dataset("offline:opencv-photos", "validation")
+    rng = np.random.default_rng(0)
+    crops = [random_resize_crop(row["image"], size, rng) for row in source for _ in range(crops_per_photo)]
+    datasets.Dataset.from_dict({"image": crops}).save_to_disk(str(path))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default="runs/default32")
+    parser.add_argument("--latent-space", choices=("vae", "pixel"), default="vae")
+    parser.add_argument("--vae-steps", type=int, default=3000, help="VAE optimiser steps (--latent-space vae)")
+    parser.add_argument("--steps", type=int, default=16000, help="tokenizer optimiser steps")
+    parser.add_argument("--renderer-steps", type=int, default=4000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=3e-4, help="all groups: the decoder starts from scratch, not SD3")
+    parser.add_argument("--warmup-steps", type=int, default=500)
+    parser.add_argument("--ema-decay", type=float, default=0.999)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume-from", default=None, help="'latest' continues every stage from its last checkpoint")
+    parser.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps (smoke test)")
+    args = parser.parse_args()
+    if args.tiny:
+        args.vae_steps, args.steps, args.renderer_steps, args.warmup_steps, args.eval_every = 2, 2, 2, 1, 1
+
+    out = Path(args.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    mix, validation = out / "train-mix", out / "validation-crops"
+    if not mix.exists():
+        build_training_mix(mix, photo_repeats=2 if args.tiny else 60, fashion_images=16 if args.tiny else 2000, max_side=160, tiny=args.tiny)
+    if not validation.exists():
+        build_validation_crops(validation, size=16 if args.tiny else 32, crops_per_photo=2 if args.tiny else 8, tiny=args.tiny)
+    shared = dict(
+        batch_size=args.batch_size,
+        seed=args.seed,
+        resume_from=args.resume_from,
+        warmup_steps=args.warmup_steps,
+        ema_decay=args.ema_decay,
+    )
+
+    latent = {"latent_space": "pixel", "pixel_patch_size": 2}
+    if args.latent_space == "vae":
+        vae_dir = out / "vae"
+        if not (vae_dir / "config.json").exists():
+            vae_args = AutoencoderTrainingArguments(
+                output_dir=str(out / "vae-run"),
+                dataset=str(mix),
+                image_size=16 if args.tiny else 32,
+                vae_config="tiny" if args.tiny else "small",
+                max_steps=args.vae_steps,
+                checkpoint_every=max(args.vae_steps // 6, 1),
+                log_every=max(min(50, args.vae_steps // 4), 1),
+                statistics_images=8 if args.tiny else 512,
+                **{**shared, "batch_size": 2 * args.batch_size},
+            )
+            train_autoencoder(vae_args, export_dir=str(vae_dir))
+        latent = {"latent_space": "vae", "vae_path": str(vae_dir)}
+
+    tokenizer_pipeline = out / "tokenizer-pipeline"
+    if not (tokenizer_pipeline / "model_index.json").exists():
+        name = "default32_vae" if args.latent_space == "vae" else "default32_pixel"
+        tok_args = TokenizerTrainingArguments(
+            output_dir=str(out / "tokenizer"),
+            dataset=str(mix),
+            eval_dataset=str(validation),
+            eval_images=32,
+            eval_every=args.eval_every,
+            eval_decoder_steps=10,
+            tokenizer_config="tiny" if args.tiny else str(CONFIGS / f"{name}_tokenizer.json"),
+            decoder_config="tiny" if args.tiny else str(CONFIGS / f"{name}_decoder.json"),
+            max_steps=args.steps,
+            encoder_lr=args.lr,
+            decoder_image_lr=args.lr,
+            decoder_token_lr=args.lr,
+            checkpoint_every=max(args.steps // 16, 1),
+            log_every=max(min(50, args.steps // 4), 1),
+            **latent,
+            **shared,
+        )
+        train_tokenizer(tok_args, export_dir=str(tokenizer_pipeline))
+
+    ren_args = RendererTrainingArguments(
+        output_dir=str(out / "renderer"),
+        pipeline=str(tokenizer_pipeline),
+        dataset=str(mix),
+        max_steps=args.renderer_steps,
+        learning_rate=args.lr,
+        # MSE only: the paper's GAN phase lowered held-out PSNR in the previous default (README).
+        loss_switch_step=args.renderer_steps + 1,
+        checkpoint_every=max(args.renderer_steps // 8, 1),
+        log_every=max(min(50, args.renderer_steps // 4), 1),
+        **shared,
+    )
+    pipe = train_renderer(ren_args, export_dir=str(out / "pipeline")).decoder_pipeline
+    # The bundled copy (selftok_hf/assets) stores weights in float16; loaded back in float32.
+    pipe.to(torch.float16).save_pretrained(str(out / "pipeline-fp16"))
+    print(f"trained pipeline: {os.path.abspath(out / 'pipeline')} (float16 copy: {out / 'pipeline-fp16'})")
+
+
+if __name__ == "__main__":
+    main()
