@@ -2,11 +2,25 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+HERE = Path(__file__).resolve().parent
+
+
+def _asset_files() -> list[str]:
+    """Every file under src/selftok_hf/assets, recursively (sample images, the tokenizer JSON, the embedded pipeline
+    folder whatever its name, with its subfolders), relative to the package: a fixed glob list silently drops new files."""
+    package = HERE / "src" / "selftok_hf"
+    return sorted(
+        path.relative_to(package).as_posix()
+        for path in (package / "assets").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
+
+
 setup(
     name="selftok-hf",
     version="0.1.0",
     description="Selftok discrete visual tokens (arXiv 2505.07538) for transformers and diffusers",
-    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
     # The model card templates live at the top of the repo (model_cards/) and ship as selftok_hf/model_cards/.
@@ -14,14 +28,9 @@ setup(
     packages=find_packages("src") + ["selftok_hf.model_cards"],
     package_data={
         "selftok_hf.model_cards": ["*.md"],
-        "selftok_hf": [
-            "assets/*.jpg",
-            "assets/*.md",
-            "assets/*.json",
-            # the embedded default: a trained pixel-space pipeline folder (code files, configs, safetensors)
-            "assets/selftok-pixel32/*",
-            "assets/selftok-pixel32/*/*",
-        ]
+        # everything under assets/: sample images (.jpg, .png), licences, the tokenizer JSON and the embedded default
+        # pipeline folder (code files, configs, safetensors in subfolders)
+        "selftok_hf": _asset_files(),
     },
     python_requires=">=3.10",
     install_requires=[
