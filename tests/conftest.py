@@ -1,4 +1,7 @@
+import importlib.util
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -7,8 +10,36 @@ import torch
 REFERENCE_DIR = Path(os.environ.get("SELFTOK_REFERENCE_DIR", Path(__file__).parent / "fixtures" / "official_reference"))
 
 
+# Deprecations that selftok_hf code causes fail the tests (pytest.ini: error::FutureWarning:selftok_hf, same for
+# DeprecationWarning). Those filters match the module a warning is attributed to, and a library warning caused by our
+# call (e.g. transformers' FutureWarning for a deprecated keyword) is attributed to the library or to torch's
+# Module.__call__, so warnings.warn is wrapped: a FutureWarning or DeprecationWarning whose call stack passes through
+# selftok_hf is attributed to the innermost selftok_hf frame. The filters then decide as usual (pytest.warns and
+# warnings.catch_warnings still work).
+_SELFTOK_DIR = os.path.dirname(importlib.util.find_spec("selftok_hf").origin) + os.sep
+_original_warn = warnings.warn
+
+
+def _warn_attributed_to_selftok(message, category=None, stacklevel=1, source=None, **kwargs):
+    if isinstance(message, Warning):
+        category = type(message)
+    if category is not None and issubclass(category, (DeprecationWarning, FutureWarning)):
+        frame, depth = sys._getframe(1), 1
+        while frame is not None:
+            if frame.f_code.co_filename.startswith(_SELFTOK_DIR):
+                stacklevel = depth
+                break
+            frame, depth = frame.f_back, depth + 1
+    return _original_warn(message, category, stacklevel + 1, source, **kwargs)
+
+
 def pytest_configure(config):
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    warnings.warn = _warn_attributed_to_selftok
+
+
+def pytest_unconfigure(config):
+    warnings.warn = _original_warn
 
 
 @pytest.fixture(scope="session")

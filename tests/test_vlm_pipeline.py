@@ -181,3 +181,29 @@ def test_model_without_visual_tokens_or_mismatched_k(pipe):
     decoder.image_tokenizer = SelftokModel(config)
     with pytest.raises(ValueError, match=r"K=32 tokens per image .* image tokenizer has K=16"):
         SelftokPipeline(pipe.language_model, pipe.processor, decoder)
+
+
+def test_sampler_passes_one_cache_under_the_forward_name(pipe):
+    """No deprecated keyword (transformers 5.24 renamed past_key_values to cache), one KV cache object for the whole
+    image, also through a PEFT wrapper (whose forward only takes **kwargs)."""
+    import copy
+    import inspect
+
+    from peft import LoraConfig, get_peft_model
+
+    name = "cache" if "cache" in inspect.signature(pipe.language_model.forward).parameters else "past_key_values"
+    peft_model = get_peft_model(copy.deepcopy(pipe.language_model), LoraConfig(target_modules=["q_proj", "v_proj"]))
+    ids = pipe.processor.pad([pipe.processor.chat_prompt("a red cube", generate_image=True)])
+    results = []
+    for model in (pipe.language_model, peft_model):
+        caches = []
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        hook = base.register_forward_pre_hook(lambda m, args, kwargs: caches.append(kwargs.get(name)), with_kwargs=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                results.append(generate_image_tokens(model, ids["input_ids"], ids["attention_mask"], pipe.vocabulary, do_sample=False))
+        finally:
+            hook.remove()
+        assert len(caches) == 32 and caches[0] is not None and all(c is caches[0] for c in caches)
+    assert torch.equal(results[0], results[1])  # a fresh LoRA adapter is the identity

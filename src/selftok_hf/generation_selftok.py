@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 from transformers import (
+    DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -27,6 +28,18 @@ from transformers import (
 from .visual_vocabulary import VisualVocabulary, mask_logits
 
 __all__ = ["SelftokVisualGrammarLogitsProcessor", "classifier_free_guidance", "context_length", "generate_image_tokens"]
+
+
+def _forward_parameters(model) -> set[str]:
+    """The keyword arguments of the LM's forward (a PEFT wrapper's forward takes ``**kwargs``: read its base model's)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return set(inspect.signature(base.forward).parameters)
+
+
+def _cache_argument(parameters: set[str]) -> str:
+    """The forward's KV-cache argument: ``cache`` since transformers 5.24 (``past_key_values`` is deprecated there,
+    with a FutureWarning per call), ``past_key_values`` before."""
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 class SelftokVisualGrammarLogitsProcessor(LogitsProcessor):
@@ -157,17 +170,20 @@ def generate_image_tokens(
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device).long()
     position_ids = (attention_mask.cumsum(-1) - 1).clamp_min(0)
     sequence = input_ids[:batch_size]  # the conditional rows: what the grammar reads
-    past_key_values = None
     model_input, model_positions = input_ids, position_ids
+    parameters = _forward_parameters(model)
     # Only the last position's logits are used: skip the head on the rest of the prompt where the model allows it.
-    head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    head_kwargs = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    # One KV cache for the whole loop, passed under the forward's own name for it and filled in place by the model.
+    cache_argument = _cache_argument(parameters)
+    if use_cache:
+        head_kwargs[cache_argument] = DynamicCache(config=getattr(model, "config", None))
     tokens = []
     for step in range(vocabulary.num_image_tokens):
         outputs = model(
             input_ids=model_input,
             attention_mask=attention_mask,
             position_ids=model_positions,
-            past_key_values=past_key_values,
             use_cache=use_cache,
             **head_kwargs,
         )
@@ -191,7 +207,9 @@ def generate_image_tokens(
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=1)
         position_ids = torch.cat([position_ids, position_ids[:, -1:] + 1], dim=1)
         if use_cache:
-            past_key_values = outputs.past_key_values
+            returned = outputs.get(cache_argument)  # the same object for transformers' own models
+            if returned is not None:
+                head_kwargs[cache_argument] = returned
             model_input, model_positions = step_token, position_ids[:, -1:]
         else:
             input_ids = torch.cat([input_ids, step_token], dim=1)
