@@ -1,16 +1,27 @@
-"""Held-out reconstruction of the small pixel-space Selftok tokenizer vs two baselines at the same bits per image.
+"""Held-out reconstruction of the embedded default Selftok against two baselines at the same bits per image, and its
+autoregressive (coarse-to-fine) property.
 
-Baselines (issue 4):
-- bicubic down/up-sampling: the image is stored as an ``s x s`` thumbnail with ``b`` bits per channel, with
-  ``3 b s² <= bits``; every such (s, b) is tried and the best is reported (an optimistic baseline);
-- a plain raster-order spatial VQ autoencoder (``selftok_hf.raster_vq``) with ``grid² · log2(codebook)`` equal to
-  Selftok's ``K · log2(C)``, trained on the same data, batch, steps and seed.
+Every number is measured on images never used for training or for choosing between models
+(``examples/train_default_tokenizer.py`` trains on the ``train`` splits and picks on ``validation``):
 
-Held-out images: the README's three sample photos (never trained on) as 32-px centre crops and as 16 random
-32-px crops each, and the first 200 Fashion-MNIST test images.
+- ``photos_readme_crops``: 16 random 32-px crops (the official random resize + crop) of each of the README's three
+  sample photos;
+- ``photos_opencv_crops``: 8 random crops of each of the 8 ``test`` photos of ``offline:opencv-photos``;
+- ``fashion_mnist_test``: the first 200 Fashion-MNIST test images.
 
-    python benchmarks/pixel_tokenizer_baselines.py --pipeline runs/pixel32/pipeline --train-mix runs/pixel32/train-mix \
-        --steps 1500 --out runs/pixel32/baselines
+Baselines at Selftok's ``K log2(C)`` bits:
+
+- bicubic: the image stored as an ``s x s`` thumbnail with ``b`` bits per channel, ``3 b s² <= bits``; the best
+  (s, b) is reported for each set, chosen on that set itself (an optimistic baseline);
+- a raster-order spatial VQ autoencoder (``selftok_hf.raster_vq``, a ``g x g`` grid of ``bits / g²``-bit codes)
+  trained on the same data with the same batch and seed for ``--raster-steps`` steps (default: the Selftok run's
+  tokenizer + renderer steps, so both see the same number of training images); its and Selftok's CPU seconds are
+  reported.
+
+The AR property: PSNR of ``pipe(ids, prefix_length=p)`` (the decoder from the first p tokens in AR order) for
+p = 1, 2, 4, ..., K, as ``prefix_psnr.png`` and ``coarse_to_fine.png``.
+
+    python benchmarks/default_tokenizer_baselines.py --run ~/runs/default32-vae --out benchmarks/results/default32
 """
 
 from __future__ import annotations
@@ -27,113 +38,199 @@ import PIL.Image
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.baselines import best_bicubic_thumbnail
+from selftok_hf.image_processing_selftok import postprocess_images
 from selftok_hf.metrics import psnr, ssim
+from selftok_hf.quickstart import side_by_side
 from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
-from selftok_hf.training.data import (
-    StepBatches,
-    center_resize_crop,
-    images_to_tensor,
-    load_image_dataset,
-    random_resize_crop,
-)
+from selftok_hf.training.data import StepBatches, center_resize_crop, images_to_tensor, load_image_dataset, random_resize_crop
 
 
 def held_out_sets(size: int) -> dict[str, torch.Tensor]:
-    photos = load_image_dataset("offline:photos", "test")
+    """The reported sets (module docstring), ``(N, 3, size, size)`` in [-1, 1]."""
     rng = np.random.default_rng(1234)
-    sets = {
-        "photos_center": images_to_tensor([center_resize_crop(r["image"], size) for r in photos]),
-        "photos_random_crops": images_to_tensor([random_resize_crop(r["image"], size, rng) for r in photos for _ in range(16)]),
-    }
+    readme = load_image_dataset("offline:photos", "test")
+    sets = {"photos_readme_crops": images_to_tensor([random_resize_crop(r["image"], size, rng) for r in readme for _ in range(16)])}
+    try:
+        opencv = load_image_dataset("offline:opencv-photos", "test")
+        sets["photos_opencv_crops"] = images_to_tensor([random_resize_crop(r["image"], size, rng) for r in opencv for _ in range(8)])
+    except FileNotFoundError as error:
+        print(f"skipping photos_opencv_crops: {error}")
     try:
         fashion = load_image_dataset("offline:fashion-mnist", "test", limit=200)
         sets["fashion_mnist_test"] = images_to_tensor([center_resize_crop(r["image"], size) for r in fashion])
-    except FileNotFoundError:
-        pass
+    except FileNotFoundError as error:
+        print(f"skipping fashion_mnist_test: {error}")
     return sets
 
 
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return (images.clamp(-1, 1) + 1) / 2
+
+
 def scores(reconstruction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM (skimage defaults, per-image data range of the target) on [0, 1] images, averaged."""
-    a, b = (reconstruction.clamp(-1, 1) + 1) / 2, (target + 1) / 2
-    return {"psnr": psnr(a, b).mean().item(), "ssim": ssim(a, b, data_range="target").mean().item()}
+    """Mean PSNR (dB) and SSIM (skimage defaults, per-image data range of the target) of [0, 1] images."""
+    return {"psnr": psnr(reconstruction, target).mean().item(), "ssim": ssim(reconstruction, target, data_range="target").mean().item()}
 
 
-def bicubic(target: torch.Tensor, side: int, bits_per_channel: int) -> torch.Tensor:
-    levels = 2**bits_per_channel - 1
-    out = []
-    for image in target:
-        array = ((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
-        small = PIL.Image.fromarray(array).resize((side, side), PIL.Image.BICUBIC)
-        small = (np.round(np.asarray(small, dtype=np.float32) / 255 * levels) / levels * 255).astype(np.uint8)
-        out.append(PIL.Image.fromarray(small).resize(array.shape[:2][::-1], PIL.Image.BICUBIC))
-    return images_to_tensor(out)
+def run_steps_and_seconds(log_path: Path) -> tuple[int, float]:
+    """Steps and summed wall seconds of a trainer's ``log.jsonl`` (``elapsed_s`` restarts at each resume)."""
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line]
+    seconds, previous = 0.0, 0.0
+    for line in lines:
+        seconds += line["elapsed_s"] - previous if line["elapsed_s"] >= previous else line["elapsed_s"]
+        previous = line["elapsed_s"]
+    return lines[-1]["step"], seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pipeline", required=True, help="trained SelftokDecoderPipeline folder (with renderer)")
-    parser.add_argument("--train-mix", required=True, help="the training set (save_to_disk folder) for the raster VQ")
-    parser.add_argument("--steps", type=int, required=True, help="raster VQ steps: the Selftok tokenizer's budget")
+    parser.add_argument("--run", required=True, help="output folder of examples/train_default_tokenizer.py")
+    parser.add_argument("--pipeline", default=None, help="pipeline to measure (default: RUN/pipeline)")
+    parser.add_argument("--raster-steps", type=int, default=None, help="default: the run's tokenizer + renderer steps")
+    parser.add_argument("--raster-grid", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--decoder-steps", type=int, nargs="+", default=[50, 10])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    out = Path(args.out)
+    run, out = Path(args.run).expanduser(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
+    pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline or str(run / "pipeline"), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     tc = pipe.image_tokenizer.config
-    size = tc.image_size
-    bits = tc.num_tokens * math.log2(tc.codebook_size)
+    size, K = tc.image_size, tc.num_tokens
+    bits = K * math.log2(tc.codebook_size)
     sets = held_out_sets(size)
 
-    # Raster VQ at the same bits: a grid of g² tokens with 2^(bits / g²) codes.
+    budget = {}
+    for stage in ("vae-run", "tokenizer", "renderer"):
+        if (run / stage / "log.jsonl").exists():
+            steps, seconds = run_steps_and_seconds(run / stage / "log.jsonl")
+            budget[f"selftok_{stage}"] = {"steps": steps, "seconds": round(seconds)}
+    selftok_steps = sum(v["steps"] for k, v in budget.items() if k != "selftok_vae-run")
+
+    # Raster VQ at the same bits, trained on the same data and batch for as many steps as Selftok's two stages.
     raster_path = out / "raster-vq"
-    grid = 8
-    raster_codebook = int(2 ** round(bits / grid**2))
+    raster_steps = args.raster_steps or selftok_steps
+    raster_codebook = int(2 ** round(bits / args.raster_grid**2))
     if (raster_path / "config.json").exists():
         raster = RasterVQAutoencoder.from_pretrained(str(raster_path))
+        budget["raster_vq"] = json.loads((raster_path / "budget.json").read_text())
     else:
-        raster = RasterVQAutoencoder(image_size=size, downsample=size // grid, channels=32, codebook_size=raster_codebook)
+        raster = RasterVQAutoencoder(image_size=size, downsample=size // args.raster_grid, channels=32, codebook_size=raster_codebook)
         history: list = []
         started = time.perf_counter()
-        batches = StepBatches(datasets.load_from_disk(args.train_mix), args.batch_size, size, seed=args.seed)
-        train_raster_vq(raster, batches, args.steps, args.lr, args.seed, log_every=50, history=history)
+        batches = StepBatches(datasets.load_from_disk(str(run / "train-mix")), args.batch_size, size, seed=args.seed)
+        train_raster_vq(raster, batches, raster_steps, args.lr, args.seed, log_every=100, history=history)
         raster.save_pretrained(str(raster_path))
-        (raster_path / "history.json").write_text(json.dumps({"seconds": time.perf_counter() - started, "log": history}))
+        budget["raster_vq"] = {"steps": raster_steps, "seconds": round(time.perf_counter() - started)}
+        (raster_path / "budget.json").write_text(json.dumps(budget["raster_vq"]))
+        (raster_path / "history.json").write_text(json.dumps(history))
     raster_bits = raster.num_tokens * math.log2(raster.config.codebook_size)
 
-    results: dict = {"bits_per_image": {"selftok": bits, "raster_vq": raster_bits}, "sets": {}}
-    bicubic_options = [(s, b) for s in range(2, size) for b in range(1, 9) if 3 * b * s * s <= bits and 3 * (b + 1) * s * s > bits]
-    generator_seed = 0
-    for name, target in sets.items():
+    results: dict = {"bits_per_image": {"selftok": bits, "raster_vq": raster_bits}, "training_budget": budget, "sets": {}, "prefix_psnr": {}}
+    prefix_lengths = sorted({2**i for i in range(int(math.log2(K)) + 1)} | {K})
+    strips = []
+    for name, pixels in sets.items():
+        target = to_unit(pixels)
         row: dict = {"images": len(target)}
         with torch.no_grad():
-            ids = pipe.encode(target)
+            ids = pipe.encode(pixels)
+            decoded = {}
             for steps in args.decoder_steps:
-                generator = torch.Generator().manual_seed(generator_seed)
-                decoded = pipe(ids, num_inference_steps=steps, generator=generator, output_type="pt").images * 2 - 1
-                row[f"selftok_decoder_{steps}_steps"] = scores(decoded, target)
-            if pipe.renderer is not None:
-                row["selftok_renderer"] = scores(pipe(ids, use_renderer=True, output_type="pt").images * 2 - 1, target)
-            row["raster_vq"] = scores(raster.decode(raster.encode(target)), target)
-        best = max((scores(bicubic(target, s, b), target) | {"side": s, "bits_per_channel": b} for s, b in bicubic_options), key=lambda r: r["psnr"])
-        row["bicubic_best"] = best
+                generator = torch.Generator().manual_seed(args.seed)
+                decoded[f"selftok_decoder_{steps}_steps"] = pipe(ids, num_inference_steps=steps, generator=generator, output_type="pt").images
+            decoded["selftok_renderer"] = pipe(ids, use_renderer=True, output_type="pt").images
+            decoded["raster_vq"] = to_unit(raster.decode(raster.encode(pixels)))
+            for key, images in decoded.items():
+                row[key] = scores(images, target)
+            prefix = {}
+            steps = min(args.decoder_steps)
+            for p in prefix_lengths:
+                generator = torch.Generator().manual_seed(args.seed)
+                images = pipe(ids, num_inference_steps=steps, prefix_length=p, generator=generator, output_type="pt").images
+                prefix[p] = psnr(images, target).mean().item()
+                if p in (1, 4, 16) or p == K:
+                    strips.append((name, p, images[:2]))
+            results["prefix_psnr"][name] = {"decoder_steps": steps, "psnr": prefix}
+        decoded["bicubic_best"], choice = best_bicubic_thumbnail(target, bits)
+        row["bicubic_best"] = scores(decoded["bicubic_best"], target) | {k: choice[k] for k in ("side", "bits_per_channel", "bits")}
         results["sets"][name] = row
-        print(name, json.dumps(row, indent=1))
+        print(name, json.dumps(row))
+        write_grid(out / f"reconstructions_{name}.png", target[:8], decoded)
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_table(out / "results.md", results)
+    write_coarse_to_fine(out / "coarse_to_fine.png", strips, sets)
+    plot_prefix_curve(out / "prefix_psnr.png", results["prefix_psnr"], K)
+    print((out / "results.md").read_text())
 
-    lines = ["| held-out set | n | " + " | ".join(k for k in results["sets"][next(iter(sets))] if k != "images") + " |"]
-    lines.append("|" + "---|" * (len(lines[0].split("|")) - 2))
-    for name, row in results["sets"].items():
-        cells = [f"{v['psnr']:.2f} dB / {v['ssim']:.3f}" for k, v in row.items() if k != "images"]
-        lines.append(f"| {name} | {row['images']} | " + " | ".join(cells) + " |")
-    (out / "results.md").write_text("PSNR / SSIM, images in [0, 1]\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+
+def write_grid(path: Path, target: torch.Tensor, decoded: dict[str, torch.Tensor], scale: int = 3) -> None:
+    """Rows: images; columns: input, then every method."""
+    columns = [target] + [images[: len(target)] for images in decoded.values()]
+    rows = [list(row) for row in zip(*(postprocess_images(c, "pil") for c in columns))]
+    grid = side_by_side(rows)
+    grid.resize((grid.width * scale, grid.height * scale), PIL.Image.NEAREST).save(path)
+    (path.with_suffix(".txt")).write_text("columns: input | " + " | ".join(decoded) + "\n")
+
+
+def write_coarse_to_fine(path: Path, strips: list, sets: dict[str, torch.Tensor], scale: int = 3) -> None:
+    """Rows: two images of each set; columns: decodes from the first 1, 4, 16, K tokens, then the input."""
+    rows = []
+    for name in sets:
+        per_prefix = [images for set_name, _, images in strips if set_name == name]
+        for i in range(min(2, len(sets[name]))):
+            rows.append(postprocess_images(torch.stack([images[i] for images in per_prefix] + [to_unit(sets[name][i])]), "pil"))
+    grid = side_by_side(rows)
+    grid.resize((grid.width * scale, grid.height * scale), PIL.Image.NEAREST).save(path)
+
+
+def write_table(path: Path, results: dict) -> None:
+    sets = results["sets"]
+    methods = [k for k in next(iter(sets.values())) if k != "images"]
+    lines = ["| held-out set | n | " + " | ".join(methods) + " |", "|" + "---|" * (len(methods) + 2)]
+    for name, row in sets.items():
+        lines.append(f"| {name} | {row['images']} | " + " | ".join(f"{row[m]['psnr']:.2f} / {row[m]['ssim']:.3f}" for m in methods) + " |")
+    prefix = ["", "PSNR (dB) of the decoder from the first p tokens (AR order):", ""]
+    lengths = list(next(iter(results["prefix_psnr"].values()))["psnr"])
+    prefix += ["| set | " + " | ".join(f"p={p}" for p in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
+    for name, entry in results["prefix_psnr"].items():
+        prefix.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in entry["psnr"].values()) + " |")
+    bits = results["bits_per_image"]
+    header = (
+        f"PSNR (dB) / SSIM, images in [0, 1]. Bits per image: Selftok {bits['selftok']:.0f}, raster VQ {bits['raster_vq']:.0f}, "
+        f"bicubic <= {bits['selftok']:.0f} (best thumbnail per set; side and bits in results.json).\n\n"
+        f"Training budget (steps, wall seconds on one CPU thread): {json.dumps(results['training_budget'])}\n\n"
+    )
+    path.write_text(header + "\n".join(lines + prefix) + "\n")
+
+
+def plot_prefix_curve(path: Path, prefix_psnr: dict, num_tokens: int) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no prefix_psnr.png (pip install -e '.[eval]')")
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, entry in prefix_psnr.items():
+        lengths = [int(p) for p in entry["psnr"]]
+        ax.plot(lengths, list(entry["psnr"].values()), marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"tokens given (AR prefix of {num_tokens})")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(f"decoder from the first p tokens ({next(iter(prefix_psnr.values()))['decoder_steps']} steps)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
