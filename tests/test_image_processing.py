@@ -65,3 +65,42 @@ def test_batch_and_postprocess_round_trip():
     assert torch.equal(postprocess_images(torch.full((1, 3, 2, 2), 2.0), "pt"), torch.ones(1, 3, 2, 2))
     with pytest.raises(ValueError, match="output_type"):
         postprocess_images(pixels, "jpeg")
+
+
+@pytest.mark.parametrize("kwargs", [{"backend": "torchvision"}, {"use_fast": True}, {"backend": "pil"}, {}])
+def test_auto_image_processor_any_backend_request_works(tmp_path, kwargs):
+    """backend="torchvision" (or the deprecated use_fast=True) without torchvision falls back to the PIL backend, as
+    transformers' built-in processors do, instead of failing on the first image."""
+    from transformers import AutoImageProcessor
+    from transformers.utils import is_torchvision_available
+
+    SelftokImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}).save_pretrained(tmp_path)
+    images = list(bundled_images().values())[:2]
+    reference = SelftokImageProcessorPil.from_pretrained(tmp_path)(images, return_tensors="pt").pixel_values
+    processor = AutoImageProcessor.from_pretrained(tmp_path, **kwargs)
+    pixel_values = processor(images, return_tensors="pt").pixel_values
+    if is_torchvision_available():
+        assert torch.allclose(pixel_values, reference, atol=2.5 / 255)  # the two backends agree to ~1/255 (in [-1, 1])
+    else:
+        assert type(processor) is SelftokImageProcessorPil
+        assert torch.equal(pixel_values, reference)
+
+
+def test_torchvision_class_without_torchvision_falls_back_with_a_warning(monkeypatch, tmp_path):
+    from selftok_hf import SelftokImageProcessor, image_processing_selftok
+
+    monkeypatch.setattr(image_processing_selftok, "is_torchvision_available", lambda: False)
+    with pytest.warns(UserWarning, match="requires torchvision"):
+        processor = SelftokImageProcessor(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    assert type(processor) is SelftokImageProcessorPil
+    assert processor(bundled_images()["coffee.jpg"], return_tensors="pt").pixel_values.shape == (1, 3, 48, 48)
+    processor.save_pretrained(tmp_path)
+    with pytest.warns(UserWarning, match="requires torchvision"):
+        loaded = SelftokImageProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is SelftokImageProcessorPil and loaded.crop_size.height == 48
+
+    class Custom(SelftokImageProcessor):
+        pass
+
+    with pytest.raises(ImportError, match="torchvision is not installed"):
+        Custom()

@@ -4,6 +4,7 @@ Importing the package registers the Selftok classes with the transformers Auto c
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoProcessor
+from transformers.utils import is_torchvision_available
 
 from .configuration_selftok import SELFTOK_RELEASE_CONFIG, SELFTOK_TINY_CONFIG, SelftokConfig
 from .image_processing_selftok import SelftokImageProcessor, SelftokImageProcessorPil
@@ -21,9 +22,13 @@ __version__ = "0.1.0"
 
 AutoConfig.register("selftok", SelftokConfig, exist_ok=True)
 AutoModel.register(SelftokConfig, SelftokModel, exist_ok=True)
+# The torchvision backend only where torchvision is installed: otherwise AutoImageProcessor(backend="torchvision")
+# (or use_fast=True) falls back to the PIL backend with transformers' own warning, as for its built-in processors.
 AutoImageProcessor.register(
     SelftokConfig,
-    image_processor_classes={"pil": SelftokImageProcessorPil, "torchvision": SelftokImageProcessor},
+    image_processor_classes={"pil": SelftokImageProcessorPil, "torchvision": SelftokImageProcessor}
+    if is_torchvision_available()
+    else {"pil": SelftokImageProcessorPil},
     exist_ok=True,
 )
 # `auto_map` entries written on save_pretrained, so saved folders load with trust_remote_code=True

@@ -7,11 +7,14 @@ are rescaled to 8 bits by their value range rather than clipped, and transparenc
 on white.
 
 Two backends, named as transformers 5 expects: [`SelftokImageProcessorPil`] (PIL + NumPy, always
-available) and [`SelftokImageProcessor`] (torchvision; only usable where torchvision is installed).
+available) and [`SelftokImageProcessor`] (torchvision). Without torchvision, ``SelftokImageProcessor(...)``,
+``SelftokImageProcessor.from_pretrained`` and ``AutoImageProcessor.from_pretrained(..., backend="torchvision")`` (or
+the deprecated ``use_fast=True``) fall back to the PIL backend with a warning, as transformers' own processors do.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal, Union
 
 import numpy as np
@@ -19,6 +22,7 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import PILImageResampling
+from transformers.utils import is_torchvision_available
 
 __all__ = ["SelftokImageProcessor", "SelftokImageProcessorPil", "to_rgb", "postprocess_images"]
 
@@ -103,5 +107,19 @@ class SelftokImageProcessorPil(_SelftokImageProcessorMixin, PilBackend):
 
 
 class SelftokImageProcessor(_SelftokImageProcessorMixin, TorchvisionBackend):
-    """Selftok preprocessing with the torchvision backend (requires torchvision; outputs match the PIL
-    backend to within 1/255)."""
+    """Selftok preprocessing with the torchvision backend (outputs match the PIL backend to within 1/255). Without
+    torchvision, constructing it returns a [`SelftokImageProcessorPil`] with a warning."""
+
+    def __new__(cls, *args, **kwargs):
+        if is_torchvision_available():
+            return super().__new__(cls)
+        if cls is not SelftokImageProcessor:  # a subclass: falling back would drop its changes
+            raise ImportError(f"{cls.__name__} uses the torchvision backend, but torchvision is not installed")
+        warnings.warn(
+            "`SelftokImageProcessor` requires torchvision (not installed); falling back to `SelftokImageProcessorPil`. "
+            "Install torchvision to use the torchvision backend, or use `SelftokImageProcessorPil` (backend=\"pil\") "
+            "to silence this warning.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return SelftokImageProcessorPil(*args, **kwargs)  # not an instance of cls, so __init__ is not run twice
