@@ -22,8 +22,11 @@ Official checkpoints (github ``selftok-team/SelftokTokenizer``) load through
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import re
+import threading
 from typing import Any, Iterator, Mapping, Optional, Union
 
 import torch
@@ -324,6 +327,15 @@ class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _no_split_modules = ["SelftokJointBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm", "canvas"]
 
+    def to_json_string(self) -> str:
+        """diffusers' config JSON, without ``_name_or_path`` when it is a local folder (the one this model was loaded
+        from: a machine path, no use anywhere else); Hub model ids are kept."""
+        config = json.loads(super().to_json_string())
+        name = config.get("_name_or_path")
+        if isinstance(name, str) and (os.path.isabs(name) or os.path.isdir(name)):
+            del config["_name_or_path"]
+        return json.dumps(config, indent=2, sort_keys=True) + "\n"
+
     def _build_backbone(self, out_channels: int) -> None:
         """Token stream, blocks and head, sized by ``self.config`` (registered before ``__init__`` runs)."""
         cfg = self.config
@@ -352,7 +364,8 @@ class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.norm_out = AdaLayerNormContinuous(dim, dim, elementwise_affine=False, eps=1e-6)
         self.proj_out = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.gradient_checkpointing = False
-        self._token_modulation_cache: Optional[dict] = None
+        # One cache per thread: a pipeline shared by server threads runs several sampling loops at once.
+        self._token_modulation_caches: dict[int, dict] = {}
         self._init_token_stream()
 
     @torch.no_grad()
@@ -374,23 +387,28 @@ class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
         every step (with all tokens visible they are about a quarter of a batch-1 forward). The cache is
         used only under ``torch.no_grad()`` and is cleared on exit; do not change the weights inside.
         """
-        previous = self._token_modulation_cache
-        self._token_modulation_cache = {}
+        thread = threading.get_ident()
+        previous = self._token_modulation_caches.get(thread)
+        self._token_modulation_caches[thread] = {}
         try:
             yield
         finally:
-            self._token_modulation_cache = previous
+            if previous is None:
+                self._token_modulation_caches.pop(thread, None)
+            else:
+                self._token_modulation_caches[thread] = previous
 
     def _cached_token_modulation(self, index: int, block: SelftokJointBlock, num_visible: int, device: torch.device):
         """The ``(num_visible, 6 * dim)`` table of block ``index`` from the cache, or None to compute it in the block."""
-        if block.context_pre_only or self._token_modulation_cache is None or torch.is_grad_enabled():
+        cache = self._token_modulation_caches.get(threading.get_ident())
+        if block.context_pre_only or cache is None or torch.is_grad_enabled():
             return None
         autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         key = (index, device, autocast_dtype)
-        if key not in self._token_modulation_cache:
+        if key not in cache:
             positions = token_positions(self.config.num_tokens, device=device)
-            self._token_modulation_cache[key] = block.norm1_context.modulation(positions)
-        return self._token_modulation_cache[key][:num_visible]
+            cache[key] = block.norm1_context.modulation(positions)
+        return cache[key][:num_visible]
 
     def _run_backbone(
         self,

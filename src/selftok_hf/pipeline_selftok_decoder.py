@@ -11,6 +11,7 @@ and the invisible tail of the token sequence is dropped instead of masked (exact
 influence nothing).
 """
 
+import copy
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .configuration_selftok import SelftokConfig  # noqa: F401
 from .embeddings import TimestepEmbedder  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
-from .hub import CARD_NAME, SelftokHubMixin
+from .hub import CARD_NAME, SelftokHubMixin, drop_local_name_or_path
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
 from .modeling_selftok import SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
@@ -119,6 +120,7 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
         if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
             index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        drop_local_name_or_path(root)  # diffusers records the folder this pipeline was loaded from
         self._finish_save(root, push_arguments)
 
     @classmethod
@@ -239,10 +241,12 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
             if latents is None:
                 latents = randn_tensor(self._latent_shape(batch_size), generator=generator, device=device, dtype=torch.float32)
             latents = latents.to(device=device, dtype=torch.float32)
-            self.scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
+            # A private copy of the scheduler: its step index is per call, so threads can share this pipeline.
+            scheduler = copy.deepcopy(self.scheduler)
+            scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
             # Everything that does not change inside the loop is computed once, on the host: the number of
             # visible tokens k(τ_i) + 1 for every step, and the model dtype (a module walk in diffusers).
-            visible_counts = self.token_schedule.visible_count(self.scheduler.sigmas[:-1].cpu()).tolist()
+            visible_counts = self.token_schedule.visible_count(scheduler.sigmas[:-1].cpu()).tolist()
             model_dtype = self.transformer.dtype
             codes = codes.to(model_dtype)
             do_cfg = guidance_scale > 1.0
@@ -254,8 +258,8 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
             # 3. Denoising loop: at τ_i the decoder sees tokens 0..k(τ_i) (code order) and nothing else.
             #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
             with self.progress_bar(total=num_inference_steps) as progress_bar, self.transformer.cached_token_modulations():
-                for i, t in enumerate(self.scheduler.timesteps):
-                    sigma, num_visible = self.scheduler.sigmas[i], visible_counts[i]
+                for i, t in enumerate(scheduler.timesteps):
+                    sigma, num_visible = scheduler.sigmas[i], visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
                     token_mask = None
                     if do_cfg or num_hidden > 0:
@@ -273,7 +277,7 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
                     if do_cfg:
                         cond, uncond = velocity.chunk(2)
                         velocity = uncond + guidance_scale * (cond - uncond)
-                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                    latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
 
                     if callback_on_step_end is not None:
                         callback_kwargs = {}
