@@ -162,6 +162,19 @@ def hub_model_id(name: str | None) -> str | None:
     return name
 
 
+def drop_local_name_or_path(folder: str | os.PathLike) -> None:
+    """Remove the ``_name_or_path`` that diffusers writes into a saved pipeline's ``model_index.json`` and its
+    components' configs when it is a local folder (the one the pipeline was loaded from: a machine path, no use
+    anywhere else). Hub model ids are kept."""
+    root = Path(folder)
+    for path in [root / "model_index.json", *root.glob("*/config.json"), *root.glob("*/scheduler_config.json")]:
+        config = _read_json(path)
+        name = config.get("_name_or_path")
+        if isinstance(name, str) and hub_model_id(name) is None:
+            del config["_name_or_path"]
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 

@@ -4,7 +4,7 @@ Every function takes batched images ``(B, C, H, W)`` (a single ``(C, H, W)`` ima
 compares ``preds`` against ``target`` image by image. No weights are downloaded and nothing outside torch is
 needed at run time; LPIPS and the FID Inception network load *user-supplied* weight files.
 
-Conventions (see ``/work/shared/spec/peers.md`` section 5 and the Selftok evaluators):
+Conventions (those of the Selftok evaluators and of the reference implementations named below):
 
 * **PSNR** — :func:`psnr` gives one value per image, ``10 log10(data_range² / MSE)`` with the MSE over all
   pixels and channels of that image; peers average it over images. Selftok's older evaluator instead takes
