@@ -326,26 +326,17 @@ def test_card_metadata(hub):
         card_metadata(root / repo)
         for repo in ("org/tok", "org/dec", "org/vlm", "org/lora")
     )
-    assert (tok["library_name"], tok["pipeline_tag"], tok["license"]) == (
-        "transformers",
-        "image-feature-extraction",
-        "mit",
-    )
+    # No pipeline_tag: the Hub would offer a pipeline(task, model=repo) call that fails for every artifact (hub.py).
+    assert not [card for card in (tok, dec, vlm, lora) if "pipeline_tag" in card]
+    assert (tok["library_name"], tok["license"]) == ("transformers", "mit")
     # transformers' image-processor push kept the tokenizer's card (its remote lookup found it).
     assert {"selftok", "image-tokenizer"} <= set(tok["tags"])
-    assert (dec["library_name"], dec["pipeline_tag"], dec["datasets"]) == (
-        "diffusers",
-        "image-to-image",
-        ["org/images"],
-    )
+    assert (dec["library_name"], dec["datasets"]) == ("diffusers", ["org/images"])
     assert (dec["license"], dec["license_name"]) == (
         "other",
         "stabilityai-ai-community",
     )  # its vae/ is an AutoencoderKL
-    assert (vlm["library_name"], vlm["pipeline_tag"]) == (
-        "transformers",
-        "any-to-any",
-    ) and "license" not in vlm
+    assert vlm["library_name"] == "transformers" and "license" not in vlm
     assert (lora["library_name"], lora["base_model"]) == (
         "peft",
         "org/vlm",

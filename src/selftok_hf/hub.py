@@ -70,29 +70,31 @@ ARTIFACT_MARKERS = (
 )
 
 #: Per artifact: the card template (in ``model_cards/``) and the Hub metadata of its card.
+#: No ``pipeline_tag``: the Hub turns it into a ``transformers.pipeline(task, model=repo)`` (or diffusers) snippet and
+#: an inference widget, and no task runs these artifacts: image-feature-extraction needs pixel input (a tokenizer
+#: folder reads VAE latents and has no image processor), transformers has no image-to-image or text-to-image
+#: pipeline and diffusers' snippet calls ``pipe(prompt/image)`` (ours takes token ids), and any-to-any /
+#: image-text-to-text reject a ``*ForCausalLM`` (text-generation would run but only ever write text). The cards'
+#: own snippets show the working calls; ``tags`` keep the artifacts findable.
 CARD_KINDS = {
     "SelftokModel": {
         "template": "selftok_tokenizer.md",
         "library_name": "transformers",
-        "pipeline_tag": "image-feature-extraction",
         "tags": ["selftok", "selftok-hf", "image-tokenizer", "discrete-visual-tokens"],
     },
     "SelftokDecoderPipeline": {
         "template": "selftok_tokenizer.md",
         "library_name": "diffusers",
-        "pipeline_tag": "image-to-image",
         "tags": ["selftok", "selftok-hf", "image-tokenizer", "discrete-visual-tokens"],
     },
     "SelftokPipeline": {
         "template": "selftok_vlm.md",
         "library_name": "transformers",
-        "pipeline_tag": "any-to-any",
         "tags": ["selftok", "selftok-hf", "text-to-image", "image-text-to-text"],
     },
     "PEFT adapter": {
         "template": "selftok_lora.md",
         "library_name": "peft",
-        "pipeline_tag": "any-to-any",
         "tags": [
             "selftok",
             "selftok-hf",
@@ -353,7 +355,7 @@ def model_card(
         )
     repo_id = repo_id or root.resolve().name
     variables = TEMPLATE_VARIABLES[kind](root)
-    metadata = {key: CARD_KINDS[kind][key] for key in ("library_name", "pipeline_tag")}
+    metadata = {"library_name": CARD_KINDS[kind]["library_name"]}
     metadata.update(variables.pop("metadata"))
     user = _user_metadata(root, card_data)
     metadata["tags"] = list(dict.fromkeys(CARD_KINDS[kind]["tags"] + user.pop("tags")))
