@@ -351,6 +351,10 @@ class TrainingLoop:
         state_file = path / _STATE_FILE
         if not state_file.exists():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_STATE_FILE})")
+        pickles = sorted(p.name for p in path.glob("custom_checkpoint_*"))
+        if pickles:
+            # accelerate would unpickle these with weights_only=False (arbitrary code); our trainers never write them.
+            raise ValueError(f"{path} holds {pickles}, pickled objects this trainer never writes; refusing to load them")
         self.accelerator.load_state(str(path))
         self.step = int(json.loads(state_file.read_text())["step"])
         if self.ema is not None:
