@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers.utils.hub
-from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, RepoUrl
+from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl
 from huggingface_hub.errors import EntryNotFoundError
 from peft import LoraConfig, get_peft_model
 
@@ -47,10 +47,22 @@ PROMPT = "a red circle"
 
 
 class RecordingHfApi(HfApi):
-    """An ``HfApi`` whose server is a local folder: ``create_commit`` writes each added file to ``root/<repo_id>``."""
+    """An ``HfApi`` whose server is a local folder: ``create_commit`` writes each added file to ``root/<repo_id>``
+    (``root/<repo_id>@<branch>`` for another branch) and removes each deleted one."""
 
     root: Path
     calls: list
+
+    def _repo_dir(self, repo_id, revision=None) -> Path:
+        return self.root / (repo_id if revision in (None, "main") else f"{repo_id}@{revision}")
+
+    def create_branch(self, repo_id, *, branch, exist_ok=False, **kwargs):
+        self.calls.append(("create_branch", repo_id, {"branch": branch, "exist_ok": exist_ok}))
+        if not self._repo_dir(repo_id, branch).exists():
+            shutil.copytree(self._repo_dir(repo_id), self._repo_dir(repo_id, branch))
+
+    def list_repo_files(self, repo_id, *, revision=None, **kwargs):
+        return local_files(self._repo_dir(repo_id, revision))
 
     def create_repo(self, repo_id, *, private=None, exist_ok=False, **kwargs):
         self.calls.append(
@@ -60,9 +72,11 @@ class RecordingHfApi(HfApi):
         return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def create_commit(
-        self, repo_id, operations, *, commit_message, create_pr=None, **kwargs
+        self, repo_id, operations, *, commit_message, create_pr=None, revision=None, **kwargs
     ):
         operations = list(operations)
+        deleted = sorted(op.path_in_repo for op in operations if isinstance(op, CommitOperationDelete))
+        operations = [op for op in operations if not isinstance(op, CommitOperationDelete)]
         self.calls.append(
             (
                 "create_commit",
@@ -70,13 +84,18 @@ class RecordingHfApi(HfApi):
                 {
                     "commit_message": commit_message,
                     "paths": sorted(op.path_in_repo for op in operations),
+                    **({"revision": revision} if revision is not None else {}),
+                    **({"deleted": deleted} if deleted else {}),
                 },
             )
         )
+        repo_dir = self._repo_dir(repo_id, revision)
+        for path in deleted:
+            (repo_dir / path).unlink()
         digest = hashlib.sha1()
         for op in operations:
             assert isinstance(op, CommitOperationAdd), f"unexpected operation {op!r}"
-            target = self.root / repo_id / op.path_in_repo
+            target = repo_dir / op.path_in_repo
             target.parent.mkdir(parents=True, exist_ok=True)
             with op.as_file() as source:
                 data = source.read()
@@ -536,6 +555,83 @@ def test_push_rejects_a_folder_without_an_artifact(fake_hub, tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "holds no saved selftok-hf artifact" in capsys.readouterr().err
     assert fake_hub[1] == []  # nothing was sent
+
+
+def test_push_revision_tags_and_stale_weights(fake_hub, tmp_path):
+    """revision= commits to that branch (created from main), tags= reach the card, and a re-push after a change of
+    sharding deletes the weight files the new upload does not hold."""
+    root, calls = fake_hub
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = tiny_selftok_pipeline("llama", seed=0).decoder.image_tokenizer
+
+    def commit():
+        return [info for name, _, info in calls if name == "create_commit"][-1]
+
+    tokenizer.push_to_hub("org/t")
+    assert "model.safetensors" in local_files(root / "org/t") and "deleted" not in commit()
+    tokenizer.push_to_hub("org/t", max_shard_size="300KB")
+    files = local_files(root / "org/t")
+    assert "model.safetensors" not in files and "model.safetensors.index.json" in files
+    assert commit()["deleted"] == ["model.safetensors"]
+    shards = [name for name in files if name.startswith("model-0")]
+    assert len(shards) > 1
+    tokenizer.push_to_hub("org/t")  # and back: the shards and their index go
+    assert commit()["deleted"] == sorted([*shards, "model.safetensors.index.json"])
+    assert [name for name in local_files(root / "org/t") if name.endswith((".safetensors", ".index.json"))] == ["model.safetensors"]
+
+    tokenizer.push_to_hub("org/t", revision="dev", tags=["mine"])
+    assert ("create_branch", "org/t", {"branch": "dev", "exist_ok": True}) in calls
+    assert commit()["revision"] == "dev"
+    assert "mine" in card_metadata(root / "org/t@dev")["tags"] and "mine" not in card_metadata(root / "org/t")["tags"]
+    # save_pretrained(push_to_hub=True) and the CLI pass them on too
+    tokenizer.save_pretrained(tmp_path / "tok", push_to_hub=True, repo_id="org/t", revision="v2", tags="saved")
+    assert commit()["revision"] == "v2" and "saved" in card_metadata(root / "org/t@v2")["tags"]
+    write_model_card(tmp_path / "tok", tags=["in-folder"])
+    assert main(["push", str(tmp_path / "tok"), "org/t", "--revision", "v3", "--tag", "a", "--tag", "b"]) == 0
+    assert commit()["revision"] == "v3"
+    assert {"a", "b", "in-folder"} <= set(card_metadata(root / "org/t@v3")["tags"])  # the folder card's are kept
+
+
+def test_pipeline_from_pretrained_loads_every_part_from_the_revision(fake_hub, monkeypatch, tmp_path):
+    """SelftokPipeline.from_pretrained(repo, revision=...) takes the LM, the processor and the decoder from that
+    revision, and hands revision / cache_dir / token / local_files_only / force_download to the download."""
+    import huggingface_hub
+
+    root, _ = fake_hub
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main_pipe, dev_pipe = tiny_selftok_pipeline("llama", seed=0), tiny_selftok_pipeline("llama", seed=1)
+    main_pipe.push_to_hub("org/vlm")
+    dev_pipe.push_to_hub("org/vlm", revision="dev")
+    downloads = []
+
+    def fake_snapshot_download(repo_id, **kwargs):
+        downloads.append((repo_id, kwargs))
+        return str(RecordingHfApi()._repo_dir(repo_id, kwargs.get("revision")))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    cache = tmp_path / "cache"
+    loaded = SelftokPipeline.from_pretrained(
+        "org/vlm", revision="dev", cache_dir=cache, token="hf_x", local_files_only=True, force_download=True
+    )
+    assert downloads == [
+        ("org/vlm", {"revision": "dev", "cache_dir": cache, "token": "hf_x", "local_files_only": True, "force_download": True, "allow_patterns": None})
+    ]
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    assert same(loaded.language_model, dev_pipe.language_model) and not same(loaded.language_model, main_pipe.language_model)
+    assert same(loaded.decoder.transformer, dev_pipe.decoder.transformer)
+    assert not same(loaded.decoder.transformer, main_pipe.decoder.transformer)
+    assert loaded.language_model.name_or_path == "org/vlm"  # the repo id, not the snapshot folder
+    # subfolder=, for a repo id (only that folder is downloaded) and for a local folder
+    shutil.copytree(root / "org/vlm@dev", root / "org/outer" / "pipe")
+    SelftokPipeline.from_pretrained("org/outer", subfolder="pipe")
+    assert downloads[-1][1]["allow_patterns"] == ["pipe/*"]
+    local = SelftokPipeline.from_pretrained(root / "org/outer", subfolder="pipe")
+    assert same(local.decoder.transformer, dev_pipe.decoder.transformer)
 
 
 @pytest.mark.skipif(

@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--commit-message", default=None, help='default: "Upload <artifact> with selftok-hf"')
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    push.add_argument("--revision", default=None, help="branch to commit to (created from main if missing; default: main)")
+    push.add_argument("--tag", action="append", default=None, dest="tags", help="a tag added to the model card (repeatable)")
 
     demo = command("demo", 'a web page (Gradio): image -> tokens -> reconstruction, coarse to fine; prompt -> image with a VLM', "selftok demo --tiny --port 7860")
     demo.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokDecoderPipeline folder for the image tab (default: the bundled trained 32-px model)")
@@ -362,7 +364,7 @@ def _push(parser: argparse.ArgumentParser, args) -> int:
         kind = artifact_kind(args.folder)
     except ValueError as error:
         parser.error(str(error))
-    commit = push_folder(args.folder, args.repo_id, token=args.token, private=args.private or None, commit_message=args.commit_message, create_pr=args.create_pr)
+    commit = push_folder(args.folder, args.repo_id, token=args.token, private=args.private or None, commit_message=args.commit_message, create_pr=args.create_pr, revision=args.revision, tags=args.tags)
     print(f"pushed {kind} from {args.folder}: {commit.pr_url or commit.commit_url}")
     return 0
 

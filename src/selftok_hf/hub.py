@@ -30,6 +30,7 @@ loaded with ``trust_remote_code=True`` saves without a card (with a warning) and
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import math
@@ -42,6 +43,7 @@ from typing import Any
 from huggingface_hub import (
     CommitInfo,
     CommitOperationAdd,
+    CommitOperationDelete,
     HfApi,
     ModelCard,
     ModelCardData,
@@ -395,6 +397,12 @@ def write_model_card(folder: str | os.PathLike, **card_data: Any) -> Path | None
     return path
 
 
+#: Weight files of the repo that a push deletes when its upload does not hold them (``upload_folder``'s
+#: ``delete_patterns``): after a change of sharding (``model.safetensors`` <-> ``model-0000x-of-0000n.safetensors``
+#: and an index) the stale files would otherwise stay, and loaders prefer the unsharded file.
+STALE_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json")
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -404,7 +412,10 @@ def push_folder(
     commit_message: str | None = None,
     commit_description: str | None = None,
     create_pr: bool = False,
+    revision: str | None = None,
+    tags: str | list[str] | None = None,
     card_data: dict[str, Any] | None = None,
+    delete_patterns: str | list[str] | tuple[str, ...] | None = STALE_WEIGHT_PATTERNS,
 ) -> CommitInfo:
     """Create ``repo_id`` on the Hub if needed and upload the saved artifact in ``folder`` as one commit.
 
@@ -418,14 +429,24 @@ def push_folder(
         private: create the repo private (ignored when it already exists).
         commit_message: defaults to ``"Upload <artifact> with selftok-hf"``.
         commit_description: the commit's description.
-        create_pr: open a pull request instead of committing to ``main``.
+        create_pr: open a pull request instead of committing (to ``revision``, default ``main``).
+        revision: the branch to commit to (created from ``main`` if missing), as ``push_to_hub(revision=...)``.
+        tags: tags added to the card's (to those of the folder's ``README.md``, or of ``card_data``).
         card_data: card metadata to set (``license``, ``datasets``, ``base_model``, ``tags``, ...; see
             :func:`model_card`).
+        delete_patterns: files of the repo (at ``revision``) matching these patterns that the upload does not
+            hold are deleted in the same commit; by default stale weight files (:data:`STALE_WEIGHT_PATTERNS`).
     Returns:
         The ``CommitInfo`` of the upload (``commit_url``, ``oid``, ``pr_url``).
     """
     root = Path(folder)
     kind = artifact_kind(root)
+    if tags:
+        card_data = dict(card_data or {})
+        base = card_data.get("tags")
+        if base is None and template_dir() is not None:
+            base = _user_metadata(root, {}).get("tags")
+        card_data["tags"] = list(dict.fromkeys([*(base or []), *([tags] if isinstance(tags, str) else tags)]))
     operations = [
         CommitOperationAdd(
             path_in_repo=path.relative_to(root).as_posix(), path_or_fileobj=str(path)
@@ -444,6 +465,8 @@ def push_folder(
         )
     # Code loaded with trust_remote_code has no templates: the folder's card goes up as it is.
     elif (root / CARD_NAME).is_file():
+        if card_data:
+            logger.warning("card_data and tags not applied: this copy of the code has no card templates")
         operations.append(
             CommitOperationAdd(
                 path_in_repo=CARD_NAME, path_or_fileobj=str(root / CARD_NAME)
@@ -451,12 +474,23 @@ def push_folder(
         )
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    if revision is not None and not revision.startswith("refs/pr/"):
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    if delete_patterns:
+        patterns = [delete_patterns] if isinstance(delete_patterns, str) else list(delete_patterns)
+        uploaded = {operation.path_in_repo for operation in operations}
+        operations += [
+            CommitOperationDelete(path_in_repo=path)
+            for path in api.list_repo_files(repo_id, revision=revision)
+            if path not in uploaded and any(fnmatch.fnmatch(path, pattern) for pattern in patterns)
+        ]
     return api.create_commit(
         repo_id=repo_id,
         operations=operations,
         commit_message=commit_message or f"Upload {kind} with selftok-hf",
         commit_description=commit_description,
         create_pr=create_pr,
+        revision=revision,
     )
 
 
@@ -478,6 +512,8 @@ PUSH_ARGUMENTS = (
     "commit_message",
     "commit_description",
     "create_pr",
+    "revision",
+    "tags",
 )
 
 
@@ -495,6 +531,8 @@ class SelftokHubMixin:
         private: bool | None = None,
         token: str | None = None,
         create_pr: bool = False,
+        revision: str | None = None,
+        tags: str | list[str] | None = None,
         card_data: dict[str, Any] | None = None,
         **save_kwargs: Any,
     ) -> CommitInfo:
@@ -503,7 +541,8 @@ class SelftokHubMixin:
 
         Args:
             repo_id: ``"user/name"`` or ``"org/name"`` (created if missing).
-            commit_message / commit_description / private / token / create_pr: see :func:`push_folder`.
+            commit_message / commit_description / private / token / create_pr / revision / tags: see
+                :func:`push_folder` (stale weight files of the repo are deleted in the same commit).
             card_data: model card metadata to set, e.g. ``{"license": "apache-2.0", "datasets": ["org/data"]}``.
             save_kwargs: passed to ``save_pretrained`` (e.g. ``max_shard_size``).
         Returns:
@@ -517,6 +556,8 @@ class SelftokHubMixin:
             private=private,
             token=token,
             create_pr=create_pr,
+            revision=revision,
+            tags=tags,
             card_data=card_data,
         )
 

@@ -273,7 +273,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *, push_to_hub: bool = False, **kwargs) -> None:
         """transformers' ``save_pretrained`` (with the code files that ``trust_remote_code=True`` loads), plus a
         ``README.md`` model card. With ``push_to_hub=True`` the folder is then uploaded by
-        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``)."""
+        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``, ``revision``, ``tags``)."""
         push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
         super().save_pretrained(save_directory, is_main_process, **kwargs)
         if is_main_process:

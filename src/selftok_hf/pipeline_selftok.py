@@ -107,7 +107,18 @@ class SelftokPipeline(SelftokHubMixin):
     # ----------------------------------------------------------------------------- save / load
     @classmethod
     def from_pretrained(
-        cls, pretrained_path: str | os.PathLike, dtype: torch.dtype | None = None, trust_remote_code: bool = False, **language_model_kwargs
+        cls,
+        pretrained_path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        trust_remote_code: bool = False,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        force_download: bool = False,
+        subfolder: str | None = None,
+        **language_model_kwargs,
     ) -> SelftokPipeline:
         """Load a folder written by :meth:`save_pretrained` (see the module docstring for the layout).
 
@@ -116,19 +127,39 @@ class SelftokPipeline(SelftokHubMixin):
             dtype: dtype of the LM and the decoder models (default: as saved / float32).
             trust_remote_code: let the LM and the processor's parts load with the folder's code files (needed where
                 selftok_hf is not installed and this class came from ``get_class_from_dynamic_module``).
-            language_model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained``.
+            revision / cache_dir / token / local_files_only / force_download: as for every ``from_pretrained``;
+                they apply to the one download of the repo, from which the LM, the processor and the decoder
+                all load (so all three come from the same revision).
+            subfolder: the pipeline's folder inside the repo (or inside ``pretrained_path``).
+            language_model_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` (e.g. ``device_map``,
+                ``attn_implementation``).
         """
-        root = source = Path(pretrained_path)
-        if hub_model_id(str(pretrained_path)):
+        subfolder = (subfolder or "").strip("/")
+        root = Path(pretrained_path)
+        repo_id = hub_model_id(str(pretrained_path))
+        if repo_id:
             from huggingface_hub import snapshot_download
 
-            # The LM and processor load by the repo id (from the same snapshot), so that it is their name_or_path.
-            root, source = Path(snapshot_download(str(pretrained_path))), str(pretrained_path)
+            root = Path(
+                snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    force_download=force_download,
+                    allow_patterns=[f"{subfolder}/*"] if subfolder else None,
+                )
+            )
+        root = root / subfolder if subfolder else root
         if not (root / PIPELINE_CONFIG_NAME).is_file():
             raise ValueError(f"{root} is not a SelftokPipeline folder (no {PIPELINE_CONFIG_NAME}); save one with SelftokPipeline.save_pretrained")
         layout = json.loads((root / PIPELINE_CONFIG_NAME).read_text())
-        language_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code, **language_model_kwargs).eval()
-        processor = SelftokProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+        language_model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, trust_remote_code=trust_remote_code, **language_model_kwargs).eval()
+        processor = SelftokProcessor.from_pretrained(root, trust_remote_code=trust_remote_code)
+        if repo_id:
+            # Loaded from the snapshot folder, named by the repo id (e.g. a LoRA card's base_model).
+            language_model.config.name_or_path = language_model.name_or_path = repo_id
         decoder_kwargs = {"dtype": dtype} if dtype is not None else {}
         decoder = SelftokDecoderPipeline.from_pretrained(root / layout.get("decoder", DECODER_SUBFOLDER), **decoder_kwargs)
         return cls(language_model, processor, decoder)
@@ -139,7 +170,7 @@ class SelftokPipeline(SelftokHubMixin):
 
         ``kwargs`` go to the LM's ``save_pretrained`` (e.g. ``max_shard_size``). With ``push_to_hub=True`` the folder
         is then uploaded by :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``,
-        ``commit_message``, ``create_pr``). A LoRA-wrapped LM must be merged first (:meth:`merge_lora`), or its
+        ``commit_message``, ``create_pr``, ``revision``, ``tags``). A LoRA-wrapped LM must be merged first (:meth:`merge_lora`), or its
         adapter saved on its own (:meth:`save_lora_adapter`).
         """
         if self.has_lora:
@@ -181,7 +212,8 @@ class SelftokPipeline(SelftokHubMixin):
 
     def push_lora_adapter(self, repo_id: str, *, card_data: dict[str, Any] | None = None, **push_kwargs: Any) -> CommitInfo:
         """Upload what :meth:`save_lora_adapter` writes to ``repo_id`` as one commit (``push_kwargs``: ``token``,
-        ``private``, ``commit_message``, ``commit_description``, ``create_pr``; see :func:`selftok_hf.hub.push_folder`).
+        ``private``, ``commit_message``, ``commit_description``, ``create_pr``, ``revision``, ``tags``; see
+        :func:`selftok_hf.hub.push_folder`).
 
         ``language_model.push_to_hub`` (PEFT's) uploads the adapter without the processor, and with transformers'
         generic model card unless the repo already has one.

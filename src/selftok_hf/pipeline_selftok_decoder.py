@@ -100,7 +100,7 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
         the files travel with the weights, so ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``
         works without selftok_hf installed (and ``SelftokDecoderPipeline.from_pretrained(dir)`` with it). Writes
         a ``README.md`` model card; with ``push_to_hub=True`` the folder is then uploaded by
-        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``)."""
+        :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``, ``revision``, ``tags``)."""
         push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
         super().save_pretrained(save_directory, **kwargs)
         root = Path(save_directory)
