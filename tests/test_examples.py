@@ -62,11 +62,18 @@ def test_train_tokenizer_imagefolder(tmp_path):
         assert log[-1]["step"] == steps
 
 
-def test_train_pixel_tokenizer(tmp_path):
-    out = run_example("train_pixel_tokenizer.py", "--tiny", "--steps", "2", "--output-dir", tmp_path / "run", cwd=tmp_path)
+@pytest.mark.parametrize("latent_space", ["vae", "pixel"])
+def test_train_default_tokenizer(tmp_path, latent_space):
+    out = run_example("train_default_tokenizer.py", "--tiny", "--latent-space", latent_space, "--output-dir", tmp_path / "run", cwd=tmp_path)
     assert "trained pipeline:" in out
     for folder in ("pipeline", "pipeline-fp16"):
-        assert SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / folder).renderer is not None
+        pipe = SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / folder)
+        assert pipe.renderer is not None
+        assert type(pipe.vae).__name__ == ("AutoencoderKL" if latent_space == "vae" else "PixelSpaceAutoencoder")
+    # Every stage is finished and resumable: the same command again trains nothing and rewrites the same weights.
+    again = run_example("train_default_tokenizer.py", "--tiny", "--latent-space", latent_space, "--output-dir", tmp_path / "run",
+                        "--resume-from", "latest", cwd=tmp_path)
+    assert "trained pipeline:" in again
 
 
 def test_rl_shapes(tmp_path):

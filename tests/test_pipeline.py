@@ -44,7 +44,9 @@ def ar(ids):
 def test_sampler_matches_official(pipe, cases, steps):
     seen = []
     hook = pipe.transformer.register_forward_hook(
-        lambda m, args, kwargs, out: seen.append((kwargs["hidden_states"].clone(), kwargs["token_codes"].shape[1], out.sample.clone())),
+        lambda m, args, kwargs, out: seen.append(
+            (kwargs["hidden_states"].clone(), kwargs["token_codes"].shape[1], out.sample.clone(), kwargs["timestep"][0].item())
+        ),
         with_kwargs=True,
     )
     try:
@@ -53,10 +55,11 @@ def test_sampler_matches_official(pipe, cases, steps):
         hook.remove()
     assert len(seen) == steps
     # k(τ_i) recomputed at every step: the decoder saw exactly tokens 0..k_i.
-    assert [n for _, n, _ in seen] == (cases[f"sample{steps}.k"] + 1).tolist()
-    assert torch.equal(torch.from_numpy(np.asarray(pipe.scheduler.sigmas[:-1])), cases[f"sample{steps}.tau"])
-    x_in = torch.stack([x for x, _, _ in seen])
-    velocity = torch.stack([v for _, _, v in seen])
+    assert [n for _, n, _, _ in seen] == (cases[f"sample{steps}.k"] + 1).tolist()
+    # The code times the decoder was called with are the official τ_i, bitwise.
+    assert torch.equal(torch.tensor([tau for *_, tau in seen]), cases[f"sample{steps}.tau"])
+    x_in = torch.stack([x for x, *_ in seen])
+    velocity = torch.stack([v for _, _, v, _ in seen])
     assert (x_in - cases[f"sample{steps}.x_in"]).abs().max() <= 1e-5
     assert (velocity - cases[f"sample{steps}.velocity"]).abs().max() <= 1e-5
     assert (final - cases[f"sample{steps}.final"]).abs().max() <= 1e-5
