@@ -6,7 +6,6 @@ import sys
 import textwrap
 import warnings
 
-import numpy as np
 import PIL.Image
 import pytest
 import torch
