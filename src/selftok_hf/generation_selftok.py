@@ -109,6 +109,9 @@ def generate_image_tokens(
     use_cache: bool = True,
     device: torch.device | str | None = None,
     callback: Callable[[int], None] | None = None,
+    streamer=None,
+    step_end_callback: Callable[[int, dict[str, torch.Tensor]], dict[str, torch.Tensor] | None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> torch.LongTensor:
     """Generate one image (K visual tokens) per prompt.
 
@@ -126,8 +129,17 @@ def generate_image_tokens(
         use_cache: reuse keys/values (False recomputes the whole sequence every step; same result).
         device: where the LM runs (default: the device of its parameters; pass the accelerator under CPU offload).
         callback: called with the step index after every token.
+        streamer: a transformers ``BaseStreamer``, fed as ``model.generate(streamer=...)`` feeds it: ``put`` of the
+            (conditional, left-padded) prompt ids first, then ``put`` of each sampled token's LM ids `(B,)`, then
+            ``end()`` (also when stopped early).
+        step_end_callback: ``fn(step, {"token_ids": (B, step + 1) codebook ids so far, "logits": (B, V) the
+            scores the token was drawn from}) -> dict | None``, after every sampled token (step = its position in
+            the image, AR order). A returned ``"token_ids"`` replaces the token just sampled by its last column
+            (the earlier columns are already in the KV cache and must be unchanged).
+        should_stop: checked after every token (after ``step_end_callback``); True ends the loop there.
     Returns:
-        `torch.LongTensor` of shape `(B, K)`: codebook ids in AR order (the closing end-of-image is implied).
+        `torch.LongTensor` of shape `(B, K)`: codebook ids in AR order (the closing end-of-image is implied); `(B, p)`
+        with p < K when ``should_stop`` ended the loop after p tokens.
     """
     if input_ids.ndim != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError(f"input_ids and attention_mask must both be (batch, length), got {tuple(input_ids.shape)} and {tuple(attention_mask.shape)}")
@@ -179,6 +191,8 @@ def generate_image_tokens(
     if use_cache:
         head_kwargs[cache_argument] = DynamicCache(config=getattr(model, "config", None))
     tokens = []
+    if streamer is not None:
+        streamer.put(sequence.cpu())
     for step in range(vocabulary.num_image_tokens):
         outputs = model(
             input_ids=model_input,
@@ -196,11 +210,18 @@ def generate_image_tokens(
             next_token = _sample(logits.softmax(-1), generator)
         else:
             next_token = logits.argmax(-1, keepdim=True)
+        if step_end_callback is not None:
+            so_far = vocabulary.to_codebook_ids(torch.cat([*tokens, next_token], dim=1))
+            returned = step_end_callback(step, {"token_ids": so_far, "logits": logits}) or {}
+            if "token_ids" in returned:
+                next_token = _replacement_token(returned["token_ids"], so_far, vocabulary)
         tokens.append(next_token)
         sequence = torch.cat([sequence, next_token], dim=1)
+        if streamer is not None:
+            streamer.put(next_token[:, 0].cpu())
         if callback is not None:
             callback(step)
-        if step == vocabulary.num_image_tokens - 1:
+        if step == vocabulary.num_image_tokens - 1 or (should_stop is not None and should_stop()):
             break
         # Next step's input: the new token, fed to both halves of a CFG batch.
         step_token = torch.cat([next_token, next_token]) if do_cfg else next_token
@@ -214,4 +235,19 @@ def generate_image_tokens(
         else:
             input_ids = torch.cat([input_ids, step_token], dim=1)
             model_input, model_positions = input_ids, position_ids
+    if streamer is not None:
+        streamer.end()
     return vocabulary.to_codebook_ids(torch.cat(tokens, dim=1))
+
+
+def _replacement_token(token_ids: torch.Tensor, so_far: torch.LongTensor, vocabulary: VisualVocabulary) -> torch.LongTensor:
+    """The LM ids `(B, 1)` of a callback's replacement ``token_ids`` (codebook ids so far, last column new)."""
+    token_ids = torch.as_tensor(token_ids, device=so_far.device)
+    if token_ids.shape != so_far.shape or token_ids.is_floating_point():
+        raise ValueError(f"a callback's token_ids must be integer codebook ids of shape {tuple(so_far.shape)}, got {token_ids.dtype} {tuple(token_ids.shape)}")
+    if not torch.equal(token_ids[:, :-1].long(), so_far[:, :-1]):
+        raise ValueError("a callback may only replace the token just sampled (the last column of token_ids): the earlier ones are already fed to the model")
+    last = token_ids[:, -1:].long()
+    if int(last.min()) < 0 or int(last.max()) >= vocabulary.codebook_size:
+        raise ValueError(f"a callback's token_ids must lie in [0, {vocabulary.codebook_size}), got {last.flatten().tolist()}")
+    return vocabulary.to_lm_ids(last)

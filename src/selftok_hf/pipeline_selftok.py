@@ -34,7 +34,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import PIL.Image
@@ -51,7 +51,7 @@ from .generation_selftok import (
     generate_image_tokens,
 )
 from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved
-from .pipeline_selftok_decoder import SelftokDecoderPipeline
+from .pipeline_selftok_decoder import PerCallState, SelftokDecoderPipeline
 from .processing_selftok import SelftokProcessor
 from .visual_vocabulary import VisualVocabulary
 
@@ -69,15 +69,20 @@ class SelftokPipelineOutput(BaseOutput):
         images: decoded images (PIL list, NumPy ``(N, H, W, 3)``, tensor ``(N, 3, H, W)`` in [0, 1], the final
             latents for ``output_type="latent"``, or None for ``output_type="ids"``); N = prompts x images per prompt,
             grouped by prompt.
-        token_ids (`torch.LongTensor` of shape `(N, K)`): the generated Selftok ids (AR order).
+        token_ids (`torch.LongTensor` of shape `(N, K)`): the generated Selftok ids (AR order); `(N, p)`, p < K,
+            when a callback stopped generation after p tokens (``pipe._interrupt = True``).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor | None
     token_ids: torch.LongTensor
 
 
-class SelftokPipeline(SelftokHubMixin):
+class SelftokPipeline(PerCallState, SelftokHubMixin):
     r"""Text-to-image generation and image understanding with a Selftok VLM.
+
+    As a diffusers pipeline, it has the ``interrupt``, ``num_timesteps`` (here: the K visual tokens of an image)
+    and ``guidance_scale`` properties, kept per thread ([`PerCallState`]); ``pipe._interrupt = True`` in a
+    ``callback_on_step_end`` stops the token loop.
 
     Args:
         language_model: a causal LM extended by [`add_visual_tokens`].
@@ -87,6 +92,8 @@ class SelftokPipeline(SelftokHubMixin):
         ValueError: if the LM has no visual tokens, or its K / codebook size / id layout disagree with the
             image tokenizer or the processor.
     """
+
+    _callback_tensor_inputs = ["token_ids", "logits"]
 
     def __init__(self, language_model, processor: SelftokProcessor, decoder: SelftokDecoderPipeline):
         vocabulary = VisualVocabulary.from_config(language_model.config)
@@ -302,6 +309,9 @@ class SelftokPipeline(SelftokHubMixin):
         use_renderer: bool = False,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Callable[[Any, int, int, dict], dict | None] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["token_ids"],
+        streamer=None,
     ) -> SelftokPipelineOutput | tuple:
         r"""Generate images from text.
 
@@ -318,6 +328,21 @@ class SelftokPipeline(SelftokHubMixin):
             do_sample / temperature / top_k / top_p: token sampling (``do_sample=False``: greedy).
             decoder_steps / decoder_guidance_scale / use_renderer: passed to the [`SelftokDecoderPipeline`].
             output_type: ``"pil"``, ``"np"``, ``"pt"``, ``"latent"``, or ``"ids"`` (no decoding).
+            callback_on_step_end: called as ``fn(pipe, step, token_index, callback_kwargs)`` after every sampled
+                visual token, in diffusers' ``(pipe, i, t, kwargs)`` form. A *step* is one visual-token position:
+                ``step`` = ``token_index`` = the position (0 .. K - 1, AR order) of the token just sampled, for all
+                N images at once (the decoder's diffusion steps that follow do not call it; the decoder's own
+                ``callback_on_step_end`` does). ``callback_kwargs`` holds the names in
+                ``callback_on_step_end_tensor_inputs``: ``"token_ids"`` `(N, step + 1)`, the codebook ids so far,
+                and ``"logits"`` `(N, V)`, the guided, grammar-masked (and temperature / top-k / top-p warped)
+                scores the token was drawn from. Returning ``{"token_ids": ...}`` replaces the token just sampled
+                (its last column; the earlier ones must be unchanged). Setting ``pipe._interrupt = True`` stops
+                generation after this token: the p = step + 1 tokens so far are returned (``token_ids`` `(N, p)`)
+                and decoded from that AR prefix (``prefix_length=p``, the coarse image they determine).
+            callback_on_step_end_tensor_inputs: the tensors passed to the callback (``pipe._callback_tensor_inputs``).
+            streamer: a transformers ``BaseStreamer``, fed as ``model.generate(streamer=...)`` feeds it: ``put`` of
+                the prompt ids `(N, T)` (left-padded; the conditional prompts), then ``put`` of each sampled visual
+                token's LM ids `(N,)`, then ``end()``. (transformers' ``TextStreamer`` takes a batch of one.)
         Returns:
             [`SelftokPipelineOutput`] (``images``, ``token_ids``), or a tuple ``(images, token_ids)``.
         """
@@ -332,6 +357,9 @@ class SelftokPipeline(SelftokHubMixin):
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if output_type not in ("pil", "np", "pt", "latent", "ids"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt', 'latent' or 'ids', got {output_type!r}")
+        for name in callback_on_step_end_tensor_inputs:
+            if name not in self._callback_tensor_inputs:
+                raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, got {name!r}")
         num_images = len(prompts) * num_images_per_prompt
         if isinstance(generator, list) and len(generator) != num_images:
             raise ValueError(f"got {len(generator)} generators for {num_images} images ({len(prompts)} prompts x {num_images_per_prompt})")
@@ -343,6 +371,13 @@ class SelftokPipeline(SelftokHubMixin):
         conditional = batch(prompts)
         self._check_length(conditional["input_ids"].shape[1], self.vocabulary.num_image_tokens)
         unconditional = batch(negative_prompts) if guidance_scale != 1.0 else None
+        self._start_call(guidance_scale=guidance_scale, num_timesteps=self.vocabulary.num_image_tokens)
+        step_end_callback = None
+        if callback_on_step_end is not None:
+
+            def step_end_callback(step: int, tensors: dict[str, torch.Tensor]):
+                callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                return callback_on_step_end(self, step, step, callback_kwargs)
 
         progress = tqdm(**{"total": self.vocabulary.num_image_tokens, "desc": "visual tokens", **self._progress_bar_config})
         with progress:
@@ -361,18 +396,28 @@ class SelftokPipeline(SelftokHubMixin):
                 generator=generator,
                 device=self.device,
                 callback=lambda step: progress.update(),
+                streamer=streamer,
+                step_end_callback=step_end_callback,
+                should_stop=lambda: self.interrupt,
             ).cpu()
         self._offload_language_model()
 
         images = None
         if output_type != "ids":
+            K = self.vocabulary.num_image_tokens
+            generated = token_ids.shape[1]
+            # Stopped early: decode the AR prefix (the hidden tail's values are never seen by the decoder).
+            decode_ids = token_ids if generated == K else torch.cat([token_ids, token_ids.new_zeros(token_ids.shape[0], K - generated)], 1)
+            if generated < K and use_renderer:
+                raise ValueError(f"generation stopped after {generated} of {K} tokens; the renderer needs all of them (use output_type='ids' or the decoder)")
             images = self.decoder(
-                token_ids,
+                decode_ids,
                 num_inference_steps=decoder_steps,
                 guidance_scale=decoder_guidance_scale,
                 generator=generator,
                 use_renderer=use_renderer,
                 output_type=output_type,
+                prefix_length=None if generated == K else generated,
             ).images
         if not return_dict:
             return images, token_ids
@@ -387,6 +432,7 @@ class SelftokPipeline(SelftokHubMixin):
         image_token_ids=None,
         max_new_tokens: int = 64,
         do_sample: bool = False,
+        streamer=None,
         **generate_kwargs,
     ) -> str | list[str]:
         """Answer a question about each image (understanding).
@@ -398,6 +444,8 @@ class SelftokPipeline(SelftokHubMixin):
             image_token_ids: instead of images, precomputed Selftok ids ``(N, K)``.
             max_new_tokens / do_sample / generate_kwargs: passed to ``language_model.generate`` (greedy by
                 default); the answer never contains an image (begin-of-image is disallowed).
+            streamer: a transformers ``BaseStreamer`` (e.g. ``TextStreamer(processor.tokenizer, skip_prompt=True)``
+                for one image), given to ``generate``: the prompt ids, then every generated token, then ``end()``.
         Returns:
             The answer (a string for a single PIL image, else a list of strings), without special tokens.
         """
@@ -425,6 +473,7 @@ class SelftokPipeline(SelftokHubMixin):
             logits_processor=[SelftokVisualGrammarLogitsProcessor(self.vocabulary, allow_image_start=False)],
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=self.processor.pad_token_id,
+            streamer=streamer,
             **generate_kwargs,
         )
         self._offload_language_model()

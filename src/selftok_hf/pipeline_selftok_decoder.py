@@ -15,7 +15,10 @@ import copy
 import json
 import os
 import shutil
+import threading
+import weakref
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -38,7 +41,7 @@ from .pixel_space import PixelSpaceAutoencoder
 from .token_schedule import to_code_order
 from .vae import pixels_to_latents
 
-__all__ = ["SelftokDecoderPipeline", "sampler_sigmas"]
+__all__ = ["PerCallState", "SelftokDecoderPipeline", "sampler_sigmas"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Source files each saved folder carries so that it loads with `trust_remote_code=True` where selftok_hf is
@@ -65,7 +68,81 @@ def sampler_sigmas(num_inference_steps: int) -> np.ndarray:
     return torch.linspace(1.0, 0.0, num_inference_steps + 1, dtype=torch.float32)[:-1].numpy()
 
 
-class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
+_CALL_STATES = threading.local()
+
+
+class PerCallState:
+    """diffusers' per-call pipeline properties (``interrupt``, ``num_timesteps``, ``guidance_scale``,
+    ``do_classifier_free_guidance``), kept per thread.
+
+    diffusers pipelines store these as attributes of the pipeline (``self._interrupt = False`` at the start of a
+    call, ``pipe._interrupt = True`` from a ``callback_on_step_end`` to stop). Here ``_interrupt``,
+    ``_num_timesteps`` and ``_guidance_scale`` are properties over a per-thread, per-pipeline record instead, so
+    one pipeline shared by server threads keeps each call's values apart: a callback running in thread A reads and
+    sets thread A's values, and a call in thread B never sees A's interrupt. Reading and writing them looks exactly
+    as in diffusers; after a call they keep that call's values (in that thread) until the next call starts.
+    """
+
+    def _call_state(self) -> SimpleNamespace:
+        states = getattr(_CALL_STATES, "states", None)
+        if states is None:
+            states = _CALL_STATES.states = weakref.WeakKeyDictionary()
+        state = states.get(self)
+        if state is None:
+            state = states[self] = SimpleNamespace(interrupt=False, num_timesteps=None, guidance_scale=None)
+        return state
+
+    def _start_call(self, guidance_scale: Optional[float] = None, num_timesteps: Optional[int] = None) -> None:
+        """Reset this thread's record at the start of a call (as diffusers' ``self._interrupt = False`` ...)."""
+        state = self._call_state()
+        state.interrupt, state.guidance_scale, state.num_timesteps = False, guidance_scale, num_timesteps
+
+    @property
+    def _interrupt(self) -> bool:
+        return self._call_state().interrupt
+
+    @_interrupt.setter
+    def _interrupt(self, value: bool) -> None:
+        self._call_state().interrupt = bool(value)
+
+    @property
+    def _num_timesteps(self) -> Optional[int]:
+        return self._call_state().num_timesteps
+
+    @_num_timesteps.setter
+    def _num_timesteps(self, value: Optional[int]) -> None:
+        self._call_state().num_timesteps = value
+
+    @property
+    def _guidance_scale(self) -> Optional[float]:
+        return self._call_state().guidance_scale
+
+    @_guidance_scale.setter
+    def _guidance_scale(self, value: Optional[float]) -> None:
+        self._call_state().guidance_scale = value
+
+    @property
+    def interrupt(self) -> bool:
+        """Whether the current call (in this thread) was asked to stop: set ``pipe._interrupt = True`` in a
+        ``callback_on_step_end``; the remaining steps are skipped and the result so far is returned."""
+        return self._interrupt
+
+    @property
+    def num_timesteps(self) -> Optional[int]:
+        """The number of steps of the current (or, after it, the last) call in this thread."""
+        return self._num_timesteps
+
+    @property
+    def guidance_scale(self) -> Optional[float]:
+        """The classifier-free guidance scale of the current (or last) call in this thread."""
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale is not None and self._guidance_scale > 1
+
+
+class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
     r"""Decode Selftok token ids into images (and encode images into ids).
 
     Components:
@@ -75,6 +152,10 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
             stand-in of a pixel-space tokenizer.
         scheduler (`FlowMatchEulerDiscreteScheduler`): with ``shift=1.0``.
         renderer ([`SelftokRenderer`], *optional*): the one-step renderer.
+
+    Like diffusers' pipelines it has the ``interrupt``, ``num_timesteps`` and ``guidance_scale`` properties
+    (``pipe._interrupt = True`` in a ``callback_on_step_end`` stops the loop); they are kept per thread (see
+    [`PerCallState`]), so one pipeline may serve several threads at once.
     """
 
     model_cpu_offload_seq = "image_tokenizer->transformer->renderer->vae"
@@ -153,8 +234,12 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
         images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
         return ((images.float().clamp(-1, 1) + 1) / 2)
 
-    def check_inputs(self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length=None):
+    def check_inputs(
+        self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length=None, num_images_per_prompt=1
+    ):
         self.image_tokenizer.check_token_ids(token_ids)
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if prefix_length is not None:
             num_tokens = self.image_tokenizer.config.num_tokens
             if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or not 0 <= prefix_length <= num_tokens:
@@ -169,9 +254,12 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
         if guidance_scale < 1:
             raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
         if latents is not None:
-            expected = self._latent_shape(token_ids.shape[0])
+            expected = self._latent_shape(token_ids.shape[0] * num_images_per_prompt)
             if tuple(latents.shape) != expected:
-                raise ValueError(f"latents must have shape {expected} (the initial noise), got {tuple(latents.shape)}")
+                raise ValueError(
+                    f"latents must have shape {expected} (the initial noise of the {expected[0]} images: rows x num_images_per_prompt), "
+                    f"got {tuple(latents.shape)}"
+                )
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 
@@ -202,6 +290,7 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
         use_renderer: bool = False,
         prefix_length: Optional[int] = None,
+        num_images_per_prompt: int = 1,
     ):
         r"""Decode token ids into images.
 
@@ -210,24 +299,33 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
             num_inference_steps (`int`, defaults to 50): Euler steps of the decoder (ignored with the renderer).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance against the all-tokens-dropped
                 branch (how the decoder was trained to be unconditional); 1 disables it.
-            generator: `torch.Generator`(s) for the initial noise.
-            latents (`torch.Tensor` of shape `(B, C, h, w)`, *optional*): the initial noise at τ = 1.
+            generator: `torch.Generator`(s) for the initial noise (a list: one per image, ``B * num_images_per_prompt``).
+            latents (`torch.Tensor` of shape `(B * num_images_per_prompt, C, h, w)`, *optional*): the initial noise at τ = 1.
             output_type (`str`): "pil", "np", "pt" (images in [0, 1]) or "latent" (the final SD3-normalised latent).
             callback_on_step_end: called as ``fn(pipe, step, timestep, {"latents": ...})`` after every step;
-                may return a replacement ``latents``.
+                may return a replacement ``latents``, and may stop the loop with ``pipe._interrupt = True`` (the
+                remaining steps are skipped and the current latent is decoded, as in diffusers).
             use_renderer (`bool`): decode in one forward pass with the renderer.
             prefix_length (`int`, *optional*): decode from only the first ``prefix_length`` tokens in AR order
                 (the coarsest); the others are hidden from the decoder at every step, so 0 decodes
                 unconditionally. None (or K) uses all tokens. Not available with the renderer.
+            num_images_per_prompt (`int`, defaults to 1): images decoded from each row of ``token_ids``, each from
+                its own noise; the output holds all images of row 0 first, then row 1's, ... (as in diffusers). The
+                renderer is deterministic: its copies are equal.
         Returns:
             [`ImagePipelineOutput`] (or a tuple) with `images`.
         """
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, got {name!r}")
-        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length)
+        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length, num_images_per_prompt)
+        self._start_call(guidance_scale=guidance_scale, num_timesteps=1 if use_renderer else num_inference_steps)
         device = self._execution_device
+        if num_images_per_prompt > 1:
+            token_ids = token_ids.repeat_interleave(num_images_per_prompt, dim=0)
         batch_size = token_ids.shape[0]
+        if not use_renderer and isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"got {len(generator)} generators for {batch_size} images ({batch_size // num_images_per_prompt} rows x {num_images_per_prompt})")
 
         # 1. Token ids -> code vectors, in the decoder's (code) order.
         codes = to_code_order(self.image_tokenizer.embed_tokens(token_ids.to(device)))
@@ -259,6 +357,8 @@ class SelftokDecoderPipeline(SelftokHubMixin, DiffusionPipeline):
             #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
             with self.progress_bar(total=num_inference_steps) as progress_bar, self.transformer.cached_token_modulations():
                 for i, t in enumerate(scheduler.timesteps):
+                    if self.interrupt:
+                        continue
                     sigma, num_visible = scheduler.sigmas[i], visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
                     token_mask = None
