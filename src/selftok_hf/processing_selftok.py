@@ -9,12 +9,29 @@ that it builds
 - training examples: plain sequences (loss on every token, the paper's stage-1 formats) and chat
   examples (``USER: ... ASSISTANT: ...``, the paper's SFT format) whose labels are masked to the answers.
 
-Chat layout (the one the model is trained on and prompted with)::
+Chat format. Every chat prompt and training example is rendered by the processor's ``chat_template`` (a Jinja
+template, as for every transformers processor; saved as ``chat_template.jinja`` by ``save_pretrained`` and read
+back by ``from_pretrained``) and tokenised by :meth:`SelftokProcessor.build_chat_example`, the one function that
+``chat_prompt`` (text-to-image prompts), ``SelftokPipeline.describe`` and the SFT trainer all go through. Which
+template:
 
-    [bos] USER: {user content} ASSISTANT: {assistant content}[eos] USER: ...
+- the text tokenizer's own ``chat_template`` when it has one (a chat LM keeps its format; image content items
+  become the placeholder first, see below), else
+- the Selftok template (:func:`selftok_chat_template`), the layout the paper's SFT stage and every model trained
+  here use::
 
-A text content is preceded by one space; an image at the start of a content follows the tag directly,
-so a text-to-image prompt is ``[bos]USER: {prompt} ASSISTANT:<boi>``.
+    [bos]USER: {user content} ASSISTANT: {assistant content}[eos]USER: ...
+
+  A text content is preceded by one space; an image at the start of a content follows the tag directly, so a
+  text-to-image prompt is ``[bos]USER: {prompt} ASSISTANT:<boi>``.
+
+Contents are strings (with ``<image>`` placeholders) or transformers' lists of items
+(``{"type": "text", "text": ...}``, ``{"type": "image"}``), joined with one space, an image item becoming the
+placeholder; the rendered text's placeholders become ``boi v_1 ... v_K eoi`` spans when tokenised. So
+``processor.apply_chat_template(messages, add_generation_prompt=True)`` gives the prompt text and, with
+``tokenize=True``, the same ids as :meth:`~SelftokProcessor.build_chat_example`. Rendered text is tokenised piece
+by piece, cut at the placeholders, the bos / eos tokens and (Selftok template) the role tags, which is exactly how
+the ids were built before the template existed, so trained models see the same ids.
 
 Images are tokenised through the :class:`~selftok_hf.SelftokModel` attached with
 :meth:`SelftokProcessor.attach_image_tokenizer` (its SD3 VAE attached); id arrays need nothing.
@@ -22,6 +39,8 @@ Images are tokenised through the :class:`~selftok_hf.SelftokModel` attached with
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -30,14 +49,68 @@ import PIL.Image
 import torch
 from transformers import BatchFeature
 from transformers.processing_utils import ProcessorMixin
+from transformers.utils.chat_template_utils import render_jinja_template
 
 from .modeling_selftok import SelftokModel
 from .visual_vocabulary import VisualVocabulary
 
-__all__ = ["IGNORE_INDEX", "SelftokProcessor"]
+__all__ = ["IGNORE_INDEX", "SelftokProcessor", "selftok_chat_template"]
 
 #: Label value that cross-entropy ignores (prompt tokens, padding).
 IGNORE_INDEX = -100
+
+# Marks a template this processor built around a tokenizer's own template (see `_with_image_items`).
+_ITEMS_PRELUDE_MARK = "{#- selftok: image content items -> placeholder -#}"
+
+
+def selftok_chat_template(user_tag: str = "USER:", assistant_tag: str = "ASSISTANT:", image_placeholder: str = "<image>") -> str:
+    """The Selftok chat template: ``[bos]USER: {content} ASSISTANT: {answer}[eos]USER: ...``, ending with
+    `` ASSISTANT:`` when ``add_generation_prompt`` (the layout documented in this module's docstring).
+
+    Roles are ``user`` and ``assistant``; a content is a string or a list of ``text`` / ``image`` items (joined
+    with one space, an image item rendered as ``image_placeholder``)."""
+    user, assistant, placeholder = (json.dumps(x) for x in (user_tag, " " + assistant_tag, image_placeholder))
+    return (
+        "{#- Selftok chat format: [bos]USER: {content} ASSISTANT: {answer}[eos]USER: ... -#}\n"
+        "{%- set placeholder = " + placeholder + " -%}\n"
+        "{{- bos_token if bos_token else '' -}}\n"
+        "{%- for message in messages -%}\n"
+        "{%- if message['content'] is string -%}{%- set content = message['content'] -%}\n"
+        "{%- else -%}{%- set parts = namespace(items=[]) -%}\n"
+        "{%- for item in message['content'] -%}\n"
+        "{%- if item['type'] == 'image' -%}{%- set parts.items = parts.items + [placeholder] -%}\n"
+        "{%- elif item['type'] == 'text' -%}{%- set parts.items = parts.items + [item['text']] -%}\n"
+        "{%- else -%}{{- raise_exception('content items must be of type text or image, got ' ~ item['type']) -}}{%- endif -%}\n"
+        "{%- endfor -%}{%- set content = parts.items | join(' ') -%}{%- endif -%}\n"
+        "{%- set body = ('' if (not content or content.startswith(placeholder)) else ' ') + content -%}\n"
+        "{%- if message['role'] == 'user' -%}{{- " + user + " + body -}}\n"
+        "{%- elif message['role'] == 'assistant' -%}{{- " + assistant + " + body + (eos_token if eos_token else '') -}}\n"
+        "{%- else -%}{{- raise_exception('the Selftok chat format has the roles user and assistant, got ' ~ message['role']) -}}{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- if add_generation_prompt -%}{{- " + assistant + " -}}{%- endif -%}\n"
+    )
+
+
+def _with_image_items(template: str, image_placeholder: str) -> str:
+    """A text tokenizer's template, preceded by a prelude that turns list contents (``text`` / ``image`` items)
+    into strings with ``image_placeholder``, so templates written for string contents render images too."""
+    if template.startswith(_ITEMS_PRELUDE_MARK):
+        return template
+    return (
+        _ITEMS_PRELUDE_MARK + "\n"
+        "{%- set selftok_messages = namespace(items=[]) -%}\n"
+        "{%- for message in messages -%}\n"
+        "{%- if message['content'] is string or message['content'] is none -%}{%- set selftok_messages.items = selftok_messages.items + [message] -%}\n"
+        "{%- else -%}{%- set parts = namespace(items=[]) -%}\n"
+        "{%- for item in message['content'] -%}\n"
+        "{%- if item['type'] == 'image' -%}{%- set parts.items = parts.items + [" + json.dumps(image_placeholder) + "] -%}\n"
+        "{%- elif item['type'] == 'text' -%}{%- set parts.items = parts.items + [item['text']] -%}{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- set selftok_messages.items = selftok_messages.items + [dict(message, content=parts.items | join(' '))] -%}\n"
+        "{%- endif -%}\n"
+        "{%- endfor -%}\n"
+        "{%- set messages = selftok_messages.items -%}\n"
+    ) + template
 
 
 class SelftokProcessor(ProcessorMixin):
@@ -48,7 +121,11 @@ class SelftokProcessor(ProcessorMixin):
         tokenizer: the text tokenizer, already extended by [`add_visual_tokens`].
         visual_vocabulary (`dict` or [`VisualVocabulary`]): the id layout (``model.config.selftok_visual_vocabulary``).
         image_placeholder (`str`, defaults to `"<image>"`): marks where an image goes in a text.
-        user_tag / assistant_tag (`str`): chat role tags (the paper's ``USER:`` / ``ASSISTANT:``).
+        user_tag / assistant_tag (`str`): chat role tags of the Selftok template (the paper's ``USER:`` /
+            ``ASSISTANT:``).
+        chat_template (`str`, *optional*): the Jinja chat template. Default: the tokenizer's own template (with
+            image items mapped to the placeholder) when it has one, else :func:`selftok_chat_template` built from
+            the tags (see the module docstring).
     """
 
     def __init__(
@@ -69,6 +146,13 @@ class SelftokProcessor(ProcessorMixin):
         self.user_tag = user_tag
         self.assistant_tag = assistant_tag
         self._image_tokenizer = None
+        if chat_template is None:
+            own = getattr(tokenizer, "chat_template", None)
+            default = selftok_chat_template(user_tag, assistant_tag, image_placeholder)
+            if isinstance(own, str) and own and own != default:  # (a tokenizer saved with a processor holds its template)
+                chat_template = _with_image_items(own, image_placeholder)
+            else:
+                chat_template = default
         super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
         if visual_vocabulary is not None:
             self._check_tokenizer_matches(self.vocabulary)
@@ -199,19 +283,59 @@ class SelftokProcessor(ProcessorMixin):
             raise ValueError("the tokenizer has no eos token; training examples need one to end each answer")
         return self.tokenizer.eos_token_id
 
+    @property
+    def uses_selftok_chat_template(self) -> bool:
+        """Whether the chat template is the Selftok one (:func:`selftok_chat_template` with this processor's tags)."""
+        return self.chat_template == selftok_chat_template(self.user_tag, self.assistant_tag, self.image_placeholder)
+
+    def _cut_pattern(self) -> re.Pattern:
+        """Where rendered text is cut before tokenising: placeholders, bos / eos, and the Selftok role tags."""
+        markers = {self.image_placeholder}
+        for token in (self.tokenizer.bos_token, self.tokenizer.eos_token):
+            if token:
+                markers.add(str(token))
+        if self.uses_selftok_chat_template:
+            markers |= {self.user_tag, " " + self.assistant_tag}
+        return re.compile("|".join(re.escape(m) for m in sorted(markers, key=len, reverse=True)))
+
+    def _tokenize_rendered(
+        self, text: str, spans: Iterator[list[int]], label_ranges: Sequence[tuple[int, int]] = ()
+    ) -> tuple[list[int], list[bool]]:
+        """Rendered text -> (ids, is-label flags). The text is cut at the markers of :meth:`_cut_pattern` and at
+        the ``label_ranges`` (character ranges whose ids are labels); each placeholder becomes the next image span
+        (callers check the count), bos / eos their ids, every other piece is tokenised on its own."""
+        special = {str(t): i for t, i in ((self.tokenizer.bos_token, self.tokenizer.bos_token_id), (self.tokenizer.eos_token, self.tokenizer.eos_token_id)) if t and i is not None}
+        cuts = {0, len(text)}
+        for match in self._cut_pattern().finditer(text):
+            cuts |= {match.start(), match.end()}
+        for start, end in label_ranges:
+            cuts |= {start, end}
+        cuts = sorted(c for c in cuts if 0 <= c <= len(text))
+        ids, flags = [], []
+        for start, end in zip(cuts, cuts[1:]):
+            piece = text[start:end]
+            if piece == self.image_placeholder:
+                piece_ids = list(next(spans))
+            elif piece in special:
+                piece_ids = [special[piece]]
+            else:
+                piece_ids = self._tokenize(piece)
+            is_label = any(a <= start and end <= b for a, b in label_ranges)
+            ids += piece_ids
+            flags += [is_label] * len(piece_ids)
+        return ids, flags
+
     def _render(self, text: str, spans: Iterator[list[int]]) -> list[int]:
         """Text with placeholders -> ids, each placeholder replaced by the next image span."""
-        pieces = text.split(self.image_placeholder)
-        ids = self._tokenize(pieces[0])
-        for piece in pieces[1:]:
-            ids += next(spans)  # callers check the placeholder count first
-            ids += self._tokenize(piece)
-        return ids
+        return self._tokenize_rendered(text, spans)[0]
 
-    def _render_turn(self, tag: str, content: str, spans: Iterator[list[int]]) -> tuple[list[int], list[int]]:
-        """A chat turn -> (tag ids, content ids) in the layout documented in the module docstring."""
-        separator = "" if content.startswith(self.image_placeholder) or not content else " "
-        return self._tokenize(tag), self._render(separator + content, spans)
+    def render_chat(self, conversation: Sequence[dict[str, Any]], add_generation_prompt: bool = False, chat_template: str | None = None, **template_kwargs) -> str:
+        """One conversation as text, through the processor's chat template: what
+        ``apply_chat_template(conversation, add_generation_prompt=...)`` returns (an empty conversation is allowed)."""
+        template = self._resolve_chat_template(chat_template)
+        variables = {**self.tokenizer.special_tokens_map, **template_kwargs}
+        rendered, _ = render_jinja_template([list(conversation)], chat_template=template, add_generation_prompt=add_generation_prompt, **variables)
+        return rendered[0]
 
     def __call__(
         self,
@@ -231,12 +355,18 @@ class SelftokProcessor(ProcessorMixin):
             images: images for the placeholders (see :meth:`encode_images`).
             image_token_ids: or precomputed Selftok ids ``(N, K)`` for them.
             return_for_image_generation: end every sequence with begin-of-image (a text-to-image prompt).
-            add_bos: start every sequence with the tokenizer's bos token (if it has one).
+            add_bos: start every sequence with the tokenizer's bos token (if it has one); ``add_special_tokens``
+                is accepted for it.
             padding_side: ``"left"`` (for generation) or ``"right"``.
             return_tensors: ``"pt"`` or None (lists).
         Returns:
             [`BatchFeature`] with ``input_ids`` and ``attention_mask`` (`(B, T)`).
         """
+        if "add_special_tokens" in kwargs:  # transformers' name (apply_chat_template(tokenize=True) passes it)
+            add_bos = bool(kwargs.pop("add_special_tokens"))
+        for modality in ("videos", "audio"):  # apply_chat_template passes them (None without such items)
+            if kwargs.pop(modality, None) is not None:
+                raise ValueError(f"SelftokProcessor takes text and images, not {modality}")
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
         if text is None:
@@ -244,6 +374,8 @@ class SelftokProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise TypeError(f"text must be a string or a non-empty list of strings, got {text!r}")
+        if isinstance(images, (list, tuple)) and any(isinstance(x, (list, tuple)) for x in images):
+            images = [x for group in images for x in (group if isinstance(group, (list, tuple)) else [group])] or None  # per-text lists
         spans = self._image_spans(images, image_token_ids)
         needed = sum(t.count(self.image_placeholder) for t in texts)
         if needed != len(spans):
@@ -301,32 +433,33 @@ class SelftokProcessor(ProcessorMixin):
         """
         if not conversation:
             raise ValueError("conversation is empty")
-        spans = self._image_spans(images, image_token_ids)
-        needed = sum(m.get("content", "").count(self.image_placeholder) for m in conversation)
-        if needed != len(spans):
-            raise ValueError(f"the conversation has {needed} {self.image_placeholder!r} placeholder(s) but {len(spans)} image(s) were given")
-        span_iter = iter(spans)
-        input_ids, labels = self._bos(), [IGNORE_INDEX] * len(self._bos())
+        conversation = list(conversation)
+        roles = ("user", "assistant") if self.uses_selftok_chat_template else ("system", "user", "assistant")
         for i, message in enumerate(conversation):
             role, content = message.get("role"), message.get("content")
-            if role not in ("user", "assistant") or not isinstance(content, str):
-                raise ValueError(f"message {i} must be {{'role': 'user' | 'assistant', 'content': str}}, got {message!r}")
-            if role == "user":
-                tag, body = self._render_turn(self.user_tag, content, span_iter)
-                input_ids += tag + body
-                labels += [IGNORE_INDEX] * (len(tag) + len(body))
-            else:
-                tag, body = self._render_turn(" " + self.assistant_tag, content, span_iter)
-                body = body + [self._eos()]
-                input_ids += tag + body
-                labels += [IGNORE_INDEX] * len(tag) + body
-        if add_generation_prompt:
-            if conversation[-1]["role"] != "user":
-                raise ValueError("add_generation_prompt=True needs the conversation to end with a user message")
-            tag = self._tokenize(" " + self.assistant_tag)
-            input_ids += tag
-            labels += [IGNORE_INDEX] * len(tag)
-        return {"input_ids": input_ids, "labels": labels}
+            if role not in roles or not isinstance(content, (str, list)):
+                raise ValueError(f"message {i} must be {{'role': {' | '.join(map(repr, roles))}, 'content': str or list of items}}, got {message!r}")
+        if add_generation_prompt and conversation[-1]["role"] != "user":
+            raise ValueError("add_generation_prompt=True needs the conversation to end with a user message")
+        if any(m["role"] == "assistant" for m in conversation):
+            self._eos()  # every answer ends with eos
+        text = self.render_chat(conversation, add_generation_prompt=add_generation_prompt)
+        spans = self._image_spans(images, image_token_ids)
+        needed = text.count(self.image_placeholder)
+        if needed != len(spans):
+            raise ValueError(f"the conversation has {needed} {self.image_placeholder!r} placeholder(s) but {len(spans)} image(s) were given")
+        # An answer is what its message adds to the text after the generation prompt before it.
+        label_ranges = []
+        for i, message in enumerate(conversation):
+            if message["role"] != "assistant":
+                continue
+            before = self.render_chat(conversation[:i], add_generation_prompt=True)
+            through = self.render_chat(conversation[: i + 1])
+            if not (through.startswith(before) and text.startswith(through)):
+                raise ValueError("the chat template does not render a conversation as the extension of its prefixes; cannot find the answers to label")
+            label_ranges.append((len(before), len(through)))
+        input_ids, is_label = self._tokenize_rendered(text, iter(spans), label_ranges)
+        return {"input_ids": input_ids, "labels": [t if flag else IGNORE_INDEX for t, flag in zip(input_ids, is_label)]}
 
     def build_plain_example(self, text: str, images=None, image_token_ids=None) -> dict[str, list[int]]:
         """A pre-training style sequence (text-to-image ``"{caption}<image>"``, image-to-text

@@ -8,8 +8,9 @@
   dataset and the tokenizer weights, so later runs skip the encoder and the VAE.
 - **Mixture.** Every example is drawn as one task with the probabilities of ``--task-mix``: ``t2i``
   (caption -> image), ``i2t`` (image + question -> caption), ``image`` (image only) or ``text`` (text only,
-  from ``--text-dataset`` or the captions). In the chat format (default, the paper's SFT stage: ``USER:`` /
-  ``ASSISTANT:``, loss on answers only), ``t2i`` and ``i2t`` are conversations and ``image`` / ``text`` are
+  from ``--text-dataset`` or the captions). In the chat format (default: the processor's chat template, which is the
+  paper's SFT stage ``USER:`` / ``ASSISTANT:`` unless the text tokenizer has its own; loss on answers only;
+  built by ``SelftokProcessor.build_chat_example``), ``t2i`` and ``i2t`` are conversations and ``image`` / ``text`` are
   plain sequences; ``--no-chat-format`` makes every task a plain sequence with loss on all tokens (the
   paper's pre-training formats). ``--caption-dropout`` removes the caption of that fraction of ``t2i``
   examples, which teaches the unconditional branch that classifier-free guidance needs.
