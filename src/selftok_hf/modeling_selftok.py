@@ -7,7 +7,10 @@ only here and in the decoder pipeline, via :func:`~selftok_hf.token_schedule.to_
 """
 
 
+import json
 import os
+import posixpath
+import threading
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,6 +27,24 @@ from .hub import SelftokHubMixin
 from .quantizer import CosineVectorQuantizer
 from .token_schedule import to_ar_order, to_code_order, token_positions
 from .vae import pixels_to_latents
+
+_VAE_LOCK = threading.Lock()
+
+
+def _load_vae(root: str, subfolder: str, hub_kwargs: dict):
+    """The VAE in ``root``'s ``subfolder`` (a local folder or a Hub repo): diffusers' ``AutoencoderKL``, or the
+    pixel-space stand-in, as its ``config.json`` names it."""
+    from transformers.utils import cached_file
+
+    config = json.loads(open(cached_file(root, "config.json", subfolder=subfolder, **hub_kwargs), encoding="utf-8").read())
+    name = config.get("_class_name")
+    if name == "PixelSpaceAutoencoder":
+        from .pixel_space import PixelSpaceAutoencoder as vae_class
+    elif name == "AutoencoderKL":
+        from diffusers import AutoencoderKL as vae_class
+    else:
+        raise ValueError(f"{root}/{subfolder} holds a {name!r}; the Selftok tokenizer loads an AutoencoderKL or a PixelSpaceAutoencoder")
+    return vae_class.from_pretrained(root, subfolder=subfolder, **hub_kwargs)
 
 __all__ = ["SelftokModel", "SelftokEncoderOutput", "SelftokPreTrainedModel"]
 
@@ -237,12 +258,37 @@ class SelftokPreTrainedModel(PreTrainedModel):
             init.copy_(module.embed, F.normalize(torch.randn_like(module.embed), dim=-1))
 
 
+#: Key of a ``config.json`` naming the subfolder (of the same repo) that holds the tokenizer's weights: the repo root
+#: of a ``SelftokDecoderPipeline`` folder has the tokenizer's config with ``"image_tokenizer"`` here.
+WEIGHTS_SUBFOLDER_KEY = "selftok_weights_subfolder"
+#: Key of a ``config.json`` naming the folder of the tokenizer's VAE, relative to that ``config.json``'s folder
+#: (``"vae"`` at a pipeline's root, ``"../vae"`` in its ``image_tokenizer/``).
+VAE_SUBFOLDER_KEY = "selftok_vae_subfolder"
+_POINTER_KEYS = (WEIGHTS_SUBFOLDER_KEY, VAE_SUBFOLDER_KEY)
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+
+
 class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     """The Selftok image tokenizer: SD3 latents -> K discrete tokens in AR order, and tokens -> code vectors.
 
     The SD3 VAE is not part of this model (it is a stock diffusers ``AutoencoderKL`` stored once, next to
-    the tokenizer, in the pipeline folder). Attach it with :meth:`attach_vae` to go from pixels to ids.
+    the tokenizer, in the pipeline folder). Attach it with :meth:`attach_vae` to go from pixels to ids;
+    loaded from a folder that holds a VAE, the tokenizer finds it itself (see :meth:`from_pretrained`).
     ``push_to_hub`` uploads what :meth:`save_pretrained` writes, model card included (:mod:`selftok_hf.hub`).
+
+    Repo layout (what ``SelftokDecoderPipeline.save_pretrained`` and ``selftok-convert`` write)::
+
+        config.json                  the tokenizer's config (model_type "selftok"), plus
+                                     "selftok_weights_subfolder": "image_tokenizer", "selftok_vae_subfolder": "vae"
+        preprocessor_config.json     its image processor (resize + centre crop, [-1, 1])
+        model_index.json             the diffusers pipeline (DiffusionPipeline ignores the two files above)
+        image_tokenizer/             config.json ("selftok_vae_subfolder": "../vae"), model.safetensors,
+                                     preprocessor_config.json
+        vae/, transformer/, renderer/, scheduler/
+
+    So ``AutoModel.from_pretrained(repo)`` and ``AutoImageProcessor.from_pretrained(repo)`` work at the root (and in
+    ``image_tokenizer/``), ``DiffusionPipeline.from_pretrained(repo)`` as before, and the weights are stored once:
+    the root ``config.json`` only points to them.
     """
 
     def __init__(self, config: SelftokConfig) -> None:
@@ -268,16 +314,68 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
             smart_reactivation=config.smart_reactivation,
         )
         self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
+        self.__dict__["_vae_source"] = None  # (folder or repo id, subfolder, hub kwargs) of a VAE to load on first use
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, load_vae: bool = True, **kwargs):
+        """transformers' ``from_pretrained``, following the pointers of a repo's ``config.json`` (layout in the class
+        docstring): weights from ``selftok_weights_subfolder`` when the config names one (and no ``subfolder`` is
+        given), and the VAE of ``selftok_vae_subfolder`` attached, loaded on first use (the first pixel input or
+        ``.vae``), so ``encode(pixel_values=...)`` works on a tokenizer loaded from a pipeline repo.
+
+        Args:
+            load_vae: False: do not attach the repo's VAE (pass latents, or :meth:`attach_vae` one).
+            kwargs: as for transformers' ``from_pretrained`` (``subfolder``, ``revision``, ``cache_dir``, ...).
+        """
+        subfolder = (kwargs.get("subfolder") or "").strip("/")
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
+        config = kwargs.get("config")
+        if isinstance(config, SelftokConfig):
+            pointers = {key: getattr(config, key, None) for key in _POINTER_KEYS}
+        else:
+            config_dict, _ = SelftokConfig.get_config_dict(
+                pretrained_model_name_or_path, **({"subfolder": subfolder} if subfolder else {}), **hub_kwargs
+            )
+            pointers = {key: config_dict.get(key) for key in _POINTER_KEYS}
+        weights = pointers[WEIGHTS_SUBFOLDER_KEY]
+        config_folder = subfolder
+        if weights and not subfolder:
+            kwargs["subfolder"] = weights
+        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        for key in _POINTER_KEYS:  # they describe the repo, not the model: a re-saved tokenizer must not carry them
+            if key in model.config.__dict__:
+                delattr(model.config, key)
+        vae_folder = pointers[VAE_SUBFOLDER_KEY]
+        if load_vae and vae_folder:
+            root = str(pretrained_model_name_or_path)
+            if os.path.isdir(root):  # a local folder: the VAE folder may lie beside it (`image_tokenizer/../vae`)
+                local = os.path.normpath(os.path.join(root, config_folder, vae_folder))
+                if os.path.isfile(os.path.join(local, "config.json")):
+                    model.__dict__["_vae_source"] = (local, "", {})
+            else:  # a Hub repo: the VAE's subfolder of the same repo and revision
+                vae_subfolder = posixpath.normpath(posixpath.join(config_folder, vae_folder))
+                if not vae_subfolder.startswith(".."):
+                    model.__dict__["_vae_source"] = (root, vae_subfolder, hub_kwargs)
+        return model
+
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *, push_to_hub: bool = False, **kwargs) -> None:
-        """transformers' ``save_pretrained`` (with the code files that ``trust_remote_code=True`` loads), plus a
-        ``README.md`` model card. With ``push_to_hub=True`` the folder is then uploaded by
+        """transformers' ``save_pretrained`` (with the code files that ``trust_remote_code=True`` loads), plus the
+        image processor (``preprocessor_config.json``) and a ``README.md`` model card. With ``push_to_hub=True`` the folder is then uploaded by
         :func:`selftok_hf.hub.push_folder` (``repo_id``, ``token``, ``private``, ``commit_message``, ``create_pr``, ``revision``, ``tags``)."""
         push_arguments = self._pop_push_arguments(save_directory, push_to_hub, kwargs)
         super().save_pretrained(save_directory, is_main_process, **kwargs)
         if is_main_process:
+            # Its image processor, so that AutoImageProcessor.from_pretrained(folder) works here too.
+            self.image_processor().save_pretrained(save_directory)
             self._finish_save(save_directory, push_arguments)
+
+    def image_processor(self):
+        """The image processor for this tokenizer's input size (resize the shortest edge + centre crop, [-1, 1])."""
+        from .image_processing_selftok import SelftokImageProcessorPil
+
+        size = self.config.image_size
+        return SelftokImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
 
     # ----------------------------------------------------------------------------------------- VAE
     def attach_vae(self, vae) -> "SelftokModel":
@@ -290,11 +388,22 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
             )
         # Bypass nn.Module.__setattr__, which would register the VAE as a submodule (and save it).
         self.__dict__["_vae"] = vae
+        self.__dict__["_vae_source"] = None
         return self
 
     @property
+    def has_vae(self) -> bool:
+        """Whether pixels can be tokenised: a VAE is attached, or the folder this was loaded from holds one."""
+        return self.__dict__.get("_vae") is not None or self.__dict__.get("_vae_source") is not None
+
+    @property
     def vae(self):
-        return self._vae
+        """The attached VAE; the one of the folder this tokenizer was loaded from is loaded here on first use."""
+        if self.__dict__.get("_vae") is None and self.__dict__.get("_vae_source") is not None:
+            with _VAE_LOCK:
+                if self.__dict__.get("_vae") is None and self.__dict__.get("_vae_source") is not None:
+                    self.attach_vae(_load_vae(*self.__dict__["_vae_source"]).to(self.device).eval())
+        return self.__dict__.get("_vae")
 
     @torch.no_grad()
     def latents_from_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -302,13 +411,14 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
 
         Uses the VAE posterior's mode, as the official inference does.
         """
-        if self._vae is None:
+        vae = self.vae
+        if vae is None:
             raise ValueError(
                 "No VAE attached: pixel input needs the SD3 VAE. Call `model.attach_vae(AutoencoderKL.from_pretrained("
                 "folder, subfolder='vae'))`, or use `SelftokDecoderPipeline.encode(images)`, or pass `latents=`."
             )
         cfg = self.config
-        return pixels_to_latents(self._vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor).to(self.device)
+        return pixels_to_latents(vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor).to(self.device)
 
     # ---------------------------------------------------------------------------------- validation
     def _check_latents(self, latents: torch.Tensor) -> None:

@@ -35,7 +35,7 @@ from .embeddings import TimestepEmbedder  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
 from .hub import CARD_NAME, SelftokHubMixin, drop_local_name_or_path
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
-from .modeling_selftok import SelftokModel
+from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokModel
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .pixel_space import PixelSpaceAutoencoder
 from .token_schedule import to_code_order
@@ -174,6 +174,9 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         self.register_modules(image_tokenizer=image_tokenizer, transformer=transformer, vae=vae, scheduler=scheduler, renderer=renderer)
         size = image_tokenizer.config.image_size if image_tokenizer is not None else 256
         self.image_processor = SelftokImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+        # The tokenizer takes pixels with the pipeline's VAE (rather than loading the folder's VAE a second time).
+        if image_tokenizer is not None and vae is not None and image_tokenizer.__dict__.get("_vae") is None:
+            image_tokenizer.attach_vae(vae)
 
     # ------------------------------------------------------------------------------ save / load
     def save_pretrained(self, save_directory: Union[str, os.PathLike], *, push_to_hub: bool = False, **kwargs) -> None:
@@ -201,8 +204,23 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
             index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self._write_root_tokenizer_files(root)
         drop_local_name_or_path(root)  # diffusers records the folder this pipeline was loaded from
         self._finish_save(root, push_arguments)
+
+    def _write_root_tokenizer_files(self, root: Path) -> None:
+        """Make the root answer transformers' Auto classes: a ``config.json`` (the tokenizer's, pointing to the
+        weights in ``image_tokenizer/`` and to ``vae/``) and a ``preprocessor_config.json``; ``image_tokenizer/``'s
+        config points to ``../vae``. Weights are not copied (see :class:`SelftokModel`'s docstring for the layout);
+        ``DiffusionPipeline.from_pretrained`` reads ``model_index.json`` and ignores both root files."""
+        tokenizer_config_path = root / "image_tokenizer" / "config.json"
+        tokenizer_config = json.loads(tokenizer_config_path.read_text())
+        has_vae = (root / "vae" / "config.json").is_file()
+        if has_vae:
+            tokenizer_config_path.write_text(json.dumps({**tokenizer_config, VAE_SUBFOLDER_KEY: "../vae"}, indent=2, sort_keys=True) + "\n")
+        pointers = {WEIGHTS_SUBFOLDER_KEY: "image_tokenizer", **({VAE_SUBFOLDER_KEY: "vae"} if has_vae else {})}
+        (root / "config.json").write_text(json.dumps({**tokenizer_config, **pointers}, indent=2, sort_keys=True) + "\n")
+        self.image_processor.save_pretrained(root)
 
     @classmethod
     def load_config(cls, *args, **kwargs):
