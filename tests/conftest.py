@@ -17,11 +17,23 @@ REFERENCE_DIR = Path(os.environ.get("SELFTOK_REFERENCE_DIR", Path(__file__).pare
 # Deprecations that selftok_hf code causes fail the tests (pytest.ini: error::FutureWarning:selftok_hf, same for
 # DeprecationWarning). Those filters match the module a warning is attributed to, and a library warning caused by our
 # call (e.g. transformers' FutureWarning for a deprecated keyword) is attributed to the library or to torch's
-# Module.__call__, so warnings.warn is wrapped: a FutureWarning or DeprecationWarning whose call stack passes through
-# selftok_hf is attributed to the innermost selftok_hf frame. The filters then decide as usual (pytest.warns and
-# warnings.catch_warnings still work).
+# Module.__call__, so warnings.warn is wrapped: a FutureWarning or DeprecationWarning is attributed to the first frame
+# outside the issuing library (and outside torch's module-call plumbing) when that frame is selftok_hf code, i.e.
+# when our call is the one using the deprecated API. A deprecation one library hits inside another (peft calling a
+# deprecated transformers property while we call peft) stays the libraries' own. The filters then decide as usual
+# (pytest.warns and warnings.catch_warnings still work).
 _SELFTOK_DIR = os.path.dirname(importlib.util.find_spec("selftok_hf").origin) + os.sep
+_TORCH_DIR = os.path.dirname(importlib.util.find_spec("torch").origin) + os.sep
 _original_warn = warnings.warn
+
+
+def _library_root(filename: str) -> str:
+    """``.../site-packages/<package>/`` for a file of an installed package, else the file itself."""
+    marker = os.sep + "site-packages" + os.sep
+    if marker not in filename:
+        return filename
+    head, tail = filename.split(marker, 1)
+    return head + marker + tail.split(os.sep, 1)[0] + os.sep
 
 
 def _warn_attributed_to_selftok(message, category=None, stacklevel=1, source=None, **kwargs):
@@ -29,11 +41,11 @@ def _warn_attributed_to_selftok(message, category=None, stacklevel=1, source=Non
         category = type(message)
     if category is not None and issubclass(category, (DeprecationWarning, FutureWarning)):
         frame, depth = sys._getframe(1), 1
-        while frame is not None:
-            if frame.f_code.co_filename.startswith(_SELFTOK_DIR):
-                stacklevel = depth
-                break
+        issuer = _library_root(frame.f_code.co_filename)
+        while frame is not None and (frame.f_code.co_filename.startswith(issuer) or frame.f_code.co_filename.startswith(_TORCH_DIR)):
             frame, depth = frame.f_back, depth + 1
+        if frame is not None and frame.f_code.co_filename.startswith(_SELFTOK_DIR) and not issuer.startswith(_SELFTOK_DIR):
+            stacklevel = depth
     return _original_warn(message, category, stacklevel + 1, source, **kwargs)
 
 

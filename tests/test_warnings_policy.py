@@ -48,3 +48,13 @@ def test_other_warnings_are_left_alone():
     call = _selftok_function("def call(f, *args):\n    return f(*args)\n", "call")
     with pytest.warns(UserWarning):  # not a deprecation
         call(warnings.warn, "just a warning", UserWarning)
+
+
+def test_a_deprecation_one_library_hits_inside_another_is_not_ours():
+    """peft calling a deprecated transformers property while selftok_hf calls peft: the first frame outside the issuing
+    library is the other library's, so the warning stays theirs (recorded, not an error)."""
+    other_library = {"__name__": "other_library"}
+    exec(compile("def uses_deprecated(f):\n    return f()\n", "/nonexistent/other_library/api.py", "exec"), other_library)
+    call = _selftok_function("def call(f, *args):\n    return f(*args)\n", "call")
+    with pytest.warns(FutureWarning, match="old_name"):
+        call(other_library["uses_deprecated"], _library_deprecation)
