@@ -8,6 +8,9 @@ import warnings
 from pathlib import Path
 from unittest import mock
 
+import datasets
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
@@ -249,3 +252,21 @@ def parity():
         forward_error_bound=fp32_forward_error_bound,
         other_fp32=another_fp32_implementation,
     )
+
+
+#: Side of the trainers' test images: SELFTOK_TINY_CONFIG's latent side 8 x pixel patch 2.
+TRAINING_IMAGE_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def image_dir(tmp_path_factory):
+    """Four 16-px images saved with `save_to_disk`: a crop of the training size is the image itself."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:TRAINING_IMAGE_SIZE, 0:TRAINING_IMAGE_SIZE] / TRAINING_IMAGE_SIZE
+    images = []
+    for i in range(4):
+        base = np.stack([x, y, (x + y) / 2], -1) * rng.uniform(0.3, 1.0, 3) + 0.1 * rng.standard_normal((TRAINING_IMAGE_SIZE, TRAINING_IMAGE_SIZE, 3))
+        images.append(PIL.Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
+    path = tmp_path_factory.mktemp("data") / "images"
+    datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
+    return str(path)

@@ -34,21 +34,7 @@ from selftok_hf.training.tokenizer import (
     main as tokenizer_main,
 )
 
-IMAGE_SIZE = 16  # SELFTOK_TINY_CONFIG latent side 8 x pixel patch 2
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    """Four 16-px images saved with `save_to_disk`: a crop of the training size is the image itself."""
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE
-    images = []
-    for i in range(4):
-        base = np.stack([x, y, (x + y) / 2], -1) * rng.uniform(0.3, 1.0, 3) + 0.1 * rng.standard_normal((IMAGE_SIZE, IMAGE_SIZE, 3))
-        images.append(PIL.Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
-    path = tmp_path_factory.mktemp("data") / "images"
-    datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
-    return str(path)
+IMAGE_SIZE = 16  # conftest.TRAINING_IMAGE_SIZE, the side of the image_dir fixture's images
 
 
 def _args(tmp_path, image_dir, **overrides):

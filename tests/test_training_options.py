@@ -4,9 +4,6 @@ and the small-VAE trainer with a tokenizer trained on its latents."""
 import json
 import os
 
-import datasets
-import numpy as np
-import PIL.Image
 import pytest
 import torch
 from diffusers import AutoencoderKL
@@ -17,20 +14,7 @@ from selftok_hf.training.data import StepBatches, load_image_dataset
 from selftok_hf.training.loop import latest_checkpoint
 from selftok_hf.training.tokenizer import TokenizerTrainer, TokenizerTrainingArguments, train_tokenizer
 
-IMAGE_SIZE = 16
-
-
-@pytest.fixture(scope="module")
-def image_dir(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE] / IMAGE_SIZE
-    images = []
-    for _ in range(6):
-        base = np.stack([x, y, (x + y) / 2], -1) * rng.uniform(0.3, 1.0, 3) + 0.1 * rng.standard_normal((IMAGE_SIZE, IMAGE_SIZE, 3))
-        images.append(PIL.Image.fromarray((np.clip(base, 0, 1) * 255).astype(np.uint8)))
-    path = tmp_path_factory.mktemp("data") / "images"
-    datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
-    return str(path)
+IMAGE_SIZE = 16  # conftest.TRAINING_IMAGE_SIZE, the side of the image_dir fixture's images
 
 
 def _args(output_dir, image_dir, **overrides):

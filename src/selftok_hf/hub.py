@@ -51,6 +51,8 @@ from huggingface_hub import (
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from .portable_config import without_local_name_or_path
+
 __all__ = [
     "SelftokHubMixin",
     "artifact_kind",
@@ -173,10 +175,9 @@ def drop_local_name_or_path(folder: str | os.PathLike) -> None:
     root = Path(folder)
     for path in [root / "model_index.json", *root.glob("*/config.json"), *root.glob("*/scheduler_config.json")]:
         config = _read_json(path)
-        name = config.get("_name_or_path")
-        if isinstance(name, str) and hub_model_id(name) is None:
-            del config["_name_or_path"]
-            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        portable = without_local_name_or_path(config)
+        if portable != config:
+            path.write_text(json.dumps(portable, indent=2, sort_keys=True) + "\n")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -22,9 +22,7 @@ Official checkpoints (github ``selftok-team/SelftokTokenizer``) load through
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
 import re
 import threading
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -41,6 +39,7 @@ from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZ
 from torch import nn
 
 from .embeddings import TimestepEmbedder, sincos_1d
+from .portable_config import PortableConfigMixin
 from .token_schedule import token_positions
 
 __all__ = [
@@ -316,7 +315,7 @@ class SelftokJointBlock(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ models
-class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
+class _SelftokMMDiTBase(PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Token stream, transformer blocks and output head shared by the decoder and the renderer.
 
     Subclasses build their image stream, call :meth:`_build_backbone`, and run :meth:`_run_backbone`.
@@ -326,15 +325,6 @@ class _SelftokMMDiTBase(ModelMixin, ConfigMixin, PeftAdapterMixin):
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SelftokJointBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm", "canvas"]
-
-    def to_json_string(self) -> str:
-        """diffusers' config JSON, without ``_name_or_path`` when it is a local folder (the one this model was loaded
-        from: a machine path, no use anywhere else); Hub model ids are kept."""
-        config = json.loads(super().to_json_string())
-        name = config.get("_name_or_path")
-        if isinstance(name, str) and (os.path.isabs(name) or os.path.isdir(name)):
-            del config["_name_or_path"]
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def _build_backbone(self, out_channels: int) -> None:
         """Token stream, blocks and head, sized by ``self.config`` (registered before ``__init__`` runs)."""

@@ -10,9 +10,6 @@ the decoder pipeline, the trainers and the evaluator run unchanged on either lat
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -23,10 +20,12 @@ from diffusers.models.autoencoders.vae import (
 )
 from diffusers.models.modeling_utils import ModelMixin
 
+from .portable_config import PortableConfigMixin
+
 __all__ = ["PixelSpaceAutoencoder"]
 
 
-class PixelSpaceAutoencoder(ModelMixin, ConfigMixin):
+class PixelSpaceAutoencoder(PortableConfigMixin, ModelMixin, ConfigMixin):
     """Space-to-depth "autoencoder": images in [-1, 1] ``(B, C, H, W)`` <-> ``(B, C p², H/p, W/p)``, losslessly.
 
     Args:
@@ -56,15 +55,6 @@ class PixelSpaceAutoencoder(ModelMixin, ConfigMixin):
         # This module has no weights, but diffusers reports a model's device/dtype from its first parameter or
         # buffer and `from_pretrained` requires a weights file: one empty, saved buffer serves both.
         self.register_buffer("device_dtype_anchor", torch.empty(0))
-
-    def to_json_string(self) -> str:
-        """diffusers' config JSON, without ``_name_or_path`` when it is a local folder (the one this model was loaded
-        from: a machine path, no use anywhere else); Hub model ids are kept."""
-        config = json.loads(super().to_json_string())
-        name = config.get("_name_or_path")
-        if isinstance(name, str) and (os.path.isabs(name) or os.path.isdir(name)):
-            del config["_name_or_path"]
-        return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
     def encode(self, x: torch.Tensor, return_dict: bool = True) -> AutoencoderKLOutput | tuple:
         """Images ``(B, C, H, W)`` (H, W multiples of ``patch_size``) -> a deterministic "posterior" over

@@ -59,6 +59,7 @@ from ..training.loop import (
     LoopArguments,
     TrainingLoop,
     add_dataclass_arguments,
+    enable_activation_checkpointing,
     parse_dataclass_arguments,
     plain_text,
 )
@@ -239,7 +240,7 @@ class GRPOTrainer(TrainingLoop):
             self.reward = build_reward(args.rewards)
         policy = self.pipeline.language_model
         if args.gradient_checkpointing:
-            policy.gradient_checkpointing_enable()
+            enable_activation_checkpointing(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
         self.accelerator.register_for_checkpointing(self.reference)
         self.models = {"language_model": policy}

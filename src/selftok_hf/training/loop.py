@@ -45,6 +45,7 @@ __all__ = [
     "TrainingLoop",
     "add_dataclass_arguments",
     "dataclass_field_help",
+    "enable_activation_checkpointing",
     "latest_checkpoint",
     "load_json_or_preset",
     "parse_dataclass_arguments",
@@ -210,6 +211,13 @@ def load_json_or_preset(value: str | None, presets: dict[str, dict]) -> dict:
         return json.loads(value)
     except json.JSONDecodeError:
         raise ValueError(f"{value!r} is neither a preset ({sorted(presets)}), a JSON file nor a JSON object") from None
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute a transformers model's activations in the backward pass: ``activation_checkpointing_enable`` where
+    transformers has it (5.24 deprecated the older ``gradient_checkpointing_enable``), else the older name."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:

@@ -48,6 +48,7 @@ from .loop import (
     LoopArguments,
     TrainingLoop,
     add_dataclass_arguments,
+    enable_activation_checkpointing,
     parse_dataclass_arguments,
 )
 
@@ -322,7 +323,7 @@ class SFTTrainer(TrainingLoop):
         self._load_data()
         model = self.pipeline.language_model
         if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
         if args.lora:
             if args.gradient_checkpointing:
                 model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a graph to recompute

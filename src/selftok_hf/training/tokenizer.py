@@ -18,12 +18,10 @@ the image half of every block) 1e-5, the rest of the decoder 5e-5; AdamW(0.9, 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -48,7 +46,13 @@ from .data import (
     images_to_tensor,
     load_image_dataset,
 )
-from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
+from .loop import (
+    LoopArguments,
+    TrainingLoop,
+    enable_activation_checkpointing,
+    load_json_or_preset,
+    run_training_cli,
+)
 
 __all__ = [
     "SelftokTokenizerObjective",
@@ -250,7 +254,7 @@ class TokenizerTrainer(TrainingLoop):
         args = self.args
         tokenizer, decoder, vae = self._build_models()
         if args.gradient_checkpointing:
-            tokenizer.gradient_checkpointing_enable()
+            enable_activation_checkpointing(tokenizer)
             decoder.enable_gradient_checkpointing()
         self.vae = vae.to(self.accelerator.device).eval().requires_grad_(False)
         self.objective = SelftokTokenizerObjective(tokenizer, decoder, cfg_dropout=args.cfg_dropout)
