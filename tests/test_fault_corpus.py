@@ -1,12 +1,19 @@
 """The project's own corpus of bad inputs and faults: every case that once failed badly (a crash deep inside, a
 silent wrong result, data loss, a race) gets a test here, so it stays fixed."""
 
+import json
 import threading
+import warnings
 
+import numpy as np
+import PIL.Image
 import pytest
 import torch
 
+from selftok_hf.cli import main as selftok_main
+from selftok_hf.pipeline_selftok_decoder import SelftokDecoderPipeline
 from selftok_hf.quickstart import random_tiny_pipeline
+from selftok_hf.vae import RandomWeightsWarning
 
 
 @pytest.fixture(scope="module")
@@ -14,6 +21,51 @@ def tiny_pipeline():
     pipe = random_tiny_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    """A saved tiny random pipeline, for the ``selftok`` command (run in-process)."""
+    path = tmp_path_factory.mktemp("tiny_pipeline")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        random_tiny_pipeline(seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def loaded_tiny_pipeline(tiny_pipeline_dir):
+    pipe = SelftokDecoderPipeline.from_pretrained(tiny_pipeline_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_cli(capsys, *argv):
+    """``selftok ARGV`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = selftok_main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _token_ids(pipe, rows=2, seed=0):
+    cfg = pipe.image_tokenizer.config
+    return torch.randint(0, cfg.codebook_size, (rows, cfg.num_tokens), generator=torch.Generator().manual_seed(seed))
+
+
+def _photo_like(mode: str, size=(40, 36)) -> PIL.Image.Image:
+    """A seeded image in ``mode`` whose pixels matter: an alpha channel with transparent areas, 16-bit values above 255."""
+    rng = np.random.default_rng(0)
+    h, w = size[1], size[0]
+    if mode == "I;16":
+        return PIL.Image.fromarray(rng.integers(0, 65536, (h, w)).astype(np.uint16))
+    alpha = np.where(np.arange(h)[:, None] < h // 2, 0, 255).astype(np.uint8) * np.ones((1, w), np.uint8)
+    if mode == "LA":
+        return PIL.Image.fromarray(np.stack([rng.integers(0, 256, (h, w)).astype(np.uint8), alpha], -1), mode="LA")
+    return PIL.Image.fromarray(np.concatenate([rng.integers(0, 256, (h, w, 3)).astype(np.uint8), alpha[..., None]], -1), mode="RGBA")
 
 
 # --------------------------------------------------------------------------------------------- concurrency
@@ -108,3 +160,324 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
     # The warm-up continues where it stopped: a resumed run needs no scheduler state.
     assert [h["step"] for h in history] == [3, 4]
     assert [h["lr/language_model"] for h in history] == pytest.approx([3e-3 / 4, 1e-3])
+
+
+# ------------------------------------------------------------------------- image loading: one path for CLI and API
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "I;16"])
+def test_cli_and_api_give_the_same_ids_for_alpha_and_16_bit_files(mode, tiny_pipeline_dir, loaded_tiny_pipeline, tmp_path, capsys):
+    """The CLI used to load with ``.convert("RGB")`` (alpha -> black, 16-bit clipped to white) while the processor
+    composites on white and rescales: different ids for the same file. Both now use the processor's path."""
+    path = tmp_path / f"image_{mode.replace(';', '')}.png"
+    _photo_like(mode).save(path)
+    assert PIL.Image.open(path).mode == mode
+    code, _, err = run_cli(capsys, "encode", path, "--pipeline", tiny_pipeline_dir, "-o", tmp_path / "ids.npy")
+    assert code == 0, err
+    api = loaded_tiny_pipeline.encode(PIL.Image.open(path))
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), api.numpy())
+    # The same pixels too (ids of a random tiny model could agree by chance): what the old loader gave differs.
+    processor = loaded_tiny_pipeline.image_processor
+    ours = processor(PIL.Image.open(path), return_tensors="pt").pixel_values
+    from selftok_hf.image_processing_selftok import load_image_file
+
+    assert torch.equal(processor(load_image_file(path), return_tensors="pt").pixel_values, ours)
+    assert not torch.equal(processor(PIL.Image.open(path).convert("RGB"), return_tensors="pt").pixel_values, ours)
+
+
+def test_reconstruct_shows_transparent_areas_white(tiny_pipeline_dir, tmp_path, capsys):
+    path = tmp_path / "rgba.png"
+    _photo_like("RGBA", size=(32, 32)).save(path)
+    code, _, err = run_cli(capsys, "reconstruct", path, "--pipeline", tiny_pipeline_dir, "-o", tmp_path / "r.png", "--renderer")
+    assert code == 0, err
+    grid = np.asarray(PIL.Image.open(tmp_path / "r.png"))
+    assert grid[:16, :32].min() == 255  # the input column's transparent top half (was black)
+
+
+# ------------------------------------------------------------------------------------ image processor inputs
+def _pixels(images, **kwargs):
+    from selftok_hf.image_processing_selftok import SelftokImageProcessorPil
+
+    processor = SelftokImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return processor(images, return_tensors="pt", **kwargs).pixel_values
+
+
+_UINT8 = np.random.default_rng(1).integers(0, 256, (36, 40, 3)).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [_UINT8.astype(np.float32) / 255, torch.from_numpy(_UINT8.astype(np.float32) / 255).permute(2, 0, 1), _UINT8.astype(np.float64)],
+    ids=["float32 in [0, 1]", "float tensor in [0, 1]", "float64 in [0, 255]"],
+)
+def test_float_arrays_are_not_rescaled_twice(image):
+    """Float pixels already in [0, 1] were divided by 255 again (a near-black image, no warning); floats in [0, 255]
+    crashed in resize. Both now give the uint8 image's pixel values."""
+    assert torch.allclose(_pixels(image), _pixels(_UINT8), atol=1e-6)
+
+
+def test_bool_arrays_are_black_and_white():
+    mask = np.zeros((36, 40), bool)
+    mask[:, 20:] = True
+    assert torch.equal(_pixels(mask), _pixels(mask.astype(np.uint8) * 255))
+    assert _pixels(np.ones((32, 32, 3), bool)).min() == 1
+
+
+@pytest.mark.parametrize("value, match", [(float("nan"), "NaN"), (float("inf"), "NaN or infinite"), (-0.5, r"must lie in \[0, 1\]"), (300.0, r"\[0, 255\]")])
+def test_bad_float_pixels_are_refused(value, match):
+    image = np.full((8, 8, 3), 0.5, np.float32)
+    image[0, 0, 0] = value
+    with pytest.raises(ValueError, match=match):
+        _pixels(image)
+
+
+def test_a_2d_greyscale_array_is_one_image():
+    grey = _UINT8[..., 0]
+    expected = _pixels(PIL.Image.fromarray(grey, mode="L"))
+    assert torch.equal(_pixels(grey), expected)
+    assert torch.equal(_pixels(torch.from_numpy(grey)), expected)
+    assert torch.equal(_pixels([grey, grey]), torch.cat([expected, expected]))
+
+
+@pytest.mark.parametrize(
+    "images", [[], (), PIL.Image.new("RGB", (0, 0)), PIL.Image.new("L", (5, 0)), np.zeros((0, 0, 3), np.uint8), torch.zeros(3, 0, 4)],
+    ids=["empty list", "empty tuple", "PIL 0x0", "PIL 5x0", "array 0x0", "tensor 0x4"],
+)
+def test_empty_batches_and_zero_size_images_are_refused(images):
+    """``processor([])`` returned a (0,) tensor; a 0x0 image raised ZeroDivisionError deep inside."""
+    with pytest.raises(ValueError, match="no images given|zero-size"):
+        _pixels(images)
+
+
+def test_a_constant_float_image_keeps_its_value():
+    """Mode F was min-max normalised: a constant image became black. Floats in [0, 1] are read as [0, 1], floats
+    in [0, 255] as 8-bit values."""
+    for value, level in ((0.7, 0.7), (178.5, 0.7), (0.0, 0.0)):
+        image = PIL.Image.fromarray(np.full((32, 32), value, np.float32), mode="F")
+        assert torch.allclose(_pixels(image), torch.full((1, 3, 32, 32), round(level * 255) / 127.5 - 1), atol=1e-6), value
+    ramp = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    as_l = PIL.Image.fromarray(np.round(ramp * 255).astype(np.uint8), mode="L")
+    assert torch.allclose(_pixels(PIL.Image.fromarray(ramp, mode="F")), _pixels(as_l), atol=1e-6)
+    with pytest.raises(ValueError, match="NaN"):
+        _pixels(PIL.Image.fromarray(np.full((8, 8), np.nan, np.float32), mode="F"))
+
+
+def test_a_missing_image_path_is_reported_as_a_missing_file(tmp_path, tiny_pipeline_dir, capsys):
+    """It used to say 'Incorrect image source ... URL ... base64'."""
+    missing = tmp_path / "nope.png"
+    with pytest.raises(FileNotFoundError, match="nope.png.*no such file"):
+        _pixels(str(missing))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _pixels([missing])
+    code, _, err = run_cli(capsys, "encode", missing, "--pipeline", tiny_pipeline_dir, "-o", tmp_path / "ids.npy")
+    assert code == 2 and "nope.png" in err and "no such file" in err and "URL" not in err
+
+
+def test_a_path_and_an_opened_file_give_the_same_pixels(tmp_path):
+    path = tmp_path / "la.png"
+    _photo_like("LA").save(path)
+    assert torch.equal(_pixels(str(path)), _pixels(PIL.Image.open(path)))
+
+
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, tiny_pipeline_dir, monkeypatch, capsys):
+    path = tmp_path / "bomb.png"
+    PIL.Image.new("RGB", (64, 64)).save(path)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 px > 2 x the limit: PIL's DecompressionBombError
+    with pytest.raises(ValueError, match="bomb.png.*decompression bomb"):
+        _pixels(str(path))
+    code, _, err = run_cli(capsys, "encode", path, "--pipeline", tiny_pipeline_dir, "-o", tmp_path / "ids.npy")
+    assert code == 2 and "bomb.png" in err and "decompression bomb" in err
+    assert not (tmp_path / "ids.npy").exists()
+
+
+# ------------------------------------------------------------------------------------------- encode() inputs
+@pytest.mark.parametrize(
+    "pixels, match",
+    [
+        (torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8), "floating-point tensor in \\[-1, 1\\]"),
+        (torch.rand(1, 3, 32, 32) * 255, "must lie in \\[-1, 1\\]"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        (torch.zeros(1, 3, 32, 32).index_fill_(3, torch.tensor([0]), float("inf")), "NaN or infinite"),
+        (torch.zeros(1, 1, 32, 32), "shape"),
+    ],
+    ids=["uint8", "float in [0, 255]", "NaN", "inf", "one channel"],
+)
+def test_encode_refuses_tensors_that_are_not_pixels_in_minus_one_one(tiny_pipeline, pixels, match):
+    """``pipe.encode(tensor)`` accepted any dtype and range, and NaN pixels gave all-zero ids."""
+    with pytest.raises(ValueError, match=match):
+        tiny_pipeline.encode(pixels)
+    with pytest.raises(ValueError, match=match):
+        tiny_pipeline.image_tokenizer.encode(pixel_values=pixels)
+
+
+def test_encode_accepts_pixels_within_the_tolerance(tiny_pipeline):
+    pixels = torch.rand(1, 3, 32, 32) * 2 - 1
+    pixels[0, 0, 0, 0] = 1.001
+    assert tiny_pipeline.encode(pixels).shape == (1, tiny_pipeline.image_tokenizer.config.num_tokens)
+
+
+def test_encode_refuses_non_finite_latents(tiny_pipeline):
+    latents = torch.zeros(tiny_pipeline._latent_shape(1))
+    latents[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="latents contain NaN"):
+        tiny_pipeline.image_tokenizer.encode(latents=latents)
+
+
+# ------------------------------------------------------------------------------------- decoder call arguments
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), 0.5, True, "2"], ids=["nan", "inf", "0.5", "bool", "str"])
+def test_guidance_scale_must_be_a_finite_number_at_least_one(tiny_pipeline, scale):
+    """NaN was treated as 1 and inf gave all-black images."""
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 1"):
+        tiny_pipeline(_token_ids(tiny_pipeline), num_inference_steps=2, guidance_scale=scale)
+
+
+def test_latents_with_one_nan_are_refused(tiny_pipeline):
+    latents = torch.randn(tiny_pipeline._latent_shape(2))
+    latents[1, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="latents contain NaN"):
+        tiny_pipeline(_token_ids(tiny_pipeline), num_inference_steps=2, latents=latents)
+
+
+@pytest.mark.parametrize("output_type", ["pil", "latent"])
+def test_non_finite_results_from_corrupt_weights_raise(output_type):
+    """A NaN in the weights gave black PNGs with no error; one check at the end of the call reports it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        pipe = random_tiny_pipeline(seed=1)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        pipe.transformer.proj_out.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN or infinite"):
+        pipe(_token_ids(pipe), num_inference_steps=2, output_type=output_type)
+
+
+@pytest.mark.parametrize("count", [0, 1, 3], ids=["empty", "short", "extra"])
+def test_a_generator_list_must_have_one_entry_per_image(tiny_pipeline, count):
+    """Extra generators were ignored silently; a short or empty list crashed inside diffusers."""
+    generators = [torch.Generator().manual_seed(i) for i in range(count)]
+    with pytest.raises(ValueError, match=f"got {count} generators for 2 images"):
+        tiny_pipeline(_token_ids(tiny_pipeline), num_inference_steps=2, generator=generators)
+    with pytest.raises(ValueError, match="generators for 4 images"):
+        tiny_pipeline(_token_ids(tiny_pipeline), num_inference_steps=2, generator=generators + [torch.Generator()] * 5 if count == 3 else generators, num_images_per_prompt=2)
+
+
+@pytest.mark.parametrize("steps", [True, 0, 1001, 10**9, 2.0], ids=["True", "0", "1001", "1e9", "float"])
+def test_num_inference_steps_must_be_an_integer_in_range(tiny_pipeline, steps):
+    """``steps=True`` ran one step; 10**9 steps tried to allocate 4 GB."""
+    with pytest.raises(ValueError, match=r"num_inference_steps must be an integer in \[1, 1000\]"):
+        tiny_pipeline(_token_ids(tiny_pipeline), num_inference_steps=steps)
+
+
+def test_numpy_integers_are_accepted_for_integer_arguments(tiny_pipeline):
+    ids = _token_ids(tiny_pipeline, rows=1)
+    K = ids.shape[1]
+    want = tiny_pipeline(ids, num_inference_steps=2, prefix_length=K // 2, num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    got = tiny_pipeline(ids, num_inference_steps=np.int64(2), prefix_length=np.int32(K // 2), num_images_per_prompt=np.int64(2), generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="num_images_per_prompt"):
+        tiny_pipeline(ids, num_inference_steps=2, num_images_per_prompt=np.bool_(True))
+
+
+# ----------------------------------------------------------------------------------- the selftok command's arguments
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--guidance-scale", "0.5"], "--guidance-scale: must be a finite number >= 1"),
+        (["--guidance-scale", "inf"], "--guidance-scale: must be a finite number >= 1"),
+        (["--guidance-scale", "nan"], "--guidance-scale: must be a finite number >= 1"),
+        (["--device", "nope"], "--device: not a torch device: 'nope'"),
+        (["--steps", "1000000"], "--steps: must be an integer >= 1 and <= 1000"),
+    ],
+    ids=["guidance 0.5", "guidance inf", "guidance nan", "device nope", "steps 1e6"],
+)
+def test_bad_decoding_arguments_exit_2(argv, message, tiny_pipeline_dir, tmp_path, capsys):
+    np.save(tmp_path / "ids.npy", np.zeros((1, 32), np.int64))
+    code, _, err = run_cli(capsys, "decode", tmp_path / "ids.npy", "-o", tmp_path / "out", "--pipeline", tiny_pipeline_dir, *argv)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_exits_2(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "encode", "x.png", "-o", tmp_path / "ids.npy", "--device", "cuda")
+    assert code == 2 and "device 'cuda' is not available" in err
+
+
+@pytest.fixture()
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    PIL.Image.fromarray(_UINT8).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["encode", "reconstruct", "decode"])
+def test_outputs_into_a_missing_folder_or_onto_an_existing_file_are_refused_before_any_work(command, photo, tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    from selftok_hf import cli
+
+    monkeypatch.setattr(cli, "_load_decoder_pipeline", lambda args: pytest.fail("loaded the pipeline before checking the output"))
+    np.save(tmp_path / "ids.npy", np.zeros((2, 32), np.int64))
+    source = tmp_path / "ids.npy" if command == "decode" else photo
+    name = {"encode": "out.npy", "reconstruct": "out.png", "decode": "decoded"}[command]
+    if command != "decode":  # decode creates its folder
+        code, _, err = run_cli(capsys, command, source, "-o", tmp_path / "missing" / name, "--pipeline", tiny_pipeline_dir)
+        assert code == 2 and "does not exist" in err, err
+        (tmp_path / name).write_bytes(b"precious")
+    else:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "image_0001.png").write_bytes(b"precious")
+    code, _, err = run_cli(capsys, command, source, "-o", tmp_path / name, "--pipeline", tiny_pipeline_dir)
+    assert code == 2 and "--overwrite" in err, err
+    kept = tmp_path / name if command != "decode" else tmp_path / name / "image_0001.png"
+    assert kept.read_bytes() == b"precious"
+    monkeypatch.undo()
+    code, _, err = run_cli(capsys, command, source, "-o", tmp_path / name, "--pipeline", tiny_pipeline_dir, "--overwrite", *(["--renderer"] if command != "encode" else []))
+    assert code == 0, err
+    assert kept.read_bytes() != b"precious"
+
+
+def test_a_corrupt_or_pickled_npy_is_named(tiny_pipeline_dir, tmp_path, capsys):
+    """A corrupt file was reported as 'pickled data' without its name; object arrays are never unpickled."""
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    np.save(tmp_path / "objects.npy", np.array([[1, 2], [3, None]], dtype=object), allow_pickle=True)
+    (tmp_path / "bad.json").write_text("{not json")
+    for name in ("corrupt.npy", "objects.npy", "bad.json"):
+        code, _, err = run_cli(capsys, "decode", tmp_path / name, "-o", tmp_path / "out", "--pipeline", tiny_pipeline_dir)
+        assert code == 2 and name in err and "not a readable" in err, err
+
+
+# ------------------------------------------------------------------------------ CLI outputs are written atomically
+@pytest.mark.parametrize("suffix", [".npy", ".json"])
+def test_a_failed_write_keeps_the_previous_ids_file(suffix, photo, tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    """``selftok encode -o ids.npy`` on a full disk destroyed the previous ids.npy (written in place)."""
+    from pathlib import Path
+
+    target = tmp_path / f"ids{suffix}"
+    code, _, err = run_cli(capsys, "encode", photo, "--pipeline", tiny_pipeline_dir, "-o", target)
+    assert code == 0, err
+    before = target.read_bytes()
+
+    def full_disk(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\x93NUMPY half")  # part of the file is written, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "save", full_disk)
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: full_disk(self))
+    code, _, err = run_cli(capsys, "encode", photo, photo, "--pipeline", tiny_pipeline_dir, "-o", target, "--overwrite")
+    assert code == 1 and "No space left on device" in err and "unchanged" in err
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photo.png", target.name])  # no temporary left
+
+
+def test_a_failed_png_write_keeps_the_previous_png(photo, tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
+    target = tmp_path / "recon.png"
+    target.write_bytes(b"old picture")
+    original_save = PIL.Image.Image.save
+
+    def failing_save(self, fp, *args, **kwargs):
+        original_save(self, fp, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PIL.Image.Image, "save", failing_save)
+    code, _, err = run_cli(capsys, "reconstruct", photo, "--pipeline", tiny_pipeline_dir, "-o", target, "--overwrite", "--renderer")
+    assert code == 1 and "cannot write" in err
+    assert target.read_bytes() == b"old picture"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "recon.png"]

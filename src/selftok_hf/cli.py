@@ -10,7 +10,12 @@
     selftok convert | train-vae | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
-names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). The training, conversion
+names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). Images are read exactly as the
+Python API reads them (``load_image_file`` + the image processor: transparency on white, 16-bit rescaled), so
+``selftok encode f`` and ``pipe.encode(PIL.Image.open(f))`` give the same ids. Outputs are checked before any work
+(their folder must exist; an existing file is kept unless ``--overwrite``) and written to a temporary file beside
+the target, then renamed: a failed write (a full disk) leaves the previous file intact. Bad arguments exit with
+code 2 and a message. The training, conversion
 and evaluation subcommands are the ``selftok-*`` console scripts under one name: ``selftok train-lm ...`` runs
 ``selftok-train-lm ...`` (each entry point takes ``main(argv, prog=...)``, so its usage and errors say ``selftok train-lm``).
 """
@@ -18,14 +23,18 @@ and evaluation subcommands are the ``selftok-*`` console scripts under one name:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DELEGATED_COMMANDS", "build_parser", "main"]
+__all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_token_ids", "write_token_ids"]
 
 #: Subcommands that hand their arguments to an existing entry point: name -> (``module:function``, summary).
 DELEGATED_COMMANDS = {
@@ -63,8 +72,43 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _steps(value: str) -> int:
+    from .pipeline_selftok_decoder import MAX_INFERENCE_STEPS
+
+    number = int(value)
+    if not 1 <= number <= MAX_INFERENCE_STEPS:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 and <= {MAX_INFERENCE_STEPS} (the schedule's resolution), got {value}")
+    return number
+
+
+def _guidance_scale(value: str) -> float:
+    number = float(value)
+    if not math.isfinite(number) or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 1 (1 disables guidance), got {value}")
+    return number
+
+
+def _device(value: str) -> str:
+    """A torch device that exists here: ``cuda`` on a CPU-only build is refused at parse time, not after loading."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a torch device: {value!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type != "cpu":
+        backend = getattr(torch, device.type, None) if device.type != "mps" else getattr(torch.backends, "mps", None)
+        is_available = getattr(backend, "is_available", None)
+        if not callable(is_available) or not is_available():
+            raise argparse.ArgumentTypeError(f"device {value!r} is not available in this PyTorch build / on this machine")
+        count = getattr(backend, "device_count", None)
+        if device.index is not None and callable(count) and device.index >= count():
+            raise argparse.ArgumentTypeError(f"device {value!r}: only {count()} {device.type} device(s) here")
+    return value
+
+
 def _add_runtime_arguments(parser: argparse.ArgumentParser, seed: bool = True) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", type=_device, default="cpu", help="torch device to run on, e.g. cpu, cuda, cuda:1 (default: cpu)")
     parser.add_argument("--dtype", default="float32", choices=DTYPES, help="weights dtype (default: float32)")
     if seed:
         parser.add_argument("--seed", type=int, default=0, help="seed of the random noise / sampling (default: 0)")
@@ -75,9 +119,13 @@ def _add_decoder_pipeline_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=_positive_int, default=50, help="Euler steps of the diffusion decoder (default: 50)")
+    parser.add_argument("--steps", type=_steps, default=50, help="Euler steps of the diffusion decoder, 1 to 1000 (default: 50)")
     parser.add_argument("--renderer", action="store_true", help="decode with the one-step renderer instead of the diffusion decoder")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="decoder classifier-free guidance; 1 disables it (default: 1)")
+    parser.add_argument("--guidance-scale", type=_guidance_scale, default=1.0, help="decoder classifier-free guidance, >= 1; 1 disables it (default: 1)")
+
+
+def _add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files (default: refuse, before any work)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,12 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("images", nargs="+", help="image files")
     encode.add_argument("-o", "--output", required=True, help="where to write the ids: *.npy (int64 array N x K) or *.json")
     encode.add_argument("--batch-size", type=_positive_int, default=16, help="images per forward pass (default: 16)")
+    _add_overwrite_argument(encode)
     _add_decoder_pipeline_argument(encode)
     _add_runtime_arguments(encode, seed=False)
 
     decode = command("decode", "Selftok token ids (.npy or .json from 'selftok encode') -> PNG images", "selftok decode ids.npy -o decoded/ --steps 25")
     decode.add_argument("ids", help="token ids file: *.npy (N x K integers) or *.json")
-    decode.add_argument("-o", "--output-dir", required=True, help="folder for the PNGs (image_0000.png, ...)")
+    decode.add_argument("-o", "--output-dir", required=True, help="folder for the PNGs (image_0000.png, ...); created if missing")
+    _add_overwrite_argument(decode)
     _add_decoding_arguments(decode)
     _add_decoder_pipeline_argument(decode)
     _add_runtime_arguments(decode)
@@ -115,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("images", nargs="+", help="image files")
     reconstruct.add_argument("-o", "--output", required=True, help="side-by-side PNG, one row per image")
     reconstruct.add_argument("--zoom", type=_positive_int, default=1, help="nearest-neighbour zoom of the PNG (default: 1)")
+    _add_overwrite_argument(reconstruct)
     _add_decoding_arguments(reconstruct)
     _add_decoder_pipeline_argument(reconstruct)
     _add_runtime_arguments(reconstruct)
@@ -170,15 +221,75 @@ def _torch_dtype(name: str):
 
 
 def _load_images(parser: argparse.ArgumentParser, paths: list[str]):
-    import PIL.Image
+    """The API's loader (:func:`load_image_file`): each image in its own mode, converted by the image processor."""
+    from .image_processing_selftok import load_image_file
 
     images = []
     for path in paths:
         try:
-            images.append(PIL.Image.open(path).convert("RGB"))
-        except OSError as error:
-            parser.error(f"cannot read image {path!r}: {error}")
+            image = load_image_file(path)
+        except (OSError, ValueError) as error:
+            parser.error(str(error))
+        if image.width == 0 or image.height == 0:
+            parser.error(f"cannot read image {path!r}: it has zero size ({image.width}x{image.height})")
+        images.append(image)
     return images
+
+
+@contextlib.contextmanager
+def _reported(parser: argparse.ArgumentParser):
+    """Bad inputs found by the pipeline exit 2 with its message; a non-finite result or a failed write exits 1."""
+    try:
+        yield
+    except ValueError as error:
+        parser.error(str(error))
+    except FloatingPointError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+
+
+def _check_output_file(parser: argparse.ArgumentParser, path: str, overwrite: bool, option: str = "--output") -> None:
+    """Before any work: the output's folder exists, the output is not a folder, and an existing file is only
+    replaced with ``--overwrite``."""
+    target = Path(path)
+    parent = target.parent
+    if not parent.is_dir():
+        parser.error(f"{option} {path}: the folder {str(parent)!r} does not exist")
+    if target.is_dir():
+        parser.error(f"{option} {path}: is a folder, expected a file name")
+    if target.exists() and not overwrite:
+        parser.error(f"{option} {path}: the file exists; pass --overwrite to replace it")
+
+
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call ``write(temporary_path)`` on a temporary file beside ``path`` (same suffix), then rename it onto ``path``.
+
+    If ``write`` fails (a full disk, an interrupt), ``path`` keeps its previous content and the temporary file is
+    removed."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(temporary)
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else _file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _save_outputs(parser: argparse.ArgumentParser, writes: list) -> None:
+    """``writes``: (path, write) pairs, each written atomically; a failed write exits 1 naming the file."""
+    for path, write in writes:
+        try:
+            atomic_write(path, write)
+        except OSError as error:
+            parser.exit(1, f"{parser.prog}: error: cannot write {path}: {error} (any previous file is unchanged)\n")
 
 
 def _load_decoder_pipeline(args):
@@ -215,13 +326,24 @@ def read_token_ids(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.suffix == ".npy":
-        ids = np.load(path)
+        try:
+            ids = np.load(path, allow_pickle=False)  # never unpickle: a crafted .npy could run code
+        except (ValueError, EOFError, OSError) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not a readable .npy file of token ids ({error})") from error
     elif path.suffix == ".json":
-        data = json.loads(path.read_text())
+        try:
+            data = json.loads(path.read_text())
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path}: not a readable JSON file of token ids ({error})") from error
         rows = data.get("token_ids") if isinstance(data, dict) else data
         if isinstance(rows, dict):  # selftok quickstart: {image name: ids}
             rows = list(rows.values())
-        ids = np.asarray(rows)
+        try:
+            ids = np.asarray(rows)
+        except ValueError as error:  # ragged rows
+            raise ValueError(f"{path}: token_ids must be an N x K array ({error})") from error
     else:
         raise ValueError(f"token ids file must end in .npy or .json, got {path.name!r}")
     if ids.ndim != 2 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
@@ -230,13 +352,14 @@ def read_token_ids(path: str | Path) -> np.ndarray:
 
 
 def write_token_ids(path: str | Path, token_ids: np.ndarray, image_names: list[str], num_tokens: int, codebook_size: int) -> None:
-    """Write ids ``(N, K)`` as ``.npy`` (the array) or ``.json`` (with the image names and the codebook size)."""
+    """Write ids ``(N, K)`` as ``.npy`` (the array) or ``.json`` (with the image names and the codebook size),
+    atomically (:func:`atomic_write`): a failed write leaves a previous file intact."""
     path = Path(path)
     if path.suffix == ".npy":
-        np.save(path, token_ids.astype(np.int64))
+        atomic_write(path, lambda temporary: np.save(temporary, token_ids.astype(np.int64)))
     elif path.suffix == ".json":
         record = {"num_tokens": num_tokens, "codebook_size": codebook_size, "images": image_names, "token_ids": token_ids.tolist()}
-        path.write_text(json.dumps(record) + "\n")
+        atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record) + "\n"))
     else:
         raise ValueError(f"--output must end in .npy or .json, got {path.name!r}")
 
@@ -248,12 +371,17 @@ def _encode(parser: argparse.ArgumentParser, args) -> int:
 
     if Path(args.output).suffix not in (".npy", ".json"):
         parser.error(f"--output must end in .npy or .json, got {args.output!r}")
+    _check_output_file(parser, args.output, args.overwrite)
     images = _load_images(parser, args.images)
     pipe = _load_decoder_pipeline(args)
     batches = [images[i : i + args.batch_size] for i in range(0, len(images), args.batch_size)]
-    token_ids = torch.cat([pipe.encode(batch).cpu() for batch in tqdm(batches, desc="encoding", unit="batch", disable=len(batches) == 1)])
+    with _reported(parser):
+        token_ids = torch.cat([pipe.encode(batch).cpu() for batch in tqdm(batches, desc="encoding", unit="batch", disable=len(batches) == 1)])
     cfg = pipe.image_tokenizer.config
-    write_token_ids(args.output, token_ids.numpy(), args.images, cfg.num_tokens, cfg.codebook_size)
+    try:
+        write_token_ids(args.output, token_ids.numpy(), args.images, cfg.num_tokens, cfg.codebook_size)
+    except OSError as error:
+        parser.exit(1, f"{parser.prog}: error: cannot write {args.output}: {error} (any previous file is unchanged)\n")
     print(f"wrote {args.output}: {token_ids.shape[0]} images x {token_ids.shape[1]} tokens (codebook of {cfg.codebook_size})")
     return 0
 
@@ -265,6 +393,13 @@ def _decode(parser: argparse.ArgumentParser, args) -> int:
         ids = read_token_ids(args.ids)
     except (OSError, ValueError) as error:
         parser.error(str(error))
+    output_dir = Path(args.output_dir)
+    paths = [output_dir / f"image_{index:04d}.png" for index in range(ids.shape[0])]
+    if output_dir.exists() and not output_dir.is_dir():
+        parser.error(f"--output-dir {args.output_dir}: is a file, expected a folder")
+    existing = [path for path in paths if path.exists()]
+    if existing and not args.overwrite:
+        parser.error(f"--output-dir {args.output_dir}: {len(existing)} of the output files exist (first: {existing[0].name}); pass --overwrite to replace them")
     pipe = _load_decoder_pipeline(args)
     cfg = pipe.image_tokenizer.config
     if ids.shape[1] != cfg.num_tokens or ids.min() < 0 or ids.max() >= cfg.codebook_size:
@@ -274,17 +409,19 @@ def _decode(parser: argparse.ArgumentParser, args) -> int:
         )
     if args.renderer and pipe.renderer is None:
         parser.error("--renderer: this pipeline has no renderer")
-    images = pipe(
-        torch.from_numpy(ids).to(args.device),
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=_generator(args.seed),
-        use_renderer=args.renderer,
-    ).images
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for index, image in enumerate(images):
-        image.save(output_dir / f"image_{index:04d}.png")
+    with _reported(parser):
+        images = pipe(
+            torch.from_numpy(ids).to(args.device),
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=_generator(args.seed),
+            use_renderer=args.renderer,
+        ).images
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.exit(1, f"{parser.prog}: error: cannot create {output_dir}: {error}\n")
+    _save_outputs(parser, [(path, image.save) for path, image in zip(paths, images)])
     print(f"wrote {len(images)} PNGs ({images[0].width}x{images[0].height}) to {output_dir}")
     return 0
 
@@ -296,20 +433,24 @@ def _reconstruct(parser: argparse.ArgumentParser, args) -> int:
     from .metrics import psnr
     from .quickstart import side_by_side
 
+    if Path(args.output).suffix.lower() not in PIL.Image.registered_extensions():
+        parser.error(f"--output must be an image file name such as recon.png, got {args.output!r}")
+    _check_output_file(parser, args.output, args.overwrite)
     images = _load_images(parser, args.images)
     pipe = _load_decoder_pipeline(args)
     if args.renderer and pipe.renderer is None:
         parser.error("--renderer: this pipeline has no renderer")
-    pixel_values = pipe.image_processor(images, return_tensors="pt").pixel_values.to(args.device, pipe.image_tokenizer.dtype)
-    token_ids = pipe.encode(pixel_values)
-    decoded = pipe(
-        token_ids,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=_generator(args.seed),
-        use_renderer=args.renderer,
-        output_type="pt",
-    ).images.float()
+    with _reported(parser):
+        pixel_values = pipe.image_processor(images, return_tensors="pt").pixel_values.to(args.device, pipe.image_tokenizer.dtype)
+        token_ids = pipe.encode(pixel_values)
+        decoded = pipe(
+            token_ids,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            generator=_generator(args.seed),
+            use_renderer=args.renderer,
+            output_type="pt",
+        ).images.float()
     target = ((pixel_values.float().clamp(-1, 1) + 1) / 2).to(decoded.device)
     values = psnr(decoded, target)
     method = "one-step renderer" if args.renderer else f"{args.steps}-step decoder"
@@ -318,12 +459,15 @@ def _reconstruct(parser: argparse.ArgumentParser, args) -> int:
     print(f"PSNR ({method}): mean {values.mean():.2f} dB over {len(images)} images")
     rows = [list(pair) for pair in zip(postprocess_images(target.cpu(), "pil"), postprocess_images(decoded.cpu(), "pil"))]
     grid = side_by_side(rows)
-    grid.resize((grid.width * args.zoom, grid.height * args.zoom), PIL.Image.NEAREST).save(args.output)
+    zoomed = grid.resize((grid.width * args.zoom, grid.height * args.zoom), PIL.Image.NEAREST)
+    _save_outputs(parser, [(args.output, zoomed.save)])
     print(f"wrote {args.output} (columns: input | {method})")
     return 0
 
 
 def _generate(parser: argparse.ArgumentParser, args) -> int:
+    if not Path(args.output).parent.is_dir():
+        parser.error(f"--output {args.output}: the folder {str(Path(args.output).parent)!r} does not exist")
     pipe = _load_vlm_pipeline(parser, args, args.pipeline)
     generators = [_generator(args.seed + index) for index in range(args.num_images)]
     output = pipe(
@@ -339,8 +483,7 @@ def _generate(parser: argparse.ArgumentParser, args) -> int:
     )
     output_path = Path(args.output)
     paths = [output_path] if args.num_images == 1 else [output_path.with_name(f"{output_path.stem}_{i}{output_path.suffix}") for i in range(args.num_images)]
-    for path, image in zip(paths, output.images):
-        image.save(path)
+    _save_outputs(parser, [(path, image.save) for path, image in zip(paths, output.images)])
     print(f"wrote {', '.join(map(str, paths))}")
     return 0
 

@@ -2,9 +2,16 @@
 
 Preprocessing is the official inference transform: resize the shortest edge to the tokenizer's
 image size (bilinear, as torchvision's ``Resize`` on PIL images), centre crop to a square, scale
-to ``x / 127.5 - 1``. Every PIL mode is converted to RGB first; 16-bit and float greyscale images
-are rescaled to 8 bits by their value range rather than clipped, and transparency is composited
-on white.
+to ``x / 127.5 - 1``. Every PIL mode is converted to RGB first; 16-bit and 32-bit integer greyscale images
+are rescaled to 8 bits by their type's range rather than clipped, float images (mode ``F`` and float arrays)
+are read as [0, 1] when all their values lie there and as [0, 255] otherwise, and transparency is composited
+on white. Bool arrays are black and white. A file path is opened with PIL and goes through the same
+conversion (no ``convert("RGB")``, no EXIF rotation), so a path and ``PIL.Image.open(path)`` give the same
+pixels; :func:`load_image_file` is that loader (the ``selftok`` command uses it too).
+
+Refused with a clear ``ValueError``: an empty list of images, a zero-size image, NaN or infinite float
+pixels, float values outside [0, 255]; a missing file raises ``FileNotFoundError`` naming it, and an image
+over PIL's decompression-bomb limit a ``ValueError`` naming the file.
 
 Two backends, named as transformers 5 expects: [`SelftokImageProcessorPil`] (PIL + NumPy, always
 available) and [`SelftokImageProcessor`] (torchvision). Without torchvision, ``SelftokImageProcessor(...)``,
@@ -14,6 +21,7 @@ the deprecated ``use_fast=True``) fall back to the PIL backend with a warning, a
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Literal, Union
 
@@ -24,21 +32,68 @@ from transformers.image_processing_backends import PilBackend, TorchvisionBacken
 from transformers.image_utils import PILImageResampling
 from transformers.utils import is_torchvision_available
 
-__all__ = ["SelftokImageProcessor", "SelftokImageProcessorPil", "to_rgb", "postprocess_images"]
+__all__ = ["SelftokImageProcessor", "SelftokImageProcessorPil", "load_image_file", "to_rgb", "postprocess_images"]
 
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+def load_image_file(path: Union[str, os.PathLike]) -> PIL.Image.Image:
+    """Open an image file with PIL, fully read, in its own mode (the processor converts it to RGB).
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file for anything PIL cannot
+    read, including an image over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    name = os.fspath(path)
+    if not os.path.isfile(name):
+        what = "it is a folder" if os.path.isdir(name) else "no such file"
+        raise FileNotFoundError(f"cannot read image {name!r}: {what}")
+    try:
+        image = PIL.Image.open(name)
+        image.load()
+    except PIL.Image.DecompressionBombError as error:
+        raise ValueError(
+            f"cannot read image {name!r}: refused as a possible decompression bomb ({error}); raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted"
+        ) from error
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for truncated or unknown files
+        raise ValueError(f"cannot read image {name!r}: {error}") from error
+    return image
+
+
+def _eight_bit_from_float(array: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels -> uint8: [0, 1] when every value lies there, else [0, 255]; NaN/inf and other ranges refused."""
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what} has NaN or infinite pixel values")
+    lo, hi = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"{what} has values in [{lo:g}, {hi:g}]; float images must lie in [0, 1] (or [0, 255]). Rescale it, or pass "
+            "uint8 pixels in [0, 255]"
+        )
+    scale = 255.0 if hi <= 1.0 else 1.0  # already rescaled to [0, 1] (as transformers' do_rescale warning detects)
+    return np.clip(np.round(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+def _check_image_size(width: int, height: int) -> None:
+    if width == 0 or height == 0:
+        raise ValueError(f"cannot process a zero-size image ({width}x{height} pixels)")
 
 
 def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
     """Convert any PIL image to 8-bit RGB (L, LA, P, PA, RGBA, CMYK, YCbCr, I;16, I, F, 1 ...)."""
     if image.mode in _HIGH_DEPTH_MODES:
-        # PIL's own conversion clips >255 to white; scale by the type's range instead.
-        array = np.asarray(image).astype(np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        # PIL's own conversion clips >255 to white; scale by the type's range instead (never by the image's own
+        # range, which would turn a constant image black).
+        array = np.asarray(image)
         if image.mode == "F":
-            lo = float(array.min())
-            array, top = array - lo, max(float(array.max()) - lo, 1e-12)
-        image = PIL.Image.fromarray(np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8), mode="L")
+            eight_bit = _eight_bit_from_float(array, "mode F image")
+        else:
+            array = array.astype(np.float64)
+            hi = float(array.max()) if array.size else 0.0
+            # I;16: 16 bits. I (32-bit): 8-bit values as they are, 16-bit ones (a 16-bit PNG opened as I) by 65535.
+            top = 65535.0 if image.mode.startswith("I;16") or hi > 255 else 255.0
+            top = max(top, hi)
+            eight_bit = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
+        image = PIL.Image.fromarray(eight_bit, mode="L")
     has_alpha = "A" in image.getbands() or "transparency" in image.info
     if has_alpha:
         rgba = image.convert("RGBA")
@@ -80,10 +135,64 @@ class _SelftokImageProcessorMixin:
     do_convert_rgb = True
     model_input_names = ["pixel_values"]
 
+    def fetch_images(self, image_url_or_urls):
+        """File paths are opened by :func:`load_image_file` (the image's own mode; a missing file is named);
+        URLs and base64 strings go to transformers' loader."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(x) for x in image_url_or_urls]
+        if isinstance(image_url_or_urls, os.PathLike) or (
+            isinstance(image_url_or_urls, str)
+            and not image_url_or_urls.startswith(("http://", "https://", "data:image/"))
+            # Base64 has no '.': a string with an extension, or an existing file, is a path.
+            and (os.path.exists(image_url_or_urls) or os.path.splitext(image_url_or_urls)[1])
+        ):
+            return load_image_file(image_url_or_urls)
+        return super().fetch_images(image_url_or_urls)
+
+    def _prepare_images_structure(self, images, expected_ndims: int = 3):
+        images = self.fetch_images(images)
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("no images given (an empty list)")
+        # A 2-D array or tensor is one greyscale image (H, W), as transformers' channel inference reads it.
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 2:
+            return [images]
+        if isinstance(images, (list, tuple)) and all(isinstance(x, (np.ndarray, torch.Tensor)) and x.ndim == 2 for x in images):
+            return list(images)
+        flat = super()._prepare_images_structure(images, expected_ndims=expected_ndims)
+        if len(flat) == 0:
+            raise ValueError("no images given (an empty batch)")
+        return flat
+
     def process_image(self, image, do_convert_rgb=None, **kwargs):
-        if isinstance(image, PIL.Image.Image) and (do_convert_rgb if do_convert_rgb is not None else self.do_convert_rgb):
-            image = to_rgb(image)
+        convert = do_convert_rgb if do_convert_rgb is not None else self.do_convert_rgb
+        if isinstance(image, PIL.Image.Image):
+            _check_image_size(*image.size)
+            if convert:
+                image = to_rgb(image)
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
+            image = self._standardize_array(image, kwargs.get("do_rescale"), kwargs.get("rescale_factor"))
         return super().process_image(image, do_convert_rgb=do_convert_rgb, **kwargs)
+
+    def _standardize_array(self, image, do_rescale, rescale_factor) -> np.ndarray:
+        """Arrays/tensors: zero sizes refused, (H, W) greyscale -> (H, W, 3), and with the default rescale (1/255)
+        bool -> black/white uint8 and float -> uint8 (see :func:`_eight_bit_from_float`: float pixels already in
+        [0, 1] are not divided by 255 a second time)."""
+        if isinstance(image, torch.Tensor):
+            image = image.detach().cpu().numpy()
+        if image.size == 0:
+            raise ValueError(f"cannot process a zero-size image (array of shape {tuple(image.shape)})")
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        do_rescale = self.do_rescale if do_rescale is None else do_rescale
+        rescale_factor = self.rescale_factor if rescale_factor is None else rescale_factor
+        if do_rescale and np.isclose(rescale_factor, 1 / 255):
+            if image.dtype == np.bool_:
+                image = image.astype(np.uint8) * 255
+            elif np.issubdtype(image.dtype, np.floating):
+                image = _eight_bit_from_float(image, "float image")
+        elif np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            raise ValueError("float image has NaN or infinite pixel values")
+        return image
 
     def postprocess(
         self, images: torch.Tensor, output_type: Literal["pil", "np", "pt"] = "pil", value_range: tuple[float, float] = (0.0, 1.0)

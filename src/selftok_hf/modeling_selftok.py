@@ -8,6 +8,7 @@ only here and in the decoder pipeline, via :func:`~selftok_hf.token_schedule.to_
 
 
 import json
+import math
 import os
 import posixpath
 import threading
@@ -268,6 +269,31 @@ _POINTER_KEYS = (WEIGHTS_SUBFOLDER_KEY, VAE_SUBFOLDER_KEY)
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
 
 
+
+#: How far outside [-1, 1] pixel values may lie (float rounding of ``x / 127.5 - 1`` in lower precision).
+PIXEL_RANGE_TOLERANCE = 1e-2
+
+
+def check_pixel_values(pixel_values) -> None:
+    """Raise a clear error unless ``pixel_values`` is a finite floating ``(B>0, 3, H>0, W>0)`` tensor in [-1, 1].
+
+    uint8 images in [0, 255] or floats in [0, 1] are refused (the tokenizer would read them as a wrong, near-white
+    image): pass images through the image processor, or compute ``x / 127.5 - 1`` (uint8) / ``2 * x - 1`` ([0, 1])."""
+    hint = "pass PIL images / arrays through the image processor (or SelftokDecoderPipeline.encode), or rescale: uint8 x -> x / 127.5 - 1"
+    if not isinstance(pixel_values, torch.Tensor):
+        raise TypeError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}")
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"pixel_values must be a floating-point tensor in [-1, 1], got {pixel_values.dtype} ({hint})")
+    if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or 0 in pixel_values.shape:
+        raise ValueError(f"pixel_values must have shape (batch, 3, height, width) with no empty dimension, got {tuple(pixel_values.shape)}")
+    lo, hi = torch.aminmax(pixel_values.detach())
+    lo, hi = float(lo), float(hi)  # NaN propagates through min/max
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError("pixel_values contain NaN or infinite values")
+    if lo < -1 - PIXEL_RANGE_TOLERANCE or hi > 1 + PIXEL_RANGE_TOLERANCE:
+        raise ValueError(f"pixel_values must lie in [-1, 1], got values in [{lo:g}, {hi:g}] ({hint})")
+
+
 class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     """The Selftok image tokenizer: SD3 latents -> K discrete tokens in AR order, and tokens -> code vectors.
 
@@ -417,6 +443,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
                 "No VAE attached: pixel input needs the SD3 VAE. Call `model.attach_vae(AutoencoderKL.from_pretrained("
                 "folder, subfolder='vae'))`, or use `SelftokDecoderPipeline.encode(images)`, or pass `latents=`."
             )
+        check_pixel_values(pixel_values)
         cfg = self.config
         return pixels_to_latents(vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor).to(self.device)
 
@@ -438,6 +465,8 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
                 f"latent size {h}x{w} must be divisible by patch_size={p} and at most {m * p} per side "
                 f"(trained at {cfg.latent_size}x{cfg.latent_size})"
             )
+        if not bool(torch.isfinite(latents).all()):  # NaN would quantize to code 0 everywhere, silently
+            raise ValueError("latents contain NaN or infinite values")
 
     def check_token_ids(self, token_ids: torch.Tensor) -> None:
         """Raise a clear error unless ``token_ids`` is an integer ``(B>0, K)`` tensor of valid ids."""

@@ -13,6 +13,8 @@ influence nothing).
 
 import copy
 import json
+import math
+import numbers
 import os
 import shutil
 import threading
@@ -35,7 +37,7 @@ from .embeddings import TimestepEmbedder  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
 from .hub import CARD_NAME, SelftokHubMixin, drop_local_name_or_path
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
-from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokModel
+from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokModel, check_pixel_values
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .pixel_space import PixelSpaceAutoencoder
 from .token_schedule import to_code_order
@@ -61,6 +63,15 @@ _PIPELINE_SOURCES = (
     "quantizer.py",
     "pixel_space.py",
 ) + _COMPONENT_SOURCES["modeling_selftok_decoder"]
+
+
+#: The most decoder steps a call may take: the resolution of the flow-matching schedule (1000 training timesteps).
+MAX_INFERENCE_STEPS = 1000
+
+
+def _is_integer(value) -> bool:
+    """A Python or NumPy integer, but not a bool (``True`` is not a number of steps)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def sampler_sigmas(num_inference_steps: int) -> np.ndarray:
@@ -247,45 +258,89 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
 
     def _to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """SD3-normalised latents -> images in [0, 1] (official: clamp to [-1, 1], then rescale)."""
+        return self._to_unit_range(self._decode_latents(latents))
+
+    def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """SD3-normalised latents -> the VAE's float images (about [-1, 1], not clamped)."""
         cfg = self.image_tokenizer.config
         z = latents / cfg.vae_scaling_factor + cfg.vae_shift_factor
-        images = self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0]
-        return ((images.float().clamp(-1, 1) + 1) / 2)
+        return self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0].float()
+
+    @staticmethod
+    def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
+        return (images.clamp(-1, 1) + 1) / 2
 
     def check_inputs(
-        self, token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length=None, num_images_per_prompt=1
+        self,
+        token_ids,
+        num_inference_steps,
+        guidance_scale,
+        latents,
+        use_renderer,
+        output_type,
+        prefix_length=None,
+        num_images_per_prompt=1,
+        generator=None,
     ):
+        """Refuse bad arguments before any work, with a ``ValueError`` that says what is expected. Integer arguments
+        take Python or NumPy integers (not bools); ``guidance_scale`` and ``latents`` must be finite."""
         self.image_tokenizer.check_token_ids(token_ids)
-        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not _is_integer(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if prefix_length is not None:
             num_tokens = self.image_tokenizer.config.num_tokens
-            if isinstance(prefix_length, bool) or not isinstance(prefix_length, int) or not 0 <= prefix_length <= num_tokens:
+            if not _is_integer(prefix_length) or not 0 <= prefix_length <= num_tokens:
                 raise ValueError(f"prefix_length must be an integer in [0, {num_tokens}] (or None for all tokens), got {prefix_length!r}")
             if use_renderer:
                 raise ValueError("prefix_length cannot be used with use_renderer=True: the renderer decodes from all K tokens")
         if use_renderer:
             if self.renderer is None:
                 raise ValueError("use_renderer=True but this pipeline has no renderer component (load or pass one)")
-        elif not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_inference_steps!r}")
-        if guidance_scale < 1:
-            raise ValueError(f"guidance_scale must be >= 1 (1 disables classifier-free guidance), got {guidance_scale}")
+        elif not _is_integer(num_inference_steps) or not 1 <= num_inference_steps <= MAX_INFERENCE_STEPS:
+            raise ValueError(
+                f"num_inference_steps must be an integer in [1, {MAX_INFERENCE_STEPS}] (the schedule's resolution), got {num_inference_steps!r}"
+            )
+        if (
+            not isinstance(guidance_scale, numbers.Real)
+            or isinstance(guidance_scale, (bool, np.bool_))
+            or not math.isfinite(guidance_scale)
+            or guidance_scale < 1
+        ):
+            raise ValueError(f"guidance_scale must be a finite number >= 1 (1 disables classifier-free guidance), got {guidance_scale!r}")
+        batch_size = token_ids.shape[0] * num_images_per_prompt
         if latents is not None:
-            expected = self._latent_shape(token_ids.shape[0] * num_images_per_prompt)
+            expected = self._latent_shape(batch_size)
+            if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+                raise ValueError(f"latents must be a floating-point tensor, got {type(latents).__name__} {getattr(latents, 'dtype', '')}")
             if tuple(latents.shape) != expected:
                 raise ValueError(
                     f"latents must have shape {expected} (the initial noise of the {expected[0]} images: rows x num_images_per_prompt), "
                     f"got {tuple(latents.shape)}"
                 )
+            if not bool(torch.isfinite(latents).all()):
+                raise ValueError("latents contain NaN or infinite values")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != batch_size:
+                raise ValueError(
+                    f"got {len(generator)} generators for {batch_size} images ({token_ids.shape[0]} rows x {num_images_per_prompt}): "
+                    "pass one torch.Generator, or a list of exactly one per image"
+                )
+            if not all(isinstance(g, torch.Generator) for g in generator):
+                raise ValueError(f"generator must be a torch.Generator or a list of them, got {[type(g).__name__ for g in generator]}")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
         if output_type not in ("pil", "np", "pt", "latent"):
             raise ValueError(f"output_type must be 'pil', 'np', 'pt' or 'latent', got {output_type!r}")
 
     # ------------------------------------------------------------------------------- encoding
     @torch.no_grad()
     def encode(self, images: Union[PIL.Image.Image, list, torch.Tensor]) -> torch.LongTensor:
-        """Images (PIL, list of PIL/arrays, or pixel values in [-1, 1] ``(B, 3, H, W)``) -> token ids ``(B, K)``, AR order."""
+        """Images (PIL, list of PIL/arrays, or pixel values in [-1, 1] ``(B, 3, H, W)``) -> token ids ``(B, K)``, AR order.
+
+        A tensor is taken as pixel values as they are: it must be floating, finite and in [-1, 1] (a uint8 tensor or
+        one in [0, 1] raises a ``ValueError``; pass such images as arrays, which the image processor rescales)."""
         if isinstance(images, torch.Tensor):
+            check_pixel_values(images)
             pixel_values = images
         else:
             pixel_values = self.image_processor(images, return_tensors="pt").pixel_values
@@ -314,11 +369,12 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
 
         Args:
             token_ids (`torch.LongTensor` of shape `(B, K)`): ids in AR order (as `encode` returns them).
-            num_inference_steps (`int`, defaults to 50): Euler steps of the decoder (ignored with the renderer).
+            num_inference_steps (`int`, defaults to 50): Euler steps of the decoder, 1 to 1000 (ignored with the renderer).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance against the all-tokens-dropped
-                branch (how the decoder was trained to be unconditional); 1 disables it.
-            generator: `torch.Generator`(s) for the initial noise (a list: one per image, ``B * num_images_per_prompt``).
-            latents (`torch.Tensor` of shape `(B * num_images_per_prompt, C, h, w)`, *optional*): the initial noise at τ = 1.
+                branch (how the decoder was trained to be unconditional); 1 disables it; finite, >= 1.
+            generator: `torch.Generator`(s) for the initial noise (a list: exactly one per image, ``B * num_images_per_prompt``).
+            latents (`torch.Tensor` of shape `(B * num_images_per_prompt, C, h, w)`, *optional*): the initial noise at τ = 1
+                (finite).
             output_type (`str`): "pil", "np", "pt" (images in [0, 1]) or "latent" (the final SD3-normalised latent).
             callback_on_step_end: called as ``fn(pipe, step, timestep, {"latents": ...})`` after every step;
                 may return a replacement ``latents``, and may stop the loop with ``pipe._interrupt = True`` (the
@@ -332,18 +388,28 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                 renderer is deterministic: its copies are equal.
         Returns:
             [`ImagePipelineOutput`] (or a tuple) with `images`.
+
+        Raises:
+            ValueError: bad arguments (checked before any work).
+            FloatingPointError: the decoded result holds NaN or inf (corrupt weights, overflow); checked once, at the end.
         """
         for name in callback_on_step_end_tensor_inputs:
             if name not in self._callback_tensor_inputs:
                 raise ValueError(f"callback_on_step_end_tensor_inputs may only contain {self._callback_tensor_inputs}, got {name!r}")
-        self.check_inputs(token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length, num_images_per_prompt)
+        self.check_inputs(
+            token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length, num_images_per_prompt, generator
+        )
+        # NumPy scalars are accepted; the loop works with Python numbers.
+        num_images_per_prompt, guidance_scale = int(num_images_per_prompt), float(guidance_scale)
+        num_inference_steps = int(num_inference_steps) if _is_integer(num_inference_steps) else num_inference_steps
+        prefix_length = None if prefix_length is None else int(prefix_length)
+        if isinstance(generator, tuple):
+            generator = list(generator)
         self._start_call(guidance_scale=guidance_scale, num_timesteps=1 if use_renderer else num_inference_steps)
         device = self._execution_device
         if num_images_per_prompt > 1:
             token_ids = token_ids.repeat_interleave(num_images_per_prompt, dim=0)
         batch_size = token_ids.shape[0]
-        if not use_renderer and isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"got {len(generator)} generators for {batch_size} images ({batch_size // num_images_per_prompt} rows x {num_images_per_prompt})")
 
         # 1. Token ids -> code vectors, in the decoder's (code) order.
         codes = to_code_order(self.image_tokenizer.embed_tokens(token_ids.to(device)))
@@ -405,11 +471,21 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                         latents = callback_outputs.pop("latents", latents)
                     progress_bar.update()
 
-        # 4. Latent -> images.
+        # 4. Latent -> images. One check of the result (a single host sync, not one per step): NaN or inf from
+        #    corrupt weights or a float16 overflow must not come out as a black image.
         if output_type == "latent":
             images = latents
+            finite = torch.isfinite(latents).all()
         else:
-            images = postprocess_images(self._to_images(latents), output_type)
+            decoded = self._decode_latents(latents)
+            finite = torch.isfinite(latents).all() & torch.isfinite(decoded).all()
+        if not bool(finite):
+            raise FloatingPointError(
+                "decoding produced NaN or infinite values: the weights may be corrupt (or overflow in "
+                f"{self.transformer.dtype}); refusing to return black images"
+            )
+        if output_type != "latent":
+            images = postprocess_images(self._to_unit_range(decoded), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
