@@ -481,3 +481,87 @@ def test_a_failed_png_write_keeps_the_previous_png(photo, tiny_pipeline_dir, tmp
     assert code == 1 and "cannot write" in err
     assert target.read_bytes() == b"old picture"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png", "recon.png"]
+
+
+# ------------------------------------------------------------------------------- config and weights must agree
+def _edit_json(path, **changes):
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+
+
+@pytest.fixture()
+def pipeline_copy(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    return shutil.copytree(tiny_pipeline_dir, tmp_path / "copy")
+
+
+def test_a_config_shallower_than_the_weights_is_refused_naming_the_keys(pipeline_copy):
+    """An ``encoder_depth`` lower than the weights' loaded with a warning table only, and gave different ids."""
+    from selftok_hf import SelftokModel
+
+    config_path = pipeline_copy / "image_tokenizer" / "config.json"
+    depth = json.loads(config_path.read_text())["encoder_depth"]
+    _edit_json(config_path, encoder_depth=depth - 1)
+    with pytest.raises(ValueError, match=rf"unexpected keys: encoder\.blocks\.{depth - 1}\..*strict=False"):
+        SelftokModel.from_pretrained(pipeline_copy, subfolder="image_tokenizer")
+    with pytest.raises(ValueError, match="SelftokModel from .*image_tokenizer: the weights do not match the config"):
+        SelftokDecoderPipeline.from_pretrained(pipeline_copy)
+    model, info = SelftokModel.from_pretrained(pipeline_copy, subfolder="image_tokenizer", strict=False, output_loading_info=True)
+    assert model.config.encoder_depth == depth - 1 and info["unexpected_keys"]
+
+
+def test_missing_tokenizer_weights_are_refused(pipeline_copy):
+    from safetensors.torch import load_file, save_file
+
+    from selftok_hf import SelftokModel
+
+    weights = pipeline_copy / "image_tokenizer" / "model.safetensors"
+    state = load_file(weights)
+    removed = sorted(state)[0]
+    del state[removed]
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"missing keys: {removed}"):
+        SelftokModel.from_pretrained(pipeline_copy, subfolder="image_tokenizer")
+
+
+@pytest.mark.parametrize("component, cls_name", [("transformer", "SelftokDecoderTransformer"), ("renderer", "SelftokRenderer")])
+@pytest.mark.parametrize("fault", ["extra key", "missing key"])
+def test_decoder_and_renderer_weights_must_match_their_config(pipeline_copy, component, cls_name, fault):
+    from safetensors.torch import load_file, save_file
+
+    from selftok_hf import modeling_selftok_decoder
+
+    cls = getattr(modeling_selftok_decoder, cls_name)
+    weights = pipeline_copy / component / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    if fault == "extra key":
+        state["stale_head.weight"] = torch.zeros(2)
+        match = "unexpected keys: stale_head.weight"
+    else:
+        removed = sorted(state)[-1]
+        del state[removed]
+        match = f"missing keys: {removed}"
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=match):
+        cls.from_pretrained(pipeline_copy, subfolder=component)
+    with pytest.raises(ValueError, match=f"{cls_name} from .*{component}"):
+        SelftokDecoderPipeline.from_pretrained(pipeline_copy)
+    cls.from_pretrained(pipeline_copy, subfolder=component, strict=False)  # the libraries' lenient load, on request
+
+
+def test_a_pipeline_without_its_renderer_folder_loads_without_a_renderer(pipeline_copy):
+    """Deleting the optional renderer/ blocked loading (model_index.json still lists it), with an error naming the
+    pipeline root instead of the missing folder."""
+    import shutil
+
+    shutil.rmtree(pipeline_copy / "renderer")
+    assert "renderer" in json.loads((pipeline_copy / "model_index.json").read_text())
+    pipe = SelftokDecoderPipeline.from_pretrained(pipeline_copy)
+    assert pipe.renderer is None
+    with pytest.raises(ValueError, match="no renderer"):
+        pipe(_token_ids(pipe), use_renderer=True)
+    shutil.rmtree(pipeline_copy / "transformer")
+    with pytest.raises(FileNotFoundError, match=r"'transformer'.*copy/transformer' is missing"):
+        SelftokDecoderPipeline.from_pretrained(pipeline_copy)

@@ -25,6 +25,7 @@ from transformers.utils import ModelOutput
 from .configuration_selftok import SelftokConfig
 from .embeddings import TimestepEmbedder, sincos_2d
 from .hub import SelftokHubMixin
+from .loading import check_loading_info
 from .quantizer import CosineVectorQuantizer
 from .token_schedule import to_ar_order, to_code_order, token_positions
 from .vae import pixels_to_latents
@@ -270,6 +271,8 @@ _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revi
 
 
 
+
+
 #: How far outside [-1, 1] pixel values may lie (float rounding of ``x / 127.5 - 1`` in lower precision).
 PIXEL_RANGE_TOLERANCE = 1e-2
 
@@ -344,16 +347,24 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, load_vae: bool = True, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, load_vae: bool = True, strict: bool = True, **kwargs):
         """transformers' ``from_pretrained``, following the pointers of a repo's ``config.json`` (layout in the class
         docstring): weights from ``selftok_weights_subfolder`` when the config names one (and no ``subfolder`` is
         given), and the VAE of ``selftok_vae_subfolder`` attached, loaded on first use (the first pixel input or
         ``.vae``), so ``encode(pixel_values=...)`` works on a tokenizer loaded from a pipeline repo.
 
+        Loading is strict: weights the config has no place for (``unexpected``) or parameters the weights do not
+        provide (``missing``) raise a ``ValueError`` naming the keys (a ``config.json`` whose ``encoder_depth`` is
+        lower than the weights' used to load with a warning table and give different ids). ``strict=False`` keeps
+        transformers' behaviour (a warning; the missing ones freshly initialised).
+
         Args:
             load_vae: False: do not attach the repo's VAE (pass latents, or :meth:`attach_vae` one).
-            kwargs: as for transformers' ``from_pretrained`` (``subfolder``, ``revision``, ``cache_dir``, ...).
+            strict: refuse weights that do not match the config exactly (default True).
+            kwargs: as for transformers' ``from_pretrained`` (``subfolder``, ``revision``, ``cache_dir``,
+                ``output_loading_info``, ...).
         """
+        output_loading_info = kwargs.pop("output_loading_info", False)
         subfolder = (kwargs.get("subfolder") or "").strip("/")
         hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if kwargs.get(key) is not None}
         config = kwargs.get("config")
@@ -368,7 +379,10 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
         config_folder = subfolder
         if weights and not subfolder:
             kwargs["subfolder"] = weights
-        model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs)
+        if strict:
+            where = "/".join(part.strip("/") if i else part.rstrip("/") for i, part in enumerate((str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")) if part)
+            check_loading_info(loading_info, f"{cls.__name__} from {where}")
         for key in _POINTER_KEYS:  # they describe the repo, not the model: a re-saved tokenizer must not carry them
             if key in model.config.__dict__:
                 delattr(model.config, key)
@@ -383,7 +397,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
                 vae_subfolder = posixpath.normpath(posixpath.join(config_folder, vae_folder))
                 if not vae_subfolder.startswith(".."):
                     model.__dict__["_vae_source"] = (root, vae_subfolder, hub_kwargs)
-        return model
+        return (model, loading_info) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, is_main_process: bool = True, *, push_to_hub: bool = False, **kwargs) -> None:
         """transformers' ``save_pretrained`` (with the code files that ``trust_remote_code=True`` loads), plus the

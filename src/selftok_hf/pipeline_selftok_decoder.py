@@ -50,7 +50,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # not installed (each set is closed under the files' relative imports).
 # Components whose class lives in this package, by module: the files that travel into the component's folder.
 _COMPONENT_SOURCES = {
-    "modeling_selftok_decoder": ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py"),
+    "modeling_selftok_decoder": ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py", "loading.py"),
     "pixel_space": ("pixel_space.py",),
 }
 _PIPELINE_SOURCES = (
@@ -232,6 +232,24 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         pointers = {WEIGHTS_SUBFOLDER_KEY: "image_tokenizer", **({VAE_SUBFOLDER_KEY: "vae"} if has_vae else {})}
         (root / "config.json").write_text(json.dumps({**tokenizer_config, **pointers}, indent=2, sort_keys=True) + "\n")
         self.image_processor.save_pretrained(root)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """diffusers' ``from_pretrained``, checking a local folder's component folders first: an optional component
+        (``renderer``) whose folder is absent loads as None even where ``model_index.json`` lists it; a missing
+        required folder raises ``FileNotFoundError`` naming it (diffusers' error named the pipeline root)."""
+        root = Path(os.fspath(pretrained_model_name_or_path)) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
+        if root is not None and root.is_dir() and (root / "model_index.json").is_file():
+            index = json.loads((root / "model_index.json").read_text())
+            for name, entry in index.items():
+                listed = not name.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0] and entry[1]
+                if not listed or name in kwargs or (root / name).is_dir():
+                    continue
+                if name in cls._optional_components:
+                    kwargs[name] = None
+                else:
+                    raise FileNotFoundError(f"{root}: model_index.json lists the component {name!r}, but its folder {str(root / name)!r} is missing")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
     def load_config(cls, *args, **kwargs):
