@@ -59,6 +59,7 @@ __all__ = [
     "model_card",
     "push_folder",
     "push_saved",
+    "remote_code_files",
     "write_model_card",
 ]
 
@@ -166,6 +167,15 @@ def hub_model_id(name: str | None) -> str | None:
     except HFValidationError:
         return None
     return name
+
+
+def remote_code_files(module_path: str | os.PathLike) -> list[str]:
+    """File names a saved folder needs for ``module_path`` to load as remote code: the module itself and every file
+    it imports relatively, transitively (transformers' own resolver), each once, in a stable order."""
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    module_path = Path(module_path)
+    return [module_path.name, *sorted({Path(f).name for f in get_relative_import_files(str(module_path))} - {module_path.name})]
 
 
 def drop_local_name_or_path(folder: str | os.PathLike) -> None:

@@ -43,14 +43,13 @@ from diffusers.utils import BaseOutput
 from huggingface_hub import CommitInfo
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
-from transformers.dynamic_module_utils import get_relative_import_files
 
 from .generation_selftok import (
     SelftokVisualGrammarLogitsProcessor,
     context_length,
     generate_image_tokens,
 )
-from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved
+from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved, remote_code_files
 from .pipeline_selftok_decoder import PerCallState, SelftokDecoderPipeline
 from .processing_selftok import SelftokProcessor
 from .visual_vocabulary import VisualVocabulary
@@ -192,8 +191,8 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
         layout = {"_class_name": type(self).__name__, "language_model": ".", "processor": ".", "decoder": DECODER_SUBFOLDER}
         (root / PIPELINE_CONFIG_NAME).write_text(json.dumps(layout, indent=2) + "\n")
         # This module and everything it imports, for `get_class_from_dynamic_module` (see the module docstring).
-        for source in [__file__, *get_relative_import_files(__file__)]:
-            shutil.copyfile(source, root / Path(source).name)
+        for name in remote_code_files(__file__):
+            shutil.copyfile(Path(__file__).parent / name, root / name)
         self._finish_save(root, push_arguments, base_model=hub_model_id(self.language_model.name_or_path))
 
     # --------------------------------------------------------------------------------- LoRA

@@ -30,12 +30,15 @@ from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-# `configuration_selftok`, `embeddings` and `quantizer` are imported only so that diffusers' remote-code loader,
-# which copies a file's *direct* relative imports, ships them alongside this file.
+# `configuration_selftok`, `embeddings`, `loading`, `portable_config` and `quantizer` are imported only so that
+# diffusers' remote-code loader, which copies a file's *direct* relative imports, ships them alongside this file
+# (tests/test_repo_root.py and tests/test_hub.py load saved folders where selftok_hf is not installed).
 from .configuration_selftok import SelftokConfig  # noqa: F401
 from .embeddings import TimestepEmbedder  # noqa: F401
+from .loading import check_loading_info  # noqa: F401
+from .portable_config import without_local_name_or_path  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
-from .hub import CARD_NAME, SelftokHubMixin, drop_local_name_or_path
+from .hub import CARD_NAME, SelftokHubMixin, remote_code_files, drop_local_name_or_path
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
 from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokModel, check_pixel_values
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
@@ -46,23 +49,10 @@ from .vae import pixels_to_latents
 __all__ = ["PerCallState", "SelftokDecoderPipeline", "sampler_sigmas"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Source files each saved folder carries so that it loads with `trust_remote_code=True` where selftok_hf is
-# not installed (each set is closed under the files' relative imports).
-# Components whose class lives in this package, by module: the files that travel into the component's folder.
-_COMPONENT_SOURCES = {
-    "modeling_selftok_decoder": ("modeling_selftok_decoder.py", "embeddings.py", "token_schedule.py", "loading.py"),
-    "pixel_space": ("pixel_space.py",),
-}
-_PIPELINE_SOURCES = (
-    "pipeline_selftok_decoder.py",
-    "hub.py",
-    "vae.py",
-    "image_processing_selftok.py",
-    "modeling_selftok.py",
-    "configuration_selftok.py",
-    "quantizer.py",
-    "pixel_space.py",
-) + _COMPONENT_SOURCES["modeling_selftok_decoder"]
+# Components whose class lives in this package, by module: their files travel into the component's folder so that a
+# saved folder loads with `trust_remote_code=True` where selftok_hf is not installed (hub.remote_code_files: the
+# module and everything it imports relatively, so a new import can never be forgotten).
+_COMPONENT_MODULES = ("modeling_selftok_decoder", "pixel_space")
 
 
 #: The most decoder steps a call may take: the resolution of the flow-matching schedule (1000 training timesteps).
@@ -201,16 +191,16 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         root = Path(save_directory)
         # The pipeline's card (below) describes the tokenizer too; its own card would show a wrong loading call.
         (root / "image_tokenizer" / CARD_NAME).unlink(missing_ok=True)
-        for name in _PIPELINE_SOURCES:
+        for name in remote_code_files(_PACKAGE_DIR / "pipeline_selftok_decoder.py"):
             shutil.copyfile(_PACKAGE_DIR / name, root / name)
         index_path = root / "model_index.json"
         index = json.loads(index_path.read_text())
         index["_class_name"] = ["pipeline_selftok_decoder", type(self).__name__]
         for component, entry in index.items():
             module = entry[0].removeprefix(__package__ + ".") if isinstance(entry, list) and entry[0] else None
-            if module in _COMPONENT_SOURCES:
+            if module in _COMPONENT_MODULES:
                 index[component] = [module, entry[1]]
-                for name in _COMPONENT_SOURCES[module]:
+                for name in remote_code_files(_PACKAGE_DIR / f"{module}.py"):
                     shutil.copyfile(_PACKAGE_DIR / name, root / component / name)
         if index.get("image_tokenizer", [None])[0] == __package__ + ".modeling_selftok":
             index["image_tokenizer"] = ["modeling_selftok", "SelftokModel"]  # its folder has the code (auto_map)
@@ -261,7 +251,7 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
             if isinstance(config.get("_class_name"), list):
                 config["_class_name"] = config["_class_name"][1]
             for name, entry in config.items():
-                if isinstance(entry, list) and entry and entry[0] in ("modeling_selftok", *_COMPONENT_SOURCES):
+                if isinstance(entry, list) and entry and entry[0] in ("modeling_selftok", *_COMPONENT_MODULES):
                     config[name] = [f"{__package__}.{entry[0]}", entry[1]]
         return out
 
