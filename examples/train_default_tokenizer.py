@@ -14,10 +14,11 @@ crops, mixed with Fashion-MNIST training images. Never trained on: the README's 
 and ``test`` splits of the opencv-doc photos, the Fashion-MNIST test split. The trainers' held-out curve uses the
 validation split (``benchmarks/default_tokenizer_baselines.py`` reports on the test images).
 
-    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-vae --latent-space vae --resume-from latest
+    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-vae --resume-from latest   # the shipped run
     python examples/train_default_tokenizer.py --output-dir /tmp/smoke --tiny         # seconds, for CI
 
-Every stage resumes exactly (``--resume-from latest``) and a finished stage is skipped, so the same command
+The defaults are the shipped run's budgets (1,600 VAE steps at batch 32, 6,000 tokenizer and 2,000 renderer steps at
+batch 16; about 1.5 hours on two shared CPU cores). Every stage resumes exactly (``--resume-from latest``) and a finished stage is skipped, so the same command
 continues a killed run. The result: ``OUTPUT_DIR/pipeline`` and its float16 copy ``OUTPUT_DIR/pipeline-fp16``
 (what ``selftok_hf/assets`` ships).
 """
@@ -65,9 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/default32")
     parser.add_argument("--latent-space", choices=("vae", "pixel"), default="vae")
-    parser.add_argument("--vae-steps", type=int, default=3000, help="VAE optimiser steps (--latent-space vae)")
-    parser.add_argument("--steps", type=int, default=16000, help="tokenizer optimiser steps")
-    parser.add_argument("--renderer-steps", type=int, default=4000)
+    parser.add_argument("--vae-steps", type=int, default=1600, help="VAE optimiser steps (--latent-space vae)")
+    parser.add_argument("--steps", type=int, default=6000, help="tokenizer optimiser steps")
+    parser.add_argument("--renderer-steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4, help="all groups: the decoder starts from scratch, not SD3")
     parser.add_argument("--warmup-steps", type=int, default=500)

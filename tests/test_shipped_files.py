@@ -21,22 +21,9 @@ SHIPPED = sorted(
     for path in [*PACKAGE.rglob("*"), *(REPO / "model_cards").glob("*.md")]
     if path.suffix in (".py", ".json", ".md") and "__pycache__" not in path.parts
 )
-# The embedded pipeline's configs were saved before save_pretrained stopped writing the source folder as
-# `_name_or_path`; they need re-exporting (or that key removed) by whoever owns assets/.
-PENDING = {
-    f"src/selftok_hf/assets/selftok-pixel32/{name}"
-    for name in ("model_index.json", "renderer/config.json", "transformer/config.json", "vae/config.json")
-}
-
-
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(path, marks=pytest.mark.xfail(reason="bundled config with a training run's _name_or_path; re-export pending"))
-        if path.relative_to(REPO).as_posix() in PENDING
-        else path
-        for path in SHIPPED
-    ],
+    SHIPPED,
     ids=lambda path: path.relative_to(REPO).as_posix(),
 )
 def test_no_machine_paths_in_shipped_files(path):

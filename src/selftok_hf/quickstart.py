@@ -41,7 +41,7 @@ __all__ = ["bundled_fashion_images", "bundled_images", "embedded_pipeline", "mai
 
 SAMPLE_PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
 SAMPLE_FASHION = ("fashion_mnist_ankle_boot.png", "fashion_mnist_pullover.png", "fashion_mnist_trouser.png")
-EMBEDDED_PIPELINE = "selftok-pixel32"
+EMBEDDED_PIPELINE = "selftok-small32"
 
 
 def bundled_images() -> dict[str, PIL.Image.Image]:
@@ -60,7 +60,8 @@ def _assets(names: tuple[str, ...]) -> dict[str, PIL.Image.Image]:
 
 
 def embedded_pipeline(dtype: torch.dtype = torch.float32) -> SelftokDecoderPipeline:
-    """The bundled trained pixel-space pipeline (weights stored in float16 to stay small; upcast on load)."""
+    """The bundled trained pipeline (VAE, tokenizer, decoder, renderer; weights stored in float16 to stay small, upcast
+    on load)."""
     return SelftokDecoderPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_PIPELINE), dtype=dtype)
 
 
@@ -105,7 +106,7 @@ def write_grid(path: str, columns: list[torch.Tensor], scale: int) -> None:
 def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample images)")
-    parser.add_argument("--pipeline", default=None, help="a SelftokDecoderPipeline folder (default: the bundled pixel-space model)")
+    parser.add_argument("--pipeline", default=None, help="a SelftokDecoderPipeline folder (default: the bundled trained model)")
     parser.add_argument("--output", default="selftok_tokens.json", help="where to write the ids (JSON)")
     parser.add_argument("--png", default="selftok_reconstruction.png", help="side-by-side PNG: input | decoder | renderer | bicubic")
     parser.add_argument(
