@@ -375,7 +375,7 @@ def test_card_metadata(hub):
     )
 
 
-def test_user_metadata_survives_re_rendering_and_pixel_pipelines_are_mit(hub, tmp_path):
+def test_user_metadata_survives_re_rendering_and_own_vae_or_pixel_pipelines_are_mit(hub, tmp_path):
     folder = tmp_path / "dec"
     shutil.copytree(hub["local"]["dec"], folder)
     write_model_card(
@@ -397,12 +397,18 @@ def test_user_metadata_survives_re_rendering_and_pixel_pipelines_are_mit(hub, tm
     )
     with pytest.raises(ValueError, match="card_data may set"):
         model_card(folder, pipeline_tag="text-generation")
-    embedded_pipeline().save_pretrained(tmp_path / "pixel")
-    pixel = card_metadata(tmp_path / "pixel")
-    assert (
-        pixel["license"] == "mit"
-        and "pixels (" in (tmp_path / "pixel" / "README.md").read_text()
-    )
+    # The embedded default holds a VAE trained here (4x, not SD3-shaped): selftok-hf's license, and the card says so.
+    embedded_pipeline().save_pretrained(tmp_path / "embedded")
+    assert card_metadata(tmp_path / "embedded")["license"] == "mit"
+    assert "small SD3-shaped VAE trained with `selftok-train-vae`" in (tmp_path / "embedded" / "README.md").read_text()
+    # A pixel-space pipeline is MIT too, and its card says it reads pixels.
+    from selftok_hf.pixel_space import PixelSpaceAutoencoder
+
+    pixel_pipe = embedded_pipeline()
+    pixel_pipe.register_modules(vae=PixelSpaceAutoencoder(patch_size=4))
+    pixel_pipe.save_pretrained(tmp_path / "pixel")
+    assert card_metadata(tmp_path / "pixel")["license"] == "mit"
+    assert "pixels (" in (tmp_path / "pixel" / "README.md").read_text()
 
 
 def card_snippets(root: Path, with_selftok_hf: bool) -> list[tuple[str, str]]:

@@ -52,6 +52,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .portable_config import without_local_name_or_path
+from .vae import SD3_VAE_CONFIG
 
 __all__ = [
     "SelftokHubMixin",
@@ -237,14 +238,26 @@ def _tokenizer_variables(folder: Path) -> dict[str, Any]:
 def _pipeline_variables(folder: Path) -> dict[str, Any]:
     """A ``SelftokDecoderPipeline`` folder."""
     index = _read_json(folder / "model_index.json")
-    sd3_vae = index["vae"][1] == "AutoencoderKL"
+    vae_config = _read_json(folder / "vae" / "config.json")
+    autoencoder = index["vae"][1] == "AutoencoderKL"
+    # An SD3-shaped VAE (16 channels, 8x: SD3's own, or the converter's random stand-in for it) carries SD3's license;
+    # another AutoencoderKL is one trained with selftok-train-vae (the embedded default's 4x), under selftok-hf's.
+    sd3_vae = autoencoder and (
+        len(vae_config.get("block_out_channels", ())) == len(SD3_VAE_CONFIG["block_out_channels"])
+        and vae_config.get("latent_channels") == SD3_VAE_CONFIG["latent_channels"]
+    )
+    if sd3_vae:
+        vae_text = "SD3 VAE (`AutoencoderKL`)"
+    elif autoencoder:
+        down = 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+        vae_text = f"small SD3-shaped VAE trained with `selftok-train-vae` (`AutoencoderKL`, {vae_config.get('latent_channels')} channels, {down}x)"
+    else:
+        vae_text = f"pixel-space stand-in (`{index['vae'][1]}`)"
     descriptions = {
         "image_tokenizer": "Selftok encoder + quantizer",
         "transformer": "rectified-flow MMDiT decoder",
         "renderer": "one-step renderer",
-        "vae": "SD3 VAE (`AutoencoderKL`)"
-        if sd3_vae
-        else f"pixel-space stand-in (`{index['vae'][1]}`)",
+        "vae": vae_text,
     }
     present = [
         name
@@ -255,7 +268,9 @@ def _pipeline_variables(folder: Path) -> dict[str, Any]:
         **_tokenizer_variables(folder / "image_tokenizer"),
         "metadata": SD3_LICENSE if sd3_vae else {"license": "mit"},
         "has_renderer": "renderer" in present,
-        "pixel_space": not sd3_vae,
+        "pixel_space": not autoencoder,
+        "sd3_vae": sd3_vae,
+        "vae_text": vae_text,
         "components": [
             (name, descriptions[name], _parameter_count(folder / name))
             for name in present
