@@ -72,9 +72,11 @@ def test_diffusers_loads_the_folder_as_before(saved):
         assert pipe.image_tokenizer.vae is pipe.vae  # the pipeline's own VAE, not a second copy
 
 
-def test_pixel_space_pipeline_root(tmp_path):
-    pipe = embedded_pipeline()
-    pipe.save_pretrained(tmp_path / "pixel")
+def test_pixel_space_pipeline_root(tmp_path, image_dir):
+    from selftok_hf.training.tokenizer import TokenizerTrainingArguments, train_tokenizer
+
+    args = TokenizerTrainingArguments(output_dir=str(tmp_path / "run"), dataset=image_dir, max_steps=1, batch_size=2, checkpoint_every=0)
+    pipe = train_tokenizer(args, export_dir=str(tmp_path / "pixel")).pipeline()  # a 1-step pixel-space pipeline
     images = [bundled_images()["coffee.jpg"]]
     tokenizer = AutoModel.from_pretrained(tmp_path / "pixel").eval()
     processor = AutoImageProcessor.from_pretrained(tmp_path / "pixel")

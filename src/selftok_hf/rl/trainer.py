@@ -242,7 +242,7 @@ class GRPOTrainer(TrainingLoop):
         if args.gradient_checkpointing:
             enable_activation_checkpointing(policy)
         self.reference = copy.deepcopy(policy).eval().requires_grad_(False)
-        self.accelerator.register_for_checkpointing(self.reference)
+        self.frozen_modules = {"kl_reference": self.reference}  # refreshed every N steps: checkpoints hold it
         self.models = {"language_model": policy}
         params = [p for p in policy.parameters() if p.requires_grad]
         self.optimizers = {"language_model": torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)}

@@ -35,7 +35,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from diffusers.training_utils import EMAModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
 from .data import step_seed
@@ -263,6 +263,9 @@ class TrainingLoop:
         self.models: dict[str, torch.nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.ema: EMAModel | None = None
+        #: Modules whose weights checkpoints hold although no optimizer trains them (e.g. GRPO's KL reference),
+        #: saved as safetensors: never through accelerate's pickled custom objects.
+        self.frozen_modules: dict[str, torch.nn.Module] = {}
         self.history: list[dict[str, Any]] = []
 
     # --------------------------------------------------------------------------- subclass hooks
@@ -338,6 +341,8 @@ class TrainingLoop:
                 state = self.ema.state_dict()
                 save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}, str(tmp / _EMA_WEIGHTS))
                 _write_atomically(tmp / _EMA_STATE, json.dumps(state))
+            for module_name, module in self.frozen_modules.items():
+                save_model(module, str(tmp / f"{module_name}.safetensors"))
             _write_atomically(tmp / _STATE_FILE, json.dumps({"step": self.step, "args": asdict(self.args)}, indent=2))
             # Saving a step that already exists (a finished run resumed): the old copy is moved aside, not deleted,
             # until the new one is in place, so a death at any point leaves one complete copy under a known name.
@@ -365,6 +370,8 @@ class TrainingLoop:
             raise ValueError(f"{path} holds {pickles}, pickled objects this trainer never writes; refusing to load them")
         self.accelerator.load_state(str(path))
         self.step = int(json.loads(state_file.read_text())["step"])
+        for module_name, module in self.frozen_modules.items():
+            load_model(module, str(path / f"{module_name}.safetensors"), device=str(self.accelerator.device))
         if self.ema is not None:
             if not (path / _EMA_WEIGHTS).exists():
                 raise FileNotFoundError(f"{path} holds no EMA weights ({_EMA_WEIGHTS}) but ema_decay is set")
