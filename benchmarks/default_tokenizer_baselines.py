@@ -34,14 +34,12 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import PIL.Image
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
 from selftok_hf.baselines import best_bicubic_thumbnail
-from selftok_hf.image_processing_selftok import postprocess_images
 from selftok_hf.metrics import psnr, ssim
-from selftok_hf.quickstart import side_by_side
+from selftok_hf.quickstart import write_grid
 from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
 from selftok_hf.training.data import StepBatches, center_resize_crop, images_to_tensor, load_image_dataset, random_resize_crop
 
@@ -161,7 +159,7 @@ def main() -> None:
         row["bicubic_best"] = scores(decoded["bicubic_best"], target) | {k: choice[k] for k in ("side", "bits_per_channel", "bits")}
         results["sets"][name] = row
         print(name, json.dumps(row))
-        write_grid(out / f"reconstructions_{name}.png", target[:8], decoded)
+        write_reconstructions(out / f"reconstructions_{name}.png", target[:8], decoded)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_table(out / "results.md", results)
     write_coarse_to_fine(out / "coarse_to_fine.png", strips, sets)
@@ -169,24 +167,20 @@ def main() -> None:
     print((out / "results.md").read_text())
 
 
-def write_grid(path: Path, target: torch.Tensor, decoded: dict[str, torch.Tensor], scale: int = 3) -> None:
-    """Rows: images; columns: input, then every method."""
-    columns = [target] + [images[: len(target)] for images in decoded.values()]
-    rows = [list(row) for row in zip(*(postprocess_images(c, "pil") for c in columns))]
-    grid = side_by_side(rows)
-    grid.resize((grid.width * scale, grid.height * scale), PIL.Image.NEAREST).save(path)
-    (path.with_suffix(".txt")).write_text("columns: input | " + " | ".join(decoded) + "\n")
+def write_reconstructions(path: Path, target: torch.Tensor, decoded: dict[str, torch.Tensor], scale: int = 3) -> None:
+    """Rows: images; columns: input, then every method (named in ``path.txt``)."""
+    write_grid(str(path), [target] + [images[: len(target)] for images in decoded.values()], scale)
+    path.with_suffix(".txt").write_text("columns: input | " + " | ".join(decoded) + "\n")
 
 
 def write_coarse_to_fine(path: Path, strips: list, sets: dict[str, torch.Tensor], scale: int = 3) -> None:
     """Rows: two images of each set; columns: decodes from the first 1, 4, 16, K tokens, then the input."""
-    rows = []
+    columns = []
     for name in sets:
-        per_prefix = [images for set_name, _, images in strips if set_name == name]
-        for i in range(min(2, len(sets[name]))):
-            rows.append(postprocess_images(torch.stack([images[i] for images in per_prefix] + [to_unit(sets[name][i])]), "pil"))
-    grid = side_by_side(rows)
-    grid.resize((grid.width * scale, grid.height * scale), PIL.Image.NEAREST).save(path)
+        per_prefix = [images[:2] for set_name, _, images in strips if set_name == name]
+        columns.append(per_prefix + [to_unit(sets[name][:2])])
+    # One column per prefix (then the input), the sets' rows stacked.
+    write_grid(str(path), [torch.cat(parts) for parts in zip(*columns)], scale)
 
 
 def write_table(path: Path, results: dict) -> None:

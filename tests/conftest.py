@@ -270,3 +270,28 @@ def image_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "images"
     datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
     return str(path)
+
+
+# ------------------------------------------------------------------------------ tiny random decoder pipelines
+# Module-scoped: every test module gets its own instance (a module's tests may change its per-call state).
+@pytest.fixture(scope="module")
+def tiny_pipeline():
+    """The seeded random tiny decoder pipeline (``random_tiny_pipeline(seed=0)``), progress bars off."""
+    from selftok_hf.quickstart import random_tiny_pipeline
+
+    pipe = random_tiny_pipeline(seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline_dir(tmp_path_factory):
+    """``random_tiny_pipeline(seed=0)`` saved with ``save_pretrained`` (for the CLI and loading tests)."""
+    from selftok_hf.quickstart import random_tiny_pipeline
+    from selftok_hf.vae import RandomWeightsWarning
+
+    path = tmp_path_factory.mktemp("tiny_pipeline")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        random_tiny_pipeline(seed=0).save_pretrained(path)
+    return path

@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import PIL.Image
@@ -15,9 +14,7 @@ import torch
 from selftok_hf.cli import DELEGATED_COMMANDS, main
 from selftok_hf.metrics import psnr
 from selftok_hf.pipeline_selftok_decoder import SelftokDecoderPipeline
-from selftok_hf.quickstart import random_tiny_pipeline
 from selftok_hf.tiny_vlm import tiny_selftok_pipeline
-from selftok_hf.vae import RandomWeightsWarning
 
 ASSETS = os.path.join(os.path.dirname(sys.modules["selftok_hf"].__file__), "assets")
 PHOTOS = [os.path.join(ASSETS, name) for name in ("astronaut.jpg", "coffee.jpg")]
@@ -29,39 +26,30 @@ def run_selftok(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def decoder_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny_decoder")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        random_tiny_pipeline(seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def vlm_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_vlm")
     tiny_selftok_pipeline("llama", seed=0).save_pretrained(path)
     return path
 
 
-def test_encode_decode_round_trip(decoder_dir, tmp_path, capsys):
-    pipe = SelftokDecoderPipeline.from_pretrained(decoder_dir)
+def test_encode_decode_round_trip(tiny_pipeline_dir, tmp_path, capsys):
+    pipe = SelftokDecoderPipeline.from_pretrained(tiny_pipeline_dir)
     cfg = pipe.image_tokenizer.config
     images = [PIL.Image.open(p).convert("RGB") for p in PHOTOS]
 
-    result = run_selftok("encode", *PHOTOS, "--pipeline", decoder_dir, "-o", "ids.npy", cwd=tmp_path)
+    result = run_selftok("encode", *PHOTOS, "--pipeline", tiny_pipeline_dir, "-o", "ids.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ids = np.load(tmp_path / "ids.npy")
     assert ids.shape == (2, cfg.num_tokens) and ids.dtype == np.int64
     np.testing.assert_array_equal(ids, pipe.encode(images).numpy())
 
     # The JSON form carries the same ids, the image names and the codebook size.
-    assert main(["encode", *PHOTOS, "--pipeline", str(decoder_dir), "-o", str(tmp_path / "ids.json")]) == 0
+    assert main(["encode", *PHOTOS, "--pipeline", str(tiny_pipeline_dir), "-o", str(tmp_path / "ids.json")]) == 0
     record = json.loads((tmp_path / "ids.json").read_text())
     assert record["images"] == PHOTOS and record["codebook_size"] == cfg.codebook_size and record["num_tokens"] == cfg.num_tokens
     np.testing.assert_array_equal(np.asarray(record["token_ids"]), ids)
 
-    result = run_selftok("decode", "ids.npy", "--pipeline", decoder_dir, "-o", "decoded", "--steps", 3, "--seed", 7, cwd=tmp_path)
+    result = run_selftok("decode", "ids.npy", "--pipeline", tiny_pipeline_dir, "-o", "decoded", "--steps", 3, "--seed", 7, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     pngs = sorted((tmp_path / "decoded").iterdir())
     assert [p.name for p in pngs] == ["image_0000.png", "image_0001.png"]
@@ -72,17 +60,17 @@ def test_encode_decode_round_trip(decoder_dir, tmp_path, capsys):
         np.testing.assert_array_equal(got, np.round(want * 255).astype(np.uint8))
 
     # Same ids from the JSON file and the same seed: the same pixels.
-    assert main(["decode", str(tmp_path / "ids.json"), "--pipeline", str(decoder_dir), "-o", str(tmp_path / "from_json"), "--steps", "3", "--seed", "7"]) == 0
+    assert main(["decode", str(tmp_path / "ids.json"), "--pipeline", str(tiny_pipeline_dir), "-o", str(tmp_path / "from_json"), "--steps", "3", "--seed", "7"]) == 0
     for a, b in zip(pngs, sorted((tmp_path / "from_json").iterdir())):
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(a)), np.asarray(PIL.Image.open(b)))
 
 
-def test_reconstruct_prints_psnr(decoder_dir, tmp_path):
-    result = run_selftok("reconstruct", PHOTOS[1], "--pipeline", decoder_dir, "-o", "recon.png", "--renderer", "--zoom", 2, cwd=tmp_path)
+def test_reconstruct_prints_psnr(tiny_pipeline_dir, tmp_path):
+    result = run_selftok("reconstruct", PHOTOS[1], "--pipeline", tiny_pipeline_dir, "-o", "recon.png", "--renderer", "--zoom", 2, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = float(re.search(r"PSNR \(one-step renderer\): mean ([0-9.]+) dB", result.stdout).group(1))
 
-    pipe = SelftokDecoderPipeline.from_pretrained(decoder_dir)
+    pipe = SelftokDecoderPipeline.from_pretrained(tiny_pipeline_dir)
     pixel_values = pipe.image_processor([PIL.Image.open(PHOTOS[1]).convert("RGB")], return_tensors="pt").pixel_values
     decoded = pipe(pipe.encode(pixel_values), use_renderer=True, output_type="pt").images
     assert printed == pytest.approx(psnr(decoded, (pixel_values + 1) / 2).item(), abs=0.006)
@@ -200,7 +188,7 @@ def test_delegated_commands_bad_arguments_exit_2(tmp_path, capsys):
     assert "selftok convert: error: config" in capsys.readouterr().err
 
 
-def test_bad_arguments_exit_2(decoder_dir, tmp_path, capsys):
+def test_bad_arguments_exit_2(tiny_pipeline_dir, tmp_path, capsys):
     result = run_selftok("decode", "ids.txt", "-o", "out", cwd=tmp_path)
     assert result.returncode == 2 and "must end in .npy or .json" in result.stderr
 
@@ -212,12 +200,12 @@ def test_bad_arguments_exit_2(decoder_dir, tmp_path, capsys):
     assert exit_code("frobnicate")[0] == 2
     code, err = exit_code("decode", "ids.npy", "-o", tmp_path, "--steps", "0")
     assert code == 2 and "--steps: must be an integer >= 1" in err
-    code, err = exit_code("encode", tmp_path / "missing.jpg", "-o", tmp_path / "ids.npy", "--pipeline", decoder_dir)
+    code, err = exit_code("encode", tmp_path / "missing.jpg", "-o", tmp_path / "ids.npy", "--pipeline", tiny_pipeline_dir)
     assert code == 2 and "cannot read image" in err
     np.save(tmp_path / "short.npy", np.zeros((1, 5), dtype=np.int64))
-    code, err = exit_code("decode", tmp_path / "short.npy", "-o", tmp_path / "out", "--pipeline", decoder_dir)
+    code, err = exit_code("decode", tmp_path / "short.npy", "-o", tmp_path / "out", "--pipeline", tiny_pipeline_dir)
     assert code == 2 and "takes 32 ids per image" in err
-    code, err = exit_code("generate", "a cat", "--pipeline", decoder_dir, "-o", tmp_path / "x.png")
+    code, err = exit_code("generate", "a cat", "--pipeline", tiny_pipeline_dir, "-o", tmp_path / "x.png")
     assert code == 2 and "is not a SelftokPipeline folder" in err
 
 

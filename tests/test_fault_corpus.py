@@ -17,23 +17,6 @@ from selftok_hf.vae import RandomWeightsWarning
 
 
 @pytest.fixture(scope="module")
-def tiny_pipeline():
-    pipe = random_tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-    """A saved tiny random pipeline, for the ``selftok`` command (run in-process)."""
-    path = tmp_path_factory.mktemp("tiny_pipeline")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        random_tiny_pipeline(seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
 def loaded_tiny_pipeline(tiny_pipeline_dir):
     pipe = SelftokDecoderPipeline.from_pretrained(tiny_pipeline_dir)
     pipe.set_progress_bar_config(disable=True)

@@ -8,15 +8,7 @@ import pytest
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from selftok_hf.quickstart import random_tiny_pipeline
 from selftok_hf.tiny_vlm import tiny_selftok_pipeline
-
-
-@pytest.fixture(scope="module")
-def decoder():
-    pipe = random_tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 @pytest.fixture(scope="module")
@@ -32,22 +24,22 @@ def _ids(pipe, rows, seed=0):
 
 
 # ------------------------------------------------------------------------------------------ decoder
-def test_decoder_exposes_diffusers_call_properties(decoder):
+def test_decoder_exposes_diffusers_call_properties(tiny_pipeline):
     seen = []
 
     def callback(pipe, i, t, kwargs):
         seen.append((pipe.num_timesteps, pipe.guidance_scale, pipe.do_classifier_free_guidance, pipe.interrupt))
         return {}
 
-    decoder(_ids(decoder, 1), num_inference_steps=3, guidance_scale=2.0, output_type="latent", callback_on_step_end=callback)
+    tiny_pipeline(_ids(tiny_pipeline, 1), num_inference_steps=3, guidance_scale=2.0, output_type="latent", callback_on_step_end=callback)
     assert seen == [(3, 2.0, True, False)] * 3
-    assert (decoder.num_timesteps, decoder.guidance_scale) == (3, 2.0)  # kept after the call, as in diffusers
-    decoder(_ids(decoder, 1), use_renderer=True, output_type="latent")
-    assert (decoder.num_timesteps, decoder.guidance_scale) == (1, 1.0)
+    assert (tiny_pipeline.num_timesteps, tiny_pipeline.guidance_scale) == (3, 2.0)  # kept after the call, as in diffusers
+    tiny_pipeline(_ids(tiny_pipeline, 1), use_renderer=True, output_type="latent")
+    assert (tiny_pipeline.num_timesteps, tiny_pipeline.guidance_scale) == (1, 1.0)
 
 
-def test_decoder_interrupt_skips_the_remaining_steps_and_resets_on_the_next_call(decoder):
-    ids, calls, latents_at = _ids(decoder, 2), [], {}
+def test_decoder_interrupt_skips_the_remaining_steps_and_resets_on_the_next_call(tiny_pipeline):
+    ids, calls, latents_at = _ids(tiny_pipeline, 2), [], {}
 
     def callback(pipe, i, t, kwargs):
         calls.append(i)
@@ -56,41 +48,41 @@ def test_decoder_interrupt_skips_the_remaining_steps_and_resets_on_the_next_call
             pipe._interrupt = True
         return {}
 
-    out = decoder(ids, num_inference_steps=5, output_type="latent", callback_on_step_end=callback,
+    out = tiny_pipeline(ids, num_inference_steps=5, output_type="latent", callback_on_step_end=callback,
                   generator=torch.Generator().manual_seed(0)).images
-    assert calls == [0, 1] and decoder.interrupt
+    assert calls == [0, 1] and tiny_pipeline.interrupt
     assert torch.equal(out, latents_at[1])  # the latent when it stopped is what comes back
-    full = decoder(ids, num_inference_steps=5, output_type="latent", generator=torch.Generator().manual_seed(0)).images
-    assert not decoder.interrupt and not torch.equal(full, out)  # the next call starts uninterrupted
+    full = tiny_pipeline(ids, num_inference_steps=5, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    assert not tiny_pipeline.interrupt and not torch.equal(full, out)  # the next call starts uninterrupted
 
 
-def test_decoder_num_images_per_prompt_orders_rows_like_diffusers(decoder):
-    ids, n = _ids(decoder, 2), 3
+def test_decoder_num_images_per_prompt_orders_rows_like_diffusers(tiny_pipeline):
+    ids, n = _ids(tiny_pipeline, 2), 3
     seeds = list(range(6))
-    out = decoder(ids, num_inference_steps=2, num_images_per_prompt=n, output_type="pt",
+    out = tiny_pipeline(ids, num_inference_steps=2, num_images_per_prompt=n, output_type="pt",
                   generator=[torch.Generator().manual_seed(s) for s in seeds]).images
     assert out.shape[0] == 6
     for k, seed in enumerate(seeds):  # image k is row k // n decoded alone with generator k
-        alone = decoder(ids[k // n : k // n + 1], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(seed)).images
+        alone = tiny_pipeline(ids[k // n : k // n + 1], num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(seed)).images
         torch.testing.assert_close(out[k], alone[0], rtol=0, atol=1e-5)  # batched vs alone: float rounding only
     assert (out[0] - out[1]).abs().max() > 1e-3  # different noise per copy  # different noise per copy
     # One generator: the same as repeating each row n times.
-    one = decoder(ids, num_inference_steps=2, num_images_per_prompt=n, output_type="pt", generator=torch.Generator().manual_seed(0)).images
-    repeated = decoder(ids.repeat_interleave(n, 0), num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    one = tiny_pipeline(ids, num_inference_steps=2, num_images_per_prompt=n, output_type="pt", generator=torch.Generator().manual_seed(0)).images
+    repeated = tiny_pipeline(ids.repeat_interleave(n, 0), num_inference_steps=2, output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert torch.equal(one, repeated)
     with pytest.raises(ValueError, match="num_images_per_prompt"):
-        decoder(ids, num_images_per_prompt=0)
+        tiny_pipeline(ids, num_images_per_prompt=0)
     with pytest.raises(ValueError, match="latents must have shape"):
-        decoder(ids, num_images_per_prompt=2, latents=torch.zeros(decoder._latent_shape(2)))
+        tiny_pipeline(ids, num_images_per_prompt=2, latents=torch.zeros(tiny_pipeline._latent_shape(2)))
     with pytest.raises(ValueError, match="generators"):
-        decoder(ids, num_images_per_prompt=2, generator=[torch.Generator()] * 2)
+        tiny_pipeline(ids, num_images_per_prompt=2, generator=[torch.Generator()] * 2)
 
 
-def test_decoder_call_state_is_per_thread(decoder):
+def test_decoder_call_state_is_per_thread(tiny_pipeline):
     """Thread A interrupts its own call from its callback while thread B runs: B sees neither A's interrupt nor
     A's num_timesteps, and B's result is bitwise the single-threaded one."""
-    ids = _ids(decoder, 1)
-    expected_b = decoder(ids, num_inference_steps=4, guidance_scale=2.0, output_type="pt", generator=torch.Generator().manual_seed(1)).images
+    ids = _ids(tiny_pipeline, 1)
+    expected_b = tiny_pipeline(ids, num_inference_steps=4, guidance_scale=2.0, output_type="pt", generator=torch.Generator().manual_seed(1)).images
     barrier, seen, results, errors = threading.Barrier(2, timeout=60), {}, {}, []
 
     def callback_a(pipe, i, t, kwargs):
@@ -110,7 +102,7 @@ def test_decoder_call_state_is_per_thread(decoder):
 
     def run(name, callback, steps, scale, seed):
         try:
-            results[name] = decoder(ids, num_inference_steps=steps, guidance_scale=scale, output_type="pt",
+            results[name] = tiny_pipeline(ids, num_inference_steps=steps, guidance_scale=scale, output_type="pt",
                                     generator=torch.Generator().manual_seed(seed), callback_on_step_end=callback).images
         except Exception as error:  # noqa: BLE001 (reported below)
             errors.append(error)

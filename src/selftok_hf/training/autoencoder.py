@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
+from ..vae import SD3_VAE_CONFIG
 from .data import StepBatches, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
 
@@ -28,21 +29,17 @@ __all__ = ["SMALL_VAE_CONFIG", "TINY_AUTOENCODER_CONFIG", "AutoencoderTrainer", 
 
 logger = logging.getLogger(__name__)
 
-#: SD3's VAE structure (16 channels, no quant convs, mid-block attention) with three narrow blocks: 4x downsampling.
+#: SD3's VAE (16 channels, no quant convs, mid-block attention) with three narrow blocks: 4x downsampling. The
+#: normalisation is measured at export.
 SMALL_VAE_CONFIG: dict[str, Any] = dict(
-    in_channels=3,
-    out_channels=3,
+    SD3_VAE_CONFIG,
     down_block_types=["DownEncoderBlock2D"] * 3,
     up_block_types=["UpDecoderBlock2D"] * 3,
     block_out_channels=[32, 64, 64],
     layers_per_block=1,
-    latent_channels=16,
-    norm_num_groups=32,
     sample_size=32,
     scaling_factor=1.0,
     shift_factor=0.0,
-    use_quant_conv=False,
-    use_post_quant_conv=False,
 )
 #: The same structure at a width that trains in milliseconds (tests, smoke runs).
 TINY_AUTOENCODER_CONFIG: dict[str, Any] = dict(SMALL_VAE_CONFIG, block_out_channels=[8, 8, 8], norm_num_groups=4)
