@@ -26,17 +26,17 @@ continues a killed run. The result: ``OUTPUT_DIR/pipeline`` and its float16 copy
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 
-from selftok_hf.training.autoencoder import AutoencoderTrainingArguments, train_autoencoder
-from selftok_hf.training.data import FASHION_MNIST_DIR, load_image_dataset, random_resize_crop
-from selftok_hf.training.renderer import RendererTrainingArguments, train_renderer
-from selftok_hf.training.tokenizer import TokenizerTrainingArguments, train_tokenizer
+from selftok_hf.training.data import (
+    FASHION_MNIST_DIR,
+    load_image_dataset,
+    random_resize_crop,
+)
+from selftok_hf.training.stack import StackBudget, train_selftok_stack
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -88,71 +88,32 @@ def main() -> None:
         build_training_mix(mix, photo_repeats=2 if args.tiny else 60, fashion_images=16 if args.tiny else 2000, max_side=160, tiny=args.tiny)
     if not validation.exists():
         build_validation_crops(validation, size=16 if args.tiny else 32, crops_per_photo=2 if args.tiny else 8, tiny=args.tiny)
-    shared = dict(
+    budget = StackBudget(
+        vae_steps=args.vae_steps,
+        vae_statistics_images=8 if args.tiny else 512,
+        steps=args.steps,
+        renderer_steps=args.renderer_steps,
         batch_size=args.batch_size,
-        seed=args.seed,
-        resume_from=args.resume_from,
+        lr=args.lr,
         warmup_steps=args.warmup_steps,
         ema_decay=args.ema_decay,
+        eval_every=args.eval_every,
+        seed=args.seed,
     )
-
-    latent = {"latent_space": "pixel", "pixel_patch_size": 2}
-    if args.latent_space == "vae":
-        vae_dir = out / "vae"
-        if not (vae_dir / "config.json").exists():
-            vae_args = AutoencoderTrainingArguments(
-                output_dir=str(out / "vae-run"),
-                dataset=str(mix),
-                image_size=16 if args.tiny else 32,
-                vae_config="tiny" if args.tiny else "small",
-                max_steps=args.vae_steps,
-                checkpoint_every=max(args.vae_steps // 6, 1),
-                log_every=max(min(50, args.vae_steps // 4), 1),
-                statistics_images=8 if args.tiny else 512,
-                **{**shared, "batch_size": 2 * args.batch_size},
-            )
-            train_autoencoder(vae_args, export_dir=str(vae_dir))
-        latent = {"latent_space": "vae", "vae_path": str(vae_dir)}
-
-    tokenizer_pipeline = out / "tokenizer-pipeline"
-    if not (tokenizer_pipeline / "model_index.json").exists():
-        name = "default32_vae" if args.latent_space == "vae" else "default32_pixel"
-        tok_args = TokenizerTrainingArguments(
-            output_dir=str(out / "tokenizer"),
-            dataset=str(mix),
-            eval_dataset=str(validation),
-            eval_images=32,
-            eval_every=args.eval_every,
-            eval_decoder_steps=10,
-            tokenizer_config="tiny" if args.tiny else str(CONFIGS / f"{name}_tokenizer.json"),
-            decoder_config="tiny" if args.tiny else str(CONFIGS / f"{name}_decoder.json"),
-            max_steps=args.steps,
-            encoder_lr=args.lr,
-            decoder_image_lr=args.lr,
-            decoder_token_lr=args.lr,
-            checkpoint_every=max(args.steps // 16, 1),
-            log_every=max(min(50, args.steps // 4), 1),
-            **latent,
-            **shared,
-        )
-        train_tokenizer(tok_args, export_dir=str(tokenizer_pipeline))
-
-    ren_args = RendererTrainingArguments(
-        output_dir=str(out / "renderer"),
-        pipeline=str(tokenizer_pipeline),
-        dataset=str(mix),
-        max_steps=args.renderer_steps,
-        learning_rate=args.lr,
-        # MSE only: the paper's GAN phase lowered held-out PSNR in the previous default (README).
-        loss_switch_step=args.renderer_steps + 1,
-        checkpoint_every=max(args.renderer_steps // 8, 1),
-        log_every=max(min(50, args.renderer_steps // 4), 1),
-        **shared,
+    name = "default32_vae" if args.latent_space == "vae" else "default32_pixel"
+    pipeline = train_selftok_stack(
+        out,
+        mix,
+        validation,
+        tokenizer_config="tiny" if args.tiny else str(CONFIGS / f"{name}_tokenizer.json"),
+        decoder_config="tiny" if args.tiny else str(CONFIGS / f"{name}_decoder.json"),
+        budget=budget,
+        image_size=16 if args.tiny else 32,
+        latent_space=args.latent_space,
+        vae_config="tiny" if args.tiny else "small",
+        resume_from=args.resume_from,
     )
-    pipe = train_renderer(ren_args, export_dir=str(out / "pipeline")).decoder_pipeline
-    # The bundled copy (selftok_hf/assets) stores weights in float16; loaded back in float32.
-    pipe.to(torch.float16).save_pretrained(str(out / "pipeline-fp16"))
-    print(f"trained pipeline: {os.path.abspath(out / 'pipeline')} (float16 copy: {out / 'pipeline-fp16'})")
+    print(f"trained pipeline: {pipeline.resolve()} (float16 copy: {out / 'pipeline-fp16'})")
 
 
 if __name__ == "__main__":

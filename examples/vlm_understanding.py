@@ -9,6 +9,7 @@ import argparse
 import PIL.Image
 
 from selftok_hf import SelftokPipeline
+from selftok_hf.processing_selftok import DEFAULT_QUESTION
 from selftok_hf.quickstart import bundled_images
 from selftok_hf.tiny_vlm import tiny_selftok_pipeline
 
@@ -19,7 +20,7 @@ def main() -> None:
     source.add_argument("--pipeline", help="a SelftokPipeline folder")
     source.add_argument("--tiny", action="store_true", help="use a seeded random tiny VLM (no download, random weights)")
     parser.add_argument("--images", nargs="*", help="image files (default: the bundled sample photos)")
-    parser.add_argument("--question", default="Describe the image.")
+    parser.add_argument("--question", default=DEFAULT_QUESTION)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
 

@@ -76,6 +76,34 @@ def test_train_default_tokenizer(tmp_path, latent_space):
     assert "trained pipeline:" in again
 
 
+def test_train_shapes_vlm(tmp_path):
+    out = run_example("train_shapes_vlm.py", "--tiny", "--output-dir", tmp_path / "run", cwd=tmp_path)
+    assert "trained VLM:" in out
+    run = tmp_path / "run"
+    for folder in ("vlm-init", "sft/pipeline", "rl/pipeline", "pipeline-fp16"):
+        pipe = SelftokPipeline.from_pretrained(run / folder)
+        assert pipe.decoder.renderer is not None and type(pipe.decoder.vae).__name__ == "AutoencoderKL"
+    # Every word of the world is one token of the trained BPE.
+    assert len(pipe.processor.tokenizer(" a blue square left of a green triangle")["input_ids"]) == 8
+    # No SFT prompt or answer and no GRPO prompt is held out.
+    import datasets
+
+    from selftok_hf.rl import ShapesWorld
+    from selftok_hf.rl.shapes_world import parse_prompt
+
+    world = ShapesWorld(image_size=32)
+    split = world.grammar_split(0.5, 0, also_held_out=("a blue square left of a green triangle", "three yellow circles"))
+    pairs = datasets.load_from_disk(str(run / "sft-pairs"))
+    prompts = [json.loads(line)["prompt"] for line in (run / "rl-prompts.jsonl").read_text().splitlines()]
+    assert not any(split.is_held_out(parse_prompt(t)) for t in list(pairs["text"]) + prompts)
+    for answer in pairs["answer"]:
+        try:
+            spec = parse_prompt(answer)
+        except ValueError:
+            continue  # a list of three shapes is no sentence of the prompt grammar
+        assert not split.is_held_out(spec), answer
+
+
 def test_rl_shapes(tmp_path):
     out = run_example("rl_shapes.py", "--tiny", "--max-steps", "2", "--output-dir", tmp_path / "rl", cwd=tmp_path)
     steps = re.findall(r"^step (\d+): reward [0-9.]+ \(program [0-9.]+, colour [0-9.]+\), kl ([0-9.e+-]+)", out, re.MULTILINE)

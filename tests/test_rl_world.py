@@ -18,10 +18,12 @@ from selftok_hf.rl import (
     ShapeDetector,
     ShapeInstance,
     ShapesWorld,
+    describe_scene,
     dsg_questions,
     parse_prompt,
     program_accuracy,
     render_scene,
+    score_description,
 )
 
 
@@ -94,6 +96,64 @@ def test_split_is_deterministic_disjoint_and_covers_every_category(world):
     for category in CATEGORIES:
         assert any(s.category == category for s in split["held_in"])
         assert any(s.category == category for s in split["held_out"])
+
+
+def test_sampled_sentences_cover_the_grammar_beyond_the_enumerated_prompts(world):
+    rng = np.random.default_rng(0)
+    enumerated = {s.text() for s in world.all_prompts()}
+    for category in CATEGORIES:
+        specs = [world.sample_prompt(rng, category=category) for _ in range(200)]
+        assert all(s.category == category and parse_prompt(s.text()) == s for s in specs)
+        if category not in ("single_object", "colors"):  # those two are enumerated exhaustively
+            assert any(s.text() not in enumerated for s in specs)
+    assert "a blue square left of a green triangle" in {world.sample_prompt(rng, "position").text() for _ in range(5000)}
+    assert "three yellow circles" in {world.sample_prompt(rng, "counting").text() for _ in range(1000)}
+
+
+def test_grammar_split_is_by_meaning(world):
+    split = world.grammar_split(0.5, seed=0, also_held_out=("three yellow circles",))
+    assert split == world.grammar_split(0.5, seed=0, also_held_out=("three yellow circles",))
+    enumerated = world.split(0.5, seed=0)
+    assert all(split.is_held_out(s) for s in enumerated["held_out"])
+    assert split.is_held_out(parse_prompt("three yellow circles"))
+    # One meaning, one side, whatever the wording.
+    for a, b in (("a red circle and a blue square", "a blue square and a red circle"),
+                 ("a circle left of a square", "a square right of a circle"),
+                 ("a green triangle above a red circle", "a red circle below a green triangle")):
+        assert parse_prompt(a).meaning == parse_prompt(b).meaning
+        assert split.is_held_out(parse_prompt(a)) == split.is_held_out(parse_prompt(b))
+    assert parse_prompt("a circle left of a square").meaning != parse_prompt("a square left of a circle").meaning
+    # About half of the sentences outside the enumerated ones are held out; rejection sampling honours the side.
+    rng = np.random.default_rng(1)
+    others = [s for s in (world.sample_prompt(rng, "position") for _ in range(400)) if s.text() not in {p.text() for p in world.all_prompts()}]
+    assert 0.35 < np.mean([split.is_held_out(s) for s in others]) < 0.65
+    assert all(split.is_held_out(world.sample_prompt(rng, split=split, held_out=True)) for _ in range(50))
+    assert not any(split.is_held_out(world.sample_prompt(rng, split=split, held_out=False)) for _ in range(50))
+
+
+def test_scene_descriptions_and_their_scores(world):
+    red_circle, blue_square = ShapeInstance("circle", "red", 8.0, 16.0, 8.0), ShapeInstance("square", "blue", 24.0, 18.0, 8.0)
+    assert describe_scene([blue_square, red_circle]) == "a red circle left of a blue square"
+    above = [ShapeInstance("triangle", "green", 16.0, 26.0, 8.0), ShapeInstance("circle", "green", 15.0, 6.0, 8.0)]
+    assert describe_scene(above) == "a green circle above a green triangle"
+    twins = [ShapeInstance("circle", "yellow", 6.0, 6.0, 8.0), ShapeInstance("circle", "yellow", 24.0, 24.0, 8.0)]
+    assert describe_scene(twins) == "two yellow circles"
+    mixed = [*twins, ShapeInstance("square", "red", 16.0, 16.0, 8.0)]
+    assert describe_scene(mixed) == "two yellow circles and a red square"  # grouped, listed by their leftmost member
+    assert describe_scene([*mixed[1:], ShapeInstance("triangle", "blue", 4.0, 28.0, 6.0)]) == "a blue triangle, a red square and a yellow circle"
+    # Every description of a random scene scores correct on its own scene.
+    rng = np.random.default_rng(0)
+    for j in range(300):
+        scene = world.sample_scene(world.sample_prompt(rng), seed=j)
+        assert score_description(describe_scene(scene), scene, margin=3.2)["correct"]
+    scene = [red_circle, blue_square]
+    assert score_description("a blue square right of a red circle.", scene, 3.2)["correct"]  # any true wording
+    wrong_color = score_description("a red circle left of a green square", scene, 3.2)
+    assert wrong_color["shapes"] and wrong_color["counts"] and not wrong_color["colors"] and not wrong_color["correct"]
+    assert not score_description("a red circle right of a blue square", scene, 3.2)["relation"]
+    assert not score_description("a red circle and a blue square", scene, 3.2)["relation"]  # two shapes need a relation
+    assert not any(score_description("a cat on a mat", scene, 3.2).values())
+    assert not score_description("two yellow circles left of a square", twins, 3.2)["correct"]
 
 
 def test_render_exact_pixels():

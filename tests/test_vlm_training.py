@@ -119,6 +119,12 @@ def test_example_builder_tasks(base_dir):
     i2t = SFTExampleBuilder(processor)(row, "i2t", rng)
     caption = processor.tokenizer(" a cat", add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
     assert [t for t in i2t["labels"] if t != IGNORE_INDEX] == caption
+    # With an answer column, understanding examples answer with it while text-to-image keeps the caption.
+    described = {**row, "answer": "a black cat left of a dog"}
+    builder = SFTExampleBuilder(processor, answer_column="answer", caption_dropout=0.0)
+    answer_ids = processor.tokenizer(" a black cat left of a dog", add_special_tokens=False)["input_ids"] + [processor.tokenizer.eos_token_id]
+    assert [t for t in builder(described, "i2t", rng)["labels"] if t != IGNORE_INDEX] == answer_ids
+    assert builder(described, "t2i", rng) == t2i
     text = SFTExampleBuilder(processor)(row, "text", rng)
     assert text["labels"][1:] == text["input_ids"][1:]
     assert parse_task_mix("t2i=3,i2t=1") == {"t2i": 0.75, "i2t": 0.25}

@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     describe = command("describe", "image -> text answer with a Selftok VLM (a SelftokPipeline folder)", 'selftok describe --pipeline my-vlm/ photo.jpg --question "What is shown?"')
     describe.add_argument("images", nargs="+", help="image files")
     describe.add_argument("--pipeline", required=True, metavar="DIR", help="a SelftokPipeline folder (SelftokPipeline.save_pretrained)")
-    describe.add_argument("--question", default="Describe the image.", help='the question asked about every image (default: "Describe the image.")')
+    # The default is left to SelftokPipeline.describe (processing_selftok.DEFAULT_QUESTION; not imported here, to keep
+    # `selftok --help` free of transformers).
+    describe.add_argument("--question", default=None, help='the question asked about every image (default: "What is shown?", what SFT trains with)')
     describe.add_argument("--max-new-tokens", type=_positive_int, default=64, help="longest answer in tokens (default: 64)")
     _add_runtime_arguments(describe)
 
@@ -494,7 +496,8 @@ def _describe(parser: argparse.ArgumentParser, args) -> int:
     images = _load_images(parser, args.images)
     pipe = _load_vlm_pipeline(parser, args, args.pipeline)
     torch.manual_seed(args.seed)
-    answers = pipe.describe(images, question=args.question, max_new_tokens=args.max_new_tokens)
+    question = {} if args.question is None else {"question": args.question}
+    answers = pipe.describe(images, max_new_tokens=args.max_new_tokens, **question)
     for path, answer in zip(args.images, answers):
         print(f"{path}: {answer}")
     return 0

@@ -51,7 +51,7 @@ from .generation_selftok import (
 )
 from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved, remote_code_files
 from .pipeline_selftok_decoder import PerCallState, SelftokDecoderPipeline
-from .processing_selftok import SelftokProcessor
+from .processing_selftok import DEFAULT_QUESTION, SelftokProcessor
 from .visual_vocabulary import VisualVocabulary
 
 __all__ = ["SelftokPipeline", "SelftokPipelineOutput"]
@@ -427,7 +427,7 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
     def describe(
         self,
         images=None,
-        question: str | list[str] = "Describe the image.",
+        question: str | list[str] = DEFAULT_QUESTION,
         image_token_ids=None,
         max_new_tokens: int = 64,
         do_sample: bool = False,

@@ -54,10 +54,12 @@ from transformers.utils.chat_template_utils import render_jinja_template
 from .modeling_selftok import SelftokModel
 from .visual_vocabulary import VisualVocabulary
 
-__all__ = ["IGNORE_INDEX", "SelftokProcessor", "selftok_chat_template"]
+__all__ = ["DEFAULT_QUESTION", "IGNORE_INDEX", "SelftokProcessor", "selftok_chat_template"]
 
 #: Label value that cross-entropy ignores (prompt tokens, padding).
 IGNORE_INDEX = -100
+#: The question of understanding examples when none is given: what SFT trains with and ``describe`` asks.
+DEFAULT_QUESTION = "What is shown?"
 
 # Marks a template this processor built around a tokenizer's own template (see `_with_image_items`).
 _ITEMS_PRELUDE_MARK = "{#- selftok: image content items -> placeholder -#}"

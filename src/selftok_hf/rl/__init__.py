@@ -2,7 +2,7 @@
 a pixel-space detector, program / QA rewards, and the simplified GRPO objective and trainer."""
 
 from .detector import Detection, ShapeDetector, as_image_batch
-from .evaluation import shapes_geneval
+from .evaluation import shapes_describe, shapes_geneval
 from .grpo import (
     GRPOLossOutput,
     constrained_log_distributions,
@@ -30,10 +30,13 @@ from .shapes_world import (
     SHAPES,
     ObjectSpec,
     PromptSpec,
+    PromptSplit,
     ShapeInstance,
     ShapesWorld,
+    describe_scene,
     parse_prompt,
     render_scene,
+    score_description,
 )
 from .trainer import GRPOArguments, GRPOTrainer, build_reward, load_prompts
 
@@ -52,6 +55,7 @@ __all__ = [
     "ProgramResult",
     "ProgramReward",
     "PromptSpec",
+    "PromptSplit",
     "QAReward",
     "Question",
     "RewardFunction",
@@ -62,6 +66,7 @@ __all__ = [
     "build_reward",
     "constrained_log_distributions",
     "constrained_logprobs",
+    "describe_scene",
     "dsg_questions",
     "evaluate_prompt",
     "group_advantages",
@@ -71,5 +76,7 @@ __all__ = [
     "parse_prompt",
     "program_accuracy",
     "render_scene",
+    "score_description",
+    "shapes_describe",
     "shapes_geneval",
 ]

@@ -1,5 +1,9 @@
-"""GenEval-style evaluation in the shapes world: generate images for prompts, read them with the exact
-detector, report per-category accuracy (every check of the prompt passes) and the mean over categories."""
+"""Evaluation in the shapes world.
+
+- :func:`shapes_geneval` (text-to-image, GenEval-style): generate images for prompts, read them with the exact
+  detector, report per-category accuracy (every check of the prompt passes) and the mean over categories.
+- :func:`shapes_describe` (understanding): ask "What is shown?" about scenes, score every answer aspect by aspect
+  against the true scene (:func:`~selftok_hf.rl.shapes_world.score_description`)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,9 @@ import torch
 
 from ..generation_selftok import generate_image_tokens
 from .rewards import ProgramReward, program_accuracy
-from .shapes_world import PromptSpec
+from .shapes_world import PromptSpec, ShapeInstance, score_description
 
-__all__ = ["decode_images", "prompt_batch", "shapes_geneval"]
+__all__ = ["decode_images", "prompt_batch", "shapes_describe", "shapes_geneval"]
 
 
 def prompt_batch(processor, prompts: Sequence[str], device=None) -> dict[str, torch.Tensor]:
@@ -82,3 +86,38 @@ def shapes_geneval(
     accuracy = program_accuracy(results, [m["spec"].category for m in metadata])
     accuracy["reward"] = sum(r.score for r in results) / len(results)
     return accuracy
+
+
+@torch.no_grad()
+def shapes_describe(
+    pipeline,
+    scenes: Sequence[Sequence[ShapeInstance]],
+    images: torch.Tensor,
+    question: str = "What is shown?",
+    batch_size: int = 64,
+    relation_margin: float = 0.1,
+) -> dict:
+    """How often :meth:`~selftok_hf.SelftokPipeline.describe` (greedy) gets a scene right, aspect by aspect.
+
+    Args:
+        pipeline: the VLM pipeline.
+        scenes: the true scenes.
+        images: their renders `(N, 3, H, W)` in [0, 1], tokenised by the pipeline's Selftok tokenizer.
+        question: asked about every image.
+        batch_size: images answered at once.
+        relation_margin: margin of a stated relation, as a fraction of the image width.
+    Returns:
+        ``{aspect: accuracy}`` for the aspects of :func:`score_description` (``"correct"``: all of them) and
+        ``"answers"``: the answers, in the order of ``scenes``.
+    """
+    if len(scenes) != len(images):
+        raise ValueError(f"got {len(images)} images for {len(scenes)} scenes")
+    answers: list[str] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size] * 2 - 1
+        answers += pipeline.describe(chunk, question=question)
+    margin = relation_margin * images.shape[-1]
+    scores = [score_description(answer, scene, margin) for answer, scene in zip(answers, scenes)]
+    summary: dict = {aspect: sum(s[aspect] for s in scores) / len(scores) for aspect in scores[0]}
+    summary["answers"] = answers
+    return summary

@@ -38,10 +38,13 @@ __all__ = [
     "ObjectSpec",
     "PromptSpec",
     "ShapeInstance",
+    "PromptSplit",
     "ShapesWorld",
+    "describe_scene",
     "parse_prompt",
     "relation_holds",
     "render_scene",
+    "score_description",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -96,6 +99,18 @@ class PromptSpec:
     @property
     def num_shapes(self) -> int:
         return sum(o.count for o in self.objects)
+
+    @property
+    def meaning(self) -> tuple:
+        """What the sentence asks for, independent of its wording: the objects of an "and" in any order, and a
+        relation with its direction normalised ("B right of A" = "A left of B", "B below A" = "A above B").
+        Two sentences with one meaning are held in or held out together (:class:`PromptSplit`)."""
+        if self.relation is None:
+            return (None, *sorted(self.objects, key=repr))
+        subject, obj = self.objects
+        if self.relation in ("right of", "below"):
+            return ("left of" if self.relation == "right of" else "above", obj, subject)
+        return (self.relation, subject, obj)
 
 
 @dataclass(frozen=True)
@@ -223,6 +238,113 @@ def _stable_seed(*parts) -> int:
     return zlib.crc32("|".join(map(str, parts)).encode())
 
 
+@dataclass(frozen=True)
+class PromptSplit:
+    """Held-in / held-out sides for every sentence of the grammar, decided by meaning (:attr:`PromptSpec.meaning`).
+
+    - A meaning shared with an enumerated prompt (:meth:`ShapesWorld.all_prompts`) is held out when one of those
+      prompts is on the held-out side of :meth:`ShapesWorld.split` (so "a square right of a circle" is held out
+      with "a circle left of a square", even if the split put one wording in each side).
+    - So is the meaning of every sentence of ``also_held_out`` (sentences a report quotes, held out by decree).
+    - Any other meaning (colours on both sides of a relation, coloured counts, ...) is held out with probability
+      ``held_out_fraction``, by a hash of the meaning and ``seed``.
+
+    Training on ``is_held_out(spec) == False`` only keeps every held-out evaluation sentence new in meaning, not
+    only in wording.
+    """
+
+    held_in: tuple[PromptSpec, ...]
+    held_out: tuple[PromptSpec, ...]
+    held_out_fraction: float
+    seed: int
+    also_held_out: tuple[PromptSpec, ...] = ()
+
+    def __post_init__(self):
+        enumerated = {}
+        for spec in self.held_in:
+            enumerated.setdefault(spec.meaning, False)
+        for spec in (*self.held_out, *self.also_held_out):
+            enumerated[spec.meaning] = True
+        object.__setattr__(self, "_enumerated_sides", enumerated)
+
+    def is_held_out(self, spec: PromptSpec) -> bool:
+        """Whether ``spec``'s meaning is on the held-out side (see the class docstring)."""
+        side = self._enumerated_sides.get(spec.meaning)
+        if side is not None:
+            return side
+        return _stable_seed("grammar-split", self.seed, repr(spec.meaning)) / 2**32 < self.held_out_fraction
+
+
+_SCENE_NUMBER_WORDS = {1: "a", 2: "two", 3: "three"}
+
+
+def describe_scene(scene: Sequence[ShapeInstance]) -> str:
+    """The canonical answer to "What is shown?": every shape with its colour, counted, and where two single shapes
+    are shown, where one is relative to the other along the axis on which they are further apart.
+
+    Examples: ``"a red circle left of a blue square"``, ``"a green triangle above a green circle"``,
+    ``"two yellow circles"``, ``"two red squares and a blue triangle"``, ``"a red circle, a blue circle and a green
+    square"``. Groups of one colour and shape are listed by the x of their leftmost member.
+    """
+    if not scene:
+        return "nothing"
+    groups: dict[tuple[str, str], list[ShapeInstance]] = {}
+    for inst in sorted(scene, key=lambda i: (i.cx, i.cy)):
+        groups.setdefault((inst.color, inst.shape), []).append(inst)
+
+    def phrase(color: str, shape: str, n: int) -> str:
+        return f"{_SCENE_NUMBER_WORDS[n]} {color} {shape}{'s' if n > 1 else ''}"
+
+    if len(scene) == 2 and len(groups) == 2:
+        a, b = sorted(scene, key=lambda i: i.cx)
+        if abs(b.cx - a.cx) >= abs(b.cy - a.cy):
+            return f"{phrase(a.color, a.shape, 1)} left of {phrase(b.color, b.shape, 1)}"
+        a, b = sorted(scene, key=lambda i: i.cy)
+        return f"{phrase(a.color, a.shape, 1)} above {phrase(b.color, b.shape, 1)}"
+    phrases = [phrase(color, shape, len(members)) for (color, shape), members in groups.items()]
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def score_description(answer: str, scene: Sequence[ShapeInstance], margin: float) -> dict[str, bool]:
+    """Check an answer to "What is shown?" against the true scene, aspect by aspect.
+
+    The answer is read in the grammar of :func:`describe_scene` (phrases ``"<a|two|three> <color> <shape>"`` joined
+    by ", " / " and ", or two single phrases joined by a relation). Aspects:
+
+    - ``shapes``: the multiset of shapes is right; ``colors``: the multiset of (colour, shape) is right;
+    - ``counts``: the number of shapes is right;
+    - ``relation``: with two single shapes of different colour or kind, a relation is stated and holds between the true
+      shapes by ``margin`` pixels; otherwise none is stated;
+    - ``correct``: all of them (an answer outside the grammar is wrong in every aspect).
+    """
+    wrong = {"shapes": False, "colors": False, "counts": False, "relation": False, "correct": False}
+    text = " " + " ".join(answer.lower().strip().rstrip(".").split()) + " "
+    relation = next((r for r in RELATIONS if f" {r} " in text), None)
+    parts = text.split(f" {relation} ") if relation else text.replace(",", " and ").split(" and ")
+    try:
+        objects = [_parse_object(part.split(), answer) for part in parts]
+    except ValueError:
+        return wrong
+    if relation is not None and (len(objects) != 2 or any(o.count != 1 for o in objects)):
+        return wrong
+    said = sorted((o.color, o.shape) for o in objects for _ in range(o.count))
+    truth = sorted((i.color, i.shape) for i in scene)
+    needs_relation = len(scene) == 2 and truth[0] != truth[1]
+    relation_ok = relation is None and not needs_relation
+    if relation is not None and needs_relation and said == truth:
+        subject = next(i for i in scene if (i.color, i.shape) == (objects[0].color, objects[0].shape))
+        obj = next(i for i in scene if i is not subject)
+        relation_ok = relation_holds((subject.cx, subject.cy), (obj.cx, obj.cy), relation, margin)
+    result = {
+        "shapes": sorted(s for _, s in said) == sorted(s for _, s in truth),
+        "colors": said == truth,
+        "counts": len(said) == len(truth),
+        "relation": relation_ok,
+    }
+    result["correct"] = all(result.values())
+    return result
+
+
 @dataclass
 class ShapesWorld:
     """The shapes world: prompt enumeration, held-in / held-out splits, scene sampling and rendering.
@@ -277,6 +399,56 @@ class ShapesWorld:
                 for ca, cb in itertools.permutations(C, 2)
             ]
         raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+
+    def grammar_split(self, held_out_fraction: float = 0.5, seed: int = 0, also_held_out: Sequence[str] = ()) -> PromptSplit:
+        """The :class:`PromptSplit` of the whole grammar built on :meth:`split` of the enumerated prompts;
+        ``also_held_out``: sentences whose meaning is held out whatever the hash says."""
+        split = self.split(held_out_fraction, seed)
+        extra = tuple(parse_prompt(text) for text in also_held_out)
+        return PromptSplit(tuple(split["held_in"]), tuple(split["held_out"]), held_out_fraction, seed, extra)
+
+    def sample_prompt(
+        self, rng: np.random.Generator, category: str | None = None, split: PromptSplit | None = None, held_out: bool = False
+    ) -> PromptSpec:
+        """A random sentence of the full grammar (not only the enumerated prompts): every category, colours
+        optional wherever the grammar allows them (both sides of a relation, coloured counts).
+
+        ``category`` fixes the category of the result (drawn uniformly from :data:`CATEGORIES` otherwise). Two-object
+        sentences name two different shapes, as the enumerated prompts do. With ``split``, only sentences on the
+        ``held_out`` side of it are returned (by rejection).
+        """
+        for _ in range(self.max_attempts):
+            spec = self._sample_sentence(rng, category)
+            if split is None or split.is_held_out(spec) == held_out:
+                return spec
+        raise RuntimeError(f"no {'held-out' if held_out else 'held-in'} sentence of category {category!r} in {self.max_attempts} draws")
+
+    def _sample_sentence(self, rng: np.random.Generator, category: str | None) -> PromptSpec:
+        category = CATEGORIES[rng.integers(len(CATEGORIES))] if category is None else category
+        if category not in CATEGORIES:
+            raise ValueError(f"unknown category {category!r}; expected one of {CATEGORIES}")
+        first, second = (self.shapes[i] for i in rng.permutation(len(self.shapes))[:2])
+
+        def color() -> str:
+            return self.colors[rng.integers(len(self.colors))]
+
+        def maybe_color() -> str | None:
+            return color() if rng.random() < 0.5 else None
+
+        if category == "single_object":
+            return PromptSpec(category, (ObjectSpec(first),))
+        if category == "colors":
+            return PromptSpec(category, (ObjectSpec(first, color()),))
+        if category == "counting":
+            return PromptSpec(category, (ObjectSpec(first, maybe_color(), int(rng.integers(2, 4))),))
+        if category == "position":
+            relation = RELATIONS[rng.integers(len(RELATIONS))]
+            return PromptSpec(category, (ObjectSpec(first, maybe_color()), ObjectSpec(second, maybe_color())), relation)
+        if category == "color_attr":
+            return PromptSpec(category, (ObjectSpec(first, color()), ObjectSpec(second, color())))
+        # two_objects: at most one of the two is coloured (both coloured is color_attr).
+        colored = ObjectSpec(first, maybe_color())
+        return PromptSpec(category, (colored, ObjectSpec(second)) if rng.random() < 0.5 else (ObjectSpec(second), colored))
 
     def split(self, held_out_fraction: float = 0.5, seed: int = 0) -> dict[str, list[PromptSpec]]:
         """Split every category's prompts into ``{"held_in": [...], "held_out": [...]}``.

@@ -42,7 +42,7 @@ import torch
 
 from ..modeling_selftok_lm import embedding_module_names, lora_target_modules
 from ..pipeline_selftok import SelftokPipeline
-from ..processing_selftok import IGNORE_INDEX, SelftokProcessor
+from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
 from .data import load_image_dataset
 from .loop import (
     LoopArguments,
@@ -137,6 +137,8 @@ class SFTExampleBuilder:
     Args:
         processor: the pipeline's [`SelftokProcessor`].
         text_column: the caption column.
+        answer_column: the column ``i2t`` examples answer with (default: ``text_column``), when the answer about an
+            image differs from the caption that draws it (a prompt vs a full description of the scene).
         question: the user turn of ``i2t`` chat examples (after the image).
         chat_format: chat conversations (loss on answers) for t2i / i2t; else plain sequences.
         caption_dropout: probability of an empty caption in ``t2i`` examples.
@@ -145,7 +147,8 @@ class SFTExampleBuilder:
 
     processor: SelftokProcessor
     text_column: str = "text"
-    question: str = "Describe the image."
+    answer_column: str | None = None
+    question: str = DEFAULT_QUESTION
     chat_format: bool = True
     caption_dropout: float = 0.1
     max_length: int | None = None
@@ -166,6 +169,8 @@ class SFTExampleBuilder:
             else:
                 example = self.processor.build_plain_example(caption + placeholder, image_token_ids=image_ids)
         elif task == "i2t":
+            if self.answer_column is not None:
+                caption = row.get(self.answer_column) or ""
             if self.chat_format:
                 conversation = [{"role": "user", "content": f"{placeholder} {self.question}".rstrip()}, {"role": "assistant", "content": caption}]
                 example = self.processor.build_chat_example(conversation, image_token_ids=image_ids)
@@ -205,6 +210,7 @@ class SFTArguments(LoopArguments):
     Args:
         pipeline: a :class:`SelftokPipeline` folder whose LM is fine-tuned (its decoder stack tokenises the images).
         dataset / split / image_column / text_column: the (image, text) pairs (see the module docstring).
+        answer_column: the ``i2t`` answers when they are not ``text_column`` (see :class:`SFTExampleBuilder`).
         text_dataset: optional text-only dataset (column ``text_column``) for the ``text`` task.
         task_mix: task probabilities, e.g. ``"t2i=0.5,i2t=0.5"``.
         chat_format / question / caption_dropout: see :class:`SFTExampleBuilder`.
@@ -219,10 +225,11 @@ class SFTArguments(LoopArguments):
     split: str = "train"
     image_column: str = "image"
     text_column: str = "text"
+    answer_column: str = ""
     text_dataset: str = ""
     task_mix: str = "t2i=0.5,i2t=0.5"
     chat_format: bool = True
-    question: str = "Describe the image."
+    question: str = DEFAULT_QUESTION
     caption_dropout: float = 0.1
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
@@ -283,6 +290,8 @@ class SFTTrainer(TrainingLoop):
             image_column = args.image_column
         if args.text_column not in self.dataset.column_names:
             raise ValueError(f"no text column {args.text_column!r} in the dataset (columns: {self.dataset.column_names})")
+        if args.answer_column and args.answer_column not in self.dataset.column_names:
+            raise ValueError(f"no answer column {args.answer_column!r} in the dataset (columns: {self.dataset.column_names})")
         if IMAGE_IDS_COLUMN not in self.dataset.column_names:
             self.dataset = pretokenize_images(self.dataset, self.pipeline, image_column, args.image_batch_size, args.cache_dir or None)
         else:
@@ -332,6 +341,7 @@ class SFTTrainer(TrainingLoop):
         self.builder = SFTExampleBuilder(
             self.pipeline.processor,
             text_column=args.text_column,
+            answer_column=args.answer_column or None,
             question=args.question,
             chat_format=args.chat_format,
             caption_dropout=args.caption_dropout,

@@ -1,0 +1,144 @@
+"""The whole Selftok stack trained from scratch, stage by stage: a small VAE, the tokenizer with its diffusion
+decoder on the VAE's latents, then the one-step renderer.
+
+This is the recipe behind the embedded models (``examples/train_default_tokenizer.py`` on photos,
+``examples/train_shapes_vlm.py`` on the shapes world). Each stage is one of the library's trainers
+(:func:`~selftok_hf.training.autoencoder.train_autoencoder`, :func:`~selftok_hf.training.tokenizer.train_tokenizer`,
+:func:`~selftok_hf.training.renderer.train_renderer`) in its own folder under ``output_dir``:
+
+    vae-run/ -> vae/            the AutoencoderKL (``latent_space="vae"`` only)
+    tokenizer/ -> tokenizer-pipeline/
+    renderer/ -> pipeline/      the result, and pipeline-fp16/ (its float16 copy, what a package ships)
+
+A stage whose exported folder exists is skipped; with ``resume_from="latest"`` an interrupted stage continues
+exactly from its last checkpoint, so rerunning the same call finishes a killed run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .autoencoder import AutoencoderTrainingArguments, train_autoencoder
+from .renderer import RendererTrainingArguments, train_renderer
+from .tokenizer import TokenizerTrainingArguments, train_tokenizer
+
+__all__ = ["StackBudget", "train_selftok_stack"]
+
+
+@dataclass(frozen=True)
+class StackBudget:
+    """Steps and optimiser settings of the three stages.
+
+    Args:
+        vae_steps: VAE optimiser steps (at ``2 * batch_size``: the VAE is small and its batches cheap).
+        vae_statistics_images: images whose latents give the VAE's shift and scale factor.
+        steps: tokenizer + decoder steps; ``eval_every`` of them, the held-out 10-step PSNR is logged.
+        renderer_steps: one-step renderer steps (MSE only: the paper's GAN phase lowered held-out PSNR here).
+        batch_size / lr / warmup_steps / ema_decay / seed: shared by the stages (one learning rate for every group:
+            the decoder starts from scratch, not from SD3).
+    """
+
+    vae_steps: int = 1600
+    vae_statistics_images: int = 512
+    steps: int = 6000
+    renderer_steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-4
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    eval_every: int = 1000
+    seed: int = 0
+
+
+def train_selftok_stack(
+    output_dir: str | Path,
+    dataset: str | Path,
+    eval_dataset: str | Path,
+    tokenizer_config: str,
+    decoder_config: str,
+    budget: StackBudget = StackBudget(),
+    image_size: int = 32,
+    latent_space: str = "vae",
+    vae_config: str = "small",
+    resume_from: str | None = None,
+) -> Path:
+    """Train (or finish) the stack in ``output_dir`` on ``dataset`` (a ``save_to_disk`` folder of images).
+
+    Args:
+        output_dir: the run folder (layout in the module docstring).
+        dataset / eval_dataset: training images and the held-out images of the tokenizer's PSNR curve.
+        tokenizer_config / decoder_config: JSON files or preset names of the tokenizer and the decoder.
+        budget: steps and optimiser settings.
+        image_size: training crop side in pixels.
+        latent_space: ``"vae"`` (a VAE trained first, the paper's structure) or ``"pixel"`` (2 x 2 pixel blocks).
+        vae_config: the VAE's preset (``"small"``, ``"tiny"``) or JSON file.
+        resume_from: ``"latest"`` continues every unfinished stage from its last checkpoint.
+    Returns:
+        The trained pipeline's folder, ``output_dir / "pipeline"`` (with ``pipeline-fp16`` next to it).
+    """
+    out = Path(output_dir).expanduser()
+    b = budget
+    shared = dict(batch_size=b.batch_size, seed=b.seed, resume_from=resume_from, warmup_steps=b.warmup_steps, ema_decay=b.ema_decay)
+
+    latent = {"latent_space": "pixel", "pixel_patch_size": 2}
+    if latent_space == "vae":
+        vae_dir = out / "vae"
+        if not (vae_dir / "config.json").exists():
+            vae_args = AutoencoderTrainingArguments(
+                output_dir=str(out / "vae-run"),
+                dataset=str(dataset),
+                image_size=image_size,
+                vae_config=vae_config,
+                max_steps=b.vae_steps,
+                checkpoint_every=max(b.vae_steps // 6, 1),
+                log_every=max(min(50, b.vae_steps // 4), 1),
+                statistics_images=b.vae_statistics_images,
+                **{**shared, "batch_size": 2 * b.batch_size},
+            )
+            train_autoencoder(vae_args, export_dir=str(vae_dir))
+        latent = {"latent_space": "vae", "vae_path": str(vae_dir)}
+    elif latent_space != "pixel":
+        raise ValueError(f"latent_space must be 'vae' or 'pixel', got {latent_space!r}")
+
+    tokenizer_pipeline = out / "tokenizer-pipeline"
+    if not (tokenizer_pipeline / "model_index.json").exists():
+        tok_args = TokenizerTrainingArguments(
+            output_dir=str(out / "tokenizer"),
+            dataset=str(dataset),
+            eval_dataset=str(eval_dataset),
+            eval_images=32,
+            eval_every=b.eval_every,
+            eval_decoder_steps=10,
+            tokenizer_config=tokenizer_config,
+            decoder_config=decoder_config,
+            max_steps=b.steps,
+            encoder_lr=b.lr,
+            decoder_image_lr=b.lr,
+            decoder_token_lr=b.lr,
+            checkpoint_every=max(b.steps // 16, 1),
+            log_every=max(min(50, b.steps // 4), 1),
+            **latent,
+            **shared,
+        )
+        train_tokenizer(tok_args, export_dir=str(tokenizer_pipeline))
+
+    pipeline_dir = out / "pipeline"
+    if not (pipeline_dir / "model_index.json").exists():
+        ren_args = RendererTrainingArguments(
+            output_dir=str(out / "renderer"),
+            pipeline=str(tokenizer_pipeline),
+            dataset=str(dataset),
+            max_steps=b.renderer_steps,
+            learning_rate=b.lr,
+            loss_switch_step=b.renderer_steps + 1,
+            checkpoint_every=max(b.renderer_steps // 8, 1),
+            log_every=max(min(50, b.renderer_steps // 4), 1),
+            **shared,
+        )
+        pipe = train_renderer(ren_args, export_dir=str(pipeline_dir)).decoder_pipeline
+        # The bundled copy (selftok_hf/assets) stores weights in float16; loaded back in float32.
+        pipe.to(torch.float16).save_pretrained(str(out / "pipeline-fp16"))
+    return pipeline_dir
