@@ -105,6 +105,18 @@ def test_pretokenisation_is_cached(base_dir, pairs, tmp_path):
     assert len(list(tmp_path.glob("selftok-image-tokens-*.arrow"))) == 1
 
 
+def test_token_cache_stays_out_of_the_dataset_folder(base_dir, pairs, tmp_path, monkeypatch):
+    import datasets
+
+    pairs.save_to_disk(str(tmp_path / "pairs"))
+    on_disk = datasets.load_from_disk(str(tmp_path / "pairs"))
+    before = sorted(p.name for p in (tmp_path / "pairs").iterdir())
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    pretokenize_images(on_disk, SelftokPipeline.from_pretrained(base_dir))
+    assert sorted(p.name for p in (tmp_path / "pairs").iterdir()) == before
+    assert len(list((tmp_path / "hf-cache" / "selftok-image-tokens").glob("selftok-image-tokens-*.arrow"))) == 1
+
+
 def test_example_builder_tasks(base_dir):
     processor = SelftokPipeline.from_pretrained(base_dir).processor
     row = {"text": "a cat", "image_token_ids": list(range(32))}

@@ -101,19 +101,19 @@ def _state_hash(*modules: torch.nn.Module) -> str:
 def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "image", batch_size: int = 16, cache_dir: str | os.PathLike | None = None):
     """Add a ``image_token_ids`` column (K Selftok ids per row, AR order) and drop the images, with ``datasets.map``.
 
-    The result is cached in ``cache_dir`` (default: the dataset's own cache directory) under a name derived from the
-    dataset fingerprint and a hash of the image tokenizer and VAE weights, so a second call with the same data and
-    tokenizer reads the Arrow file instead of encoding again.
+    The result is cached in ``cache_dir`` (default: ``selftok-image-tokens/`` in the ``datasets`` cache,
+    ``HF_DATASETS_CACHE``: never in the user's dataset folder) under a name derived from the dataset fingerprint and a
+    hash of the image tokenizer and VAE weights, so a second call with the same data and tokenizer reads the Arrow
+    file instead of encoding again.
     """
     if image_column not in dataset.column_names:
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {dataset.column_names})")
+    import datasets
+
     key = f"{dataset._fingerprint}-{_state_hash(pipeline.decoder.image_tokenizer, pipeline.decoder.vae)}"
-    if cache_dir is None and dataset.cache_files:
-        cache_dir = Path(dataset.cache_files[0]["filename"]).parent
-    cache_file = None
-    if cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        cache_file = str(Path(cache_dir) / f"selftok-image-tokens-{key}.arrow")
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "selftok-image-tokens"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_file = str(cache_dir / f"selftok-image-tokens-{key}.arrow")
 
     def encode(rows):
         ids = pipeline.processor.encode_images([image.convert("RGB") for image in rows[image_column]])
