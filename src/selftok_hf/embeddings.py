@@ -61,7 +61,12 @@ class TimestepEmbedder(nn.Module):
             nn.Linear(hidden_size, hidden_size),
         )
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """``t``: ``(N,)`` timesteps -> ``(N, hidden_size)``."""
+    def forward(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``t``: ``(N,)`` timesteps -> ``(N, hidden_size)``.
+
+        ``dtype`` is that of the activations this embedding conditions (as diffusers' SD3 embedder casts to its
+        pooled projection's dtype): the weights' dtype (as stored) differs from the compute dtype under diffusers'
+        layerwise casting, which upcasts the weights only when each Linear runs.
+        """
         freq = timestep_frequencies(t, self.frequency_embedding_size)
-        return self.mlp(freq.to(self.mlp[0].weight.dtype))
+        return self.mlp(freq.to(dtype))

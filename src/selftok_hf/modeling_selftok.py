@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
@@ -88,18 +89,58 @@ class SelftokMLP(nn.Module):
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    scaling: float,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain softmax attention, the ``"eager"`` entry of transformers' attention interface for this model.
+
+    Args:
+        query: ``(B, heads, Lq, head_dim)``; key, value: ``(B, heads, Lk, head_dim)``.
+        attention_mask: boolean ``(Lq, Lk)`` (True = attend), SDPA's convention, which every implementation here
+            receives; or None.
+        scaling: the factor of ``query @ key^T``.
+    Returns:
+        the output ``(B, Lq, heads, head_dim)`` and the attention weights ``(B, heads, Lq, Lk)``.
+    """
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        # Every query sees all image keys, so no row is fully masked.
+        attn_weights = attn_weights.masked_fill(~attention_mask, float("-inf"))
+    # Softmax in float32 at least (as transformers' eager functions), but never below the model's dtype: a float64
+    # model stays exact.
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
 class SelftokDualAttention(nn.Module):
     """Joint attention of the two encoder streams ("Uni" pattern).
 
-    - image tokens attend only to image tokens (``image_heads`` heads of the image width);
+    - image tokens attend only to image tokens (``encoder_num_heads`` heads of the image width);
     - queries attend to ``[to_query_kv(image) ; queries]`` (``query_heads`` heads of the query width),
       bidirectionally among themselves unless ``causal_queries``.
+
+    Both are computed by the function transformers' ``ALL_ATTENTION_FUNCTIONS`` holds for
+    ``config._attn_implementation`` (``"sdpa"`` by default, ``"eager"``: :func:`eager_attention_forward`).
     """
 
-    def __init__(self, image_dim: int, image_heads: int, query_dim: int, query_heads: int, causal_queries: bool):
+    def __init__(self, config: SelftokConfig) -> None:
         super().__init__()
-        self.image_heads, self.query_heads = image_heads, query_heads
-        self.causal_queries = causal_queries
+        image_dim, query_dim = config.encoder_hidden_size, config.query_dim
+        self.config = config
+        self.image_heads, self.query_heads = config.encoder_num_heads, config.query_heads
+        self.causal_queries = config.causal_queries
+        # Read by transformers' attention functions: no implicit causal mask (the query mask is explicit).
+        self.is_causal = False
+        # 1 / sqrt(head_dim) computed as SDPA computes its default scale, so that the sdpa path is unchanged bitwise.
+        self.image_scaling = 1.0 / math.sqrt(image_dim // self.image_heads)
+        self.query_scaling = 1.0 / math.sqrt(query_dim // self.query_heads)
         self.image_qkv = nn.Linear(image_dim, 3 * image_dim)
         self.image_to_query_kv = nn.Linear(image_dim, 2 * query_dim)
         self.image_out = nn.Linear(image_dim, image_dim)
@@ -112,21 +153,18 @@ class SelftokDualAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, n, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
 
-    @staticmethod
-    def _merge(x: torch.Tensor) -> torch.Tensor:
-        B, H, L, C = x.shape
-        return x.transpose(1, 2).reshape(B, L, H * C)
-
     def forward(self, image: torch.Tensor, queries: torch.Tensor, compute_image: bool = True):
         """image ``(B, N, image_dim)`` and queries ``(B, K, query_dim)``, both already normalised/modulated.
 
         Returns the attention outputs of both streams; the image output is ``None`` when
         ``compute_image`` is False (the last block, whose image stream nobody reads).
         """
+        attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         image_out = None
         if compute_image:
             q, k, v = self._heads(self.image_qkv(image), 3, self.image_heads)
-            image_out = self.image_out(self._merge(F.scaled_dot_product_attention(q, k, v)))
+            attended, _ = attention_interface(self, q, k, v, None, scaling=self.image_scaling, dropout=0.0, is_causal=False)
+            image_out = self.image_out(attended.flatten(2))
 
         image_k, image_v = self._heads(self.image_to_query_kv(image), 2, self.query_heads)
         query_q, query_k, query_v = self._heads(self.query_qkv(queries), 3, self.query_heads)
@@ -135,10 +173,17 @@ class SelftokDualAttention(nn.Module):
             K, N = queries.shape[1], image.shape[1]
             mask = torch.ones(K, N + K, dtype=torch.bool, device=queries.device)
             mask[:, N:] = torch.ones(K, K, dtype=torch.bool, device=queries.device).tril()
-        attended = F.scaled_dot_product_attention(
-            query_q, torch.cat([image_k, query_k], dim=2), torch.cat([image_v, query_v], dim=2), attn_mask=mask
+        attended, _ = attention_interface(
+            self,
+            query_q,
+            torch.cat([image_k, query_k], dim=2),
+            torch.cat([image_v, query_v], dim=2),
+            mask,
+            scaling=self.query_scaling,
+            dropout=0.0,
+            is_causal=False,
         )
-        return image_out, self.query_out(self._merge(attended))
+        return image_out, self.query_out(attended.flatten(2))
 
 
 class SelftokEncoderBlock(nn.Module):
@@ -151,7 +196,7 @@ class SelftokEncoderBlock(nn.Module):
     def __init__(self, config: SelftokConfig) -> None:
         super().__init__()
         d, q = config.encoder_hidden_size, config.query_dim
-        self.attn = SelftokDualAttention(d, config.encoder_num_heads, q, config.query_heads, config.causal_queries)
+        self.attn = SelftokDualAttention(config)
         self.image_mlp = SelftokMLP(d, int(d * config.mlp_ratio))
         self.query_mlp = SelftokMLP(q, int(q * config.mlp_ratio))
         self.query_adaln = config.query_adaln
@@ -165,7 +210,7 @@ class SelftokEncoderBlock(nn.Module):
     def forward(self, image: torch.Tensor, queries: torch.Tensor, positions: torch.Tensor, compute_image: bool = True):
         """image ``(B, N, d)``, queries ``(B, K, q)``, positions ``(K,)`` fake timesteps -> updated streams."""
         if self.query_adaln:
-            mod = self.query_modulation(F.silu(self.query_time_embedder(positions)))
+            mod = self.query_modulation(F.silu(self.query_time_embedder(positions, queries.dtype)))
             shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         else:
             zero = queries.new_zeros(())
@@ -227,8 +272,25 @@ class SelftokPreTrainedModel(PreTrainedModel):
     base_model_prefix = "selftok"
     main_input_name = "latents"
     supports_gradient_checkpointing = True
+    # Attention goes through transformers' interface (SelftokDualAttention): "sdpa" (default) and "eager" are
+    # supported, and functions registered with `AttentionInterface.register`, which receive SDPA's boolean mask.
+    # Flash attention takes no mask like the causal query mask, and transformers' flex attention wants a BlockMask or
+    # an additive mask: both are left out, and transformers refuses them with its own error.
     _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
     _no_split_modules = ["SelftokEncoderBlock"]
+
+    def get_correct_attn_implementation(self, requested_attention: Optional[str], is_init_check: bool = False) -> str:
+        """transformers' check of ``attn_implementation``, which also refuses the ``paged|`` implementations: they
+        need a paged KV cache, and ``paged|eager`` adds the mask to the scores, which would read this model's
+        boolean mask as a +0/+1 bias."""
+        if requested_attention is not None and requested_attention.startswith("paged|"):
+            raise ValueError(
+                f'attn_implementation="{requested_attention}" is not supported by {type(self).__name__} (an encoder '
+                'without a KV cache); use "sdpa" (default) or "eager"'
+            )
+        return super().get_correct_attn_implementation(requested_attention, is_init_check)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
-from diffusers.models.attention import FeedForward
+from diffusers.models.attention import AttentionModuleMixin, FeedForward
+from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import PatchEmbed
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.modeling_utils import ModelMixin
@@ -48,6 +49,7 @@ __all__ = [
     "SelftokRenderer",
     "SelftokJointBlock",
     "SelftokJointAttention",
+    "SelftokJointAttnProcessor",
     "SelftokTokenAdaLayerNormZero",
     "SELFTOK_DECODER_RELEASE_CONFIG",
     "SELFTOK_DECODER_TINY_CONFIG",
@@ -133,9 +135,9 @@ class SelftokTokenAdaLayerNormZero(nn.Module):
         self.linear = nn.Linear(dim, 6 * dim)
         self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
 
-    def modulation(self, positions: torch.Tensor) -> torch.Tensor:
-        """Fake timesteps ``(n,)`` -> modulation table ``(n, 6 * dim)``."""
-        return self.linear(F.silu(self.token_embedder(positions)))
+    def modulation(self, positions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Fake timesteps ``(n,)`` -> modulation table ``(n, 6 * dim)``; ``dtype`` is the token stream's."""
+        return self.linear(F.silu(self.token_embedder(positions, dtype)))
 
     def forward(self, x: torch.Tensor, modulation: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``x`` ``(B, n, dim)`` and ``modulation`` ``(n, 6 * dim)`` -> modulated ``x`` and four ``(1, n, dim)`` gates."""
@@ -143,15 +145,67 @@ class SelftokTokenAdaLayerNormZero(nn.Module):
         return self.norm(x) * (1 + scale_msa) + shift_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp
 
 
-class SelftokJointAttention(nn.Module):
-    """Joint attention of the image and token streams, with a key mask and no attention processors.
+class SelftokJointAttnProcessor:
+    """Joint attention of the image and token streams, run by diffusers' attention dispatch.
 
     Keys and values are ``[tokens ; image]``. Image queries attend to every visible key. Token queries
     do the same when ``context_sees_image``; otherwise they attend to the tokens only. In a pre-only
     block the token outputs are never used, so no token queries are computed at all.
 
-    Parameter names follow diffusers' SD3 ``Attention`` (``to_q``... for the image, ``add_*`` for the tokens).
+    ``ModelMixin.set_attention_backend`` sets ``_attention_backend``; None is diffusers' active backend
+    (``DIFFUSERS_ATTN_BACKEND``, default ``"native"``: ``F.scaled_dot_product_attention``). The key mask is
+    boolean; backends that take no mask (flash) raise diffusers' error when one is needed: different visible tokens
+    within a batch, as with classifier-free guidance. Sampling without guidance slices off the hidden tokens and
+    passes no mask.
     """
+
+    _attention_backend = None
+
+    def __call__(
+        self,
+        attn: "SelftokJointAttention",
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        context_sees_image: bool = True,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """As [`SelftokJointAttention.forward`]. Heads are laid out ``(B, L, heads, head_dim)``, diffusers' dispatch layout."""
+        num_tokens = encoder_hidden_states.shape[1]
+        key = torch.cat([attn.split_heads(attn.add_k_proj(encoder_hidden_states)), attn.split_heads(attn.to_k(hidden_states))], dim=1)
+        value = torch.cat([attn.split_heads(attn.add_v_proj(encoder_hidden_states)), attn.split_heads(attn.to_v(hidden_states))], dim=1)
+        image_query = attn.split_heads(attn.to_q(hidden_states))
+        if attn.context_pre_only:
+            image_out = self._attend(image_query, key, value, attention_mask)
+            return attn.to_out[0](image_out.flatten(2)), None
+
+        token_query = attn.split_heads(attn.add_q_proj(encoder_hidden_states))
+        if context_sees_image:
+            # Every query sees the same keys: one call over [tokens ; image] queries.
+            out = self._attend(torch.cat([token_query, image_query], dim=1), key, value, attention_mask)
+            token_out, image_out = out[:, :num_tokens], out[:, num_tokens:]
+        else:
+            image_out = self._attend(image_query, key, value, attention_mask)
+            token_mask = None if attention_mask is None else attention_mask[..., :num_tokens]
+            token_out = self._attend(token_query, key[:, :num_tokens], value[:, :num_tokens], token_mask)
+        return attn.to_out[0](image_out.flatten(2)), attn.to_add_out(token_out.flatten(2))
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``(B, Lq, heads, head_dim)`` queries over ``(B, Lk, heads, head_dim)`` keys/values, ``mask`` ``(B, 1, 1, Lk)``
+        boolean (True = attend) or None -> ``(B, Lq, heads, head_dim)``."""
+        return dispatch_attention_fn(query, key, value, attn_mask=mask, backend=self._attention_backend)
+
+
+class SelftokJointAttention(nn.Module, AttentionModuleMixin):
+    """The projections of Selftok's joint attention; [`SelftokJointAttnProcessor`] computes it.
+
+    Parameter names follow diffusers' SD3 ``Attention`` (``to_q``... for the image, ``add_*`` for the tokens).
+    As a diffusers ``AttentionModuleMixin`` its processor takes ``set_attention_backend``.
+    """
+
+    _default_processor_cls = SelftokJointAttnProcessor
+    _available_processors = [SelftokJointAttnProcessor]
+    # The processor reads the separate projections; diffusers' fused `to_qkv` would be ignored.
+    _supports_qkv_fusion = False
 
     def __init__(self, dim: int, num_heads: int, head_dim: int, qkv_bias: bool, context_pre_only: bool) -> None:
         super().__init__()
@@ -167,15 +221,11 @@ class SelftokJointAttention(nn.Module):
         if not context_pre_only:
             self.add_q_proj = nn.Linear(dim, inner_dim, bias=qkv_bias)
             self.to_add_out = nn.Linear(inner_dim, dim)
+        self.set_processor(self._default_processor_cls())
 
-    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, L, heads * head_dim)`` -> ``(B, heads, L, head_dim)``."""
-        return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
-
-    @staticmethod
-    def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-        """``(B, heads, L, head_dim)`` -> ``(B, L, heads * head_dim)``."""
-        return x.transpose(1, 2).flatten(2)
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, L, heads * head_dim)`` -> ``(B, L, heads, head_dim)``."""
+        return x.unflatten(-1, (self.num_heads, -1))
 
     def forward(
         self,
@@ -193,30 +243,7 @@ class SelftokJointAttention(nn.Module):
         Returns:
             image output ``(B, N, dim)`` and token output ``(B, n, dim)`` (None in a pre-only block).
         """
-        num_tokens = encoder_hidden_states.shape[1]
-        key = torch.cat(
-            [self._split_heads(self.add_k_proj(encoder_hidden_states)), self._split_heads(self.to_k(hidden_states))], dim=2
-        )
-        value = torch.cat(
-            [self._split_heads(self.add_v_proj(encoder_hidden_states)), self._split_heads(self.to_v(hidden_states))], dim=2
-        )
-        image_query = self._split_heads(self.to_q(hidden_states))
-        if self.context_pre_only:
-            image_out = F.scaled_dot_product_attention(image_query, key, value, attn_mask=attention_mask)
-            return self.to_out[0](self._merge_heads(image_out)), None
-
-        token_query = self._split_heads(self.add_q_proj(encoder_hidden_states))
-        if context_sees_image:
-            # Every query sees the same keys: one call over [tokens ; image] queries.
-            out = F.scaled_dot_product_attention(torch.cat([token_query, image_query], dim=2), key, value, attn_mask=attention_mask)
-            token_out, image_out = out[:, :, :num_tokens], out[:, :, num_tokens:]
-        else:
-            image_out = F.scaled_dot_product_attention(image_query, key, value, attn_mask=attention_mask)
-            token_mask = None if attention_mask is None else attention_mask[..., :num_tokens]
-            token_out = F.scaled_dot_product_attention(
-                token_query, key[:, :, :num_tokens], value[:, :, :num_tokens], attn_mask=token_mask
-            )
-        return self.to_out[0](self._merge_heads(image_out)), self.to_add_out(self._merge_heads(token_out))
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, context_sees_image)
 
 
 def _gated_residual(
@@ -292,7 +319,7 @@ class SelftokJointBlock(nn.Module):
         else:
             if token_modulation is None:
                 positions = token_positions(encoder_hidden_states.shape[1], device=encoder_hidden_states.device)
-                token_modulation = self.norm1_context.modulation(positions)
+                token_modulation = self.norm1_context.modulation(positions, encoder_hidden_states.dtype)
             norm_context, *context_mods = self.norm1_context(encoder_hidden_states, token_modulation)
 
         image_attn, token_attn = self.attn(norm_hidden, norm_context, attention_mask, context_sees_image)
@@ -400,17 +427,19 @@ class _SelftokMMDiTBase(PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapte
             else:
                 self._token_modulation_caches[thread] = previous
 
-    def _cached_token_modulation(self, index: int, block: SelftokJointBlock, num_visible: int, device: torch.device):
-        """The ``(num_visible, 6 * dim)`` table of block ``index`` from the cache, or None to compute it in the block."""
+    def _cached_token_modulation(self, index: int, block: SelftokJointBlock, context: torch.Tensor):
+        """The ``(n, 6 * dim)`` table of block ``index`` for the embedded tokens ``context`` ``(B, n, dim)`` from the
+        cache, or None to compute it in the block."""
         cache = self._token_modulation_caches.get(threading.get_ident())
         if block.context_pre_only or cache is None or torch.is_grad_enabled():
             return None
+        device = context.device
         autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        key = (index, device, autocast_dtype)
+        key = (index, device, context.dtype, autocast_dtype)
         if key not in cache:
             positions = token_positions(self.config.num_tokens, device=device)
-            cache[key] = block.norm1_context.modulation(positions)
-        return cache[key][:num_visible]
+            cache[key] = block.norm1_context.modulation(positions, context.dtype)
+        return cache[key][: context.shape[1]]
 
     def _run_backbone(
         self,
@@ -440,7 +469,7 @@ class _SelftokMMDiTBase(PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapte
             attention_mask = torch.cat([token_mask, image_keys], dim=1)[:, None, None, :]
 
         for index, block in enumerate(self.transformer_blocks):
-            token_modulation = self._cached_token_modulation(index, block, num_visible, context.device)
+            token_modulation = self._cached_token_modulation(index, block, context)
             args = (hidden_states, context, temb, token_modulation, attention_mask, context_sees_image)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden_states = self._gradient_checkpointing_func(block, *args)
@@ -591,7 +620,7 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         token_codes, token_mask = _visible_prefix(token_codes, token_mask)
         hidden = self.pos_embed(hidden_states)
         # The sinusoidal features of 1000 τ need float32: bf16 cannot resolve the angles.
-        temb = self.time_embedder(timestep.to(torch.float32) * 1000.0)
+        temb = self.time_embedder(timestep.to(torch.float32) * 1000.0, hidden.dtype)
         out = self._run_backbone(hidden, token_codes, token_mask, temb, context_sees_image=self.config.context_see_xt)
         p = self.config.patch_size
         out = self._unpatchify(out, height // p, width // p)
@@ -657,7 +686,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
         canvas = self.canvas_token + self.canvas_pos_embed
         hidden = canvas.expand(batch_size, *canvas.shape[1:])
         timestep = torch.full((batch_size,), self.render_time, device=token_codes.device)
-        temb = self.time_embedder(timestep)
+        temb = self.time_embedder(timestep, hidden.dtype)
         out = self._run_backbone(hidden, token_codes, None, temb, context_sees_image=False)
         grid = self.config.sample_size // self.config.patch_size
         out = self._unpatchify(out, grid, grid)
