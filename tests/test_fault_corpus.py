@@ -2,6 +2,7 @@
 silent wrong result, data loss, a race) gets a test here, so it stays fixed."""
 
 import json
+import re
 import threading
 import warnings
 
@@ -548,3 +549,302 @@ def test_a_pipeline_without_its_renderer_folder_loads_without_a_renderer(pipelin
     shutil.rmtree(pipeline_copy / "transformer")
     with pytest.raises(FileNotFoundError, match=r"'transformer'.*copy/transformer' is missing"):
         SelftokDecoderPipeline.from_pretrained(pipeline_copy)
+
+
+# ------------------------------------------------------------------------------------------- selftok-convert
+def _snapshot(folder):
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _convert(reference_dir, output, *extra, renderer=False):
+    from selftok_hf.convert_selftok_checkpoint import main as convert_main
+
+    renderer_args = ["--renderer-config", reference_dir / "renderer_config.yaml", "--renderer-checkpoint", reference_dir / "official_renderer_state_dict.safetensors"]
+    argv = ["--config", reference_dir / "config.yaml", "--checkpoint", reference_dir / "official_tokenizer_state_dict.safetensors", "--output", output]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomWeightsWarning)
+        return convert_main([str(a) for a in argv + (renderer_args if renderer else []) + list(extra)])
+
+
+def test_converting_over_a_conversion_replaces_it_whole_or_not_at_all(reference_dir, tmp_path, capsys, monkeypatch):
+    """A conversion that failed half-way left a folder that loaded without error and paired the new tokenizer with
+    the old decoder; converting into a folder holding another conversion merged into it, keeping stale files."""
+    from selftok_hf import convert_selftok_checkpoint
+    from selftok_hf.modeling_selftok_decoder import SelftokDecoderTransformer
+
+    out = tmp_path / "converted"
+    assert _convert(reference_dir, out) == 0
+    (out / "stale.txt").write_text("from an older conversion")
+    before = _snapshot(out)
+
+    # A non-empty folder is refused before any work, and kept.
+    with monkeypatch.context() as patch:
+        patch.setattr(convert_selftok_checkpoint, "load_official_state_dict", lambda path: pytest.fail("read a checkpoint before checking --output"))
+        with pytest.raises(SystemExit) as exit_info:
+            _convert(reference_dir, out, renderer=True)
+    assert exit_info.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        _convert(reference_dir, tmp_path / "a-file")
+    assert exit_info.value.code == 2 and "is a file" in capsys.readouterr().err
+
+    # --overwrite failing half-way (the tokenizer written, then the disk is full): the old folder is untouched.
+    def full_disk(self, save_directory, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SelftokDecoderTransformer, "save_pretrained", full_disk)
+        assert _convert(reference_dir, out, "--overwrite", renderer=True) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "unchanged" in err
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "converted"]  # nothing half-written beside it
+
+    # --overwrite that succeeds: exactly the new conversion, no stale file, and it loads with its renderer.
+    assert _convert(reference_dir, out, "--overwrite", renderer=True) == 0
+    assert not (out / "stale.txt").exists() and (out / "renderer").is_dir()
+    assert ".tmp-" not in (out / "README.md").read_text()  # the card names the folder, not the temporary one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "converted"]
+    assert SelftokDecoderPipeline.from_pretrained(out).renderer is not None
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda text: text + "tokenizer: [unclosed\n", "is not valid YAML"),
+        (lambda text: text.replace("    k: 32\n", ""), "tokenizer.params has no `k`"),
+        (lambda text: text.replace("    k: 32\n", "    k: many\n"), "tokenizer.params.k: expected a positive integer, got 'many'"),
+        (lambda text: text.replace("k_per_stage: 12,12,4,3,1", "k_per_stage: 12,12,x,3,1"), "tokenizer.params.k_per_stage: expected comma-separated integers"),
+        (lambda text: text.replace("k_per_stage: 12,12,4,3,1", "k_per_stage: 12,12,4,3,2"), "tokenizer.params.k_per_stage: '12,12,4,3,2' must be token counts >= 0 adding up to k=32 (they add up to 33)"),
+        (lambda text: text.replace("k_per_stage: 12,12,4,3,1", "k_per_stage: 16,16"), "`stages` / `k_per_stage`: stages (200, 400, 600, 800, 1000) and tokens_per_stage (16, 16) must be non-empty and of equal length"),
+        (lambda text: text.replace("    k_per_stage: 12,12,4,3,1\n", ""), "has `stages` but no `k_per_stage`"),
+        (lambda text: text.replace("stages: 200,400,600,800,1000", "stages: 200,400,400,800,1000"), "stages must be strictly increasing"),
+    ],
+    ids=["yaml syntax", "no k", "k not a number", "k_per_stage not numbers", "k_per_stage sum", "lengths differ", "no k_per_stage", "stages not increasing"],
+)
+def test_bad_official_configs_exit_2_naming_the_file_and_the_key(edit, message, reference_dir, tmp_path, capsys):
+    """These gave a traceback (yaml.ScannerError, KeyError: 'k') or a message naming neither the file nor the key."""
+    config = tmp_path / "256-eval.yml"
+    config.write_text(edit((reference_dir / "config.yaml").read_text()))
+    from selftok_hf.convert_selftok_checkpoint import main as convert_main
+
+    code = convert_main(["--config", str(config), "--checkpoint", str(reference_dir / "official_tokenizer_state_dict.safetensors"), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("selftok-convert: error: ") and str(config) in err and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [config.name]
+
+
+# ------------------------------------------------------------------------------------------- trainer exports
+def _tokenizer_args(output_dir, image_dir, **overrides):
+    from selftok_hf.training.tokenizer import TokenizerTrainingArguments
+
+    return TokenizerTrainingArguments(**{"output_dir": str(output_dir), "dataset": image_dir, "max_steps": 2, "batch_size": 2, "log_every": 1, "checkpoint_every": 1, **overrides})
+
+
+def test_a_killed_export_leaves_the_previous_export_or_none(image_dir, tmp_path, monkeypatch, capsys):
+    """A kill during the trainer's export left a half-written ``pipeline/`` (``model_index.json`` is written
+    first), which ``training.stack`` then skipped as done. Exports are written beside the target and renamed in."""
+    from selftok_hf.modeling_selftok_decoder import SelftokDecoderTransformer
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+    from selftok_hf.training.tokenizer import main as tokenizer_main
+
+    trainer = TokenizerTrainer(_tokenizer_args(tmp_path / "run", image_dir))
+    trainer.run()
+    export = tmp_path / "run" / "pipeline"
+    trainer.export(export)
+    before = _snapshot(export)
+
+    def killed(self, *args, **kwargs):
+        raise KeyboardInterrupt("killed while exporting")
+
+    monkeypatch.setattr(SelftokDecoderTransformer, "save_pretrained", killed)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.export(export)  # a re-export (e.g. a finished run resumed) that dies half-way
+    assert _snapshot(export) == before
+    with pytest.raises(KeyboardInterrupt):
+        trainer.export(tmp_path / "fresh" / "pipeline")
+    assert list((tmp_path / "fresh").iterdir()) == []  # no folder at all, rather than half a pipeline
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints", "log.jsonl", "pipeline"]
+    monkeypatch.undo()
+
+    trainer.export(export)  # a complete re-export replaces the old one: no stale files survive
+    (export / "stale.txt").write_text("x")
+    trainer.export(export)
+    assert not (export / "stale.txt").exists() and SelftokDecoderPipeline.from_pretrained(export) is not None
+
+    # A folder of other files given as --export-dir is refused (it would be replaced), before training.
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match="not a previous export"):
+        trainer.export(precious)
+    with pytest.raises(SystemExit) as exit_info:
+        tokenizer_main(["--dataset", image_dir, "--output-dir", str(tmp_path / "run2"), "--export-dir", str(precious)])
+    assert exit_info.value.code == 2 and "--export-dir" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists() and (precious / "holiday.jpg").read_bytes() == b"precious"
+
+
+# ------------------------------------------------------------------------------------- resuming and full disks
+@pytest.fixture()
+def checkpointed_run(image_dir, tmp_path):
+    """A 2-step tokenizer run with checkpoints at steps 1 and 2."""
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+
+    TokenizerTrainer(_tokenizer_args(tmp_path / "run", image_dir)).run()
+    return tmp_path / "run"
+
+
+def _truncate(path):
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: _truncate(c / "model.safetensors"), r"model\.safetensors has \d+ bytes, \d+ were written"),
+        (lambda c: (c / "optimizer.bin").unlink(), "optimizer.bin is missing"),
+        (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable"),
+        (lambda c: (c / "trainer_state.json").unlink(), r"not a complete checkpoint \(no trainer_state.json\)"),
+    ],
+    ids=["truncated weights", "missing optimizer", "corrupt trainer state", "no trainer state"],
+)
+def test_a_damaged_checkpoint_is_named_with_its_file(damage, message, checkpointed_run, image_dir, capsys):
+    """A truncated model.safetensors said 'incomplete metadata, file not fully covered', a truncated optimizer.bin
+    'failed finding central directory', a deleted model.safetensors 'No such file ... pytorch_model.bin': none
+    named the checkpoint. The console scripts exit 2 before any work; the API raises naming folder and file."""
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+    from selftok_hf.training.tokenizer import main as tokenizer_main
+
+    checkpoint = checkpointed_run / "checkpoints" / "step-00000002"
+    damage(checkpoint)
+    for resume_from in (str(checkpoint), "latest"):
+        with pytest.raises(SystemExit) as exit_info:
+            tokenizer_main(["--dataset", image_dir, "--output-dir", str(checkpointed_run), "--max-steps", "3", "--resume-from", resume_from])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and str(checkpoint) in err, err
+        assert re.search(message, err), err
+    with pytest.raises((ValueError, FileNotFoundError), match=f"{re.escape(str(checkpoint))}.*{message}"):
+        TokenizerTrainer(_tokenizer_args(checkpointed_run, image_dir, max_steps=3, resume_from="latest")).run()
+
+
+def test_an_unrecorded_checkpoint_that_fails_to_load_is_named(checkpointed_run, image_dir):
+    """Checkpoints written before the file list was recorded are still loaded, and a load failure names them."""
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+
+    checkpoint = checkpointed_run / "checkpoints" / "step-00000002"
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    del state["files"]
+    (checkpoint / "trainer_state.json").write_text(json.dumps(state))
+    _truncate(checkpoint / "optimizer.bin")
+    with pytest.raises(ValueError, match=f"checkpoint {re.escape(str(checkpoint))} could not be loaded: it is damaged.*central directory"):
+        TokenizerTrainer(_tokenizer_args(checkpointed_run, image_dir, max_steps=3, resume_from="latest")).run()
+
+
+def test_a_missing_resume_from_exits_2_before_any_work(checkpointed_run, image_dir, tmp_path, capsys, monkeypatch):
+    """``--resume-from`` naming no checkpoint raised FileNotFoundError with a traceback after the models were built."""
+    from selftok_hf.rl.trainer import main as rl_main
+    from selftok_hf.training.loop import TrainingLoop
+    from selftok_hf.training.tokenizer import main as tokenizer_main
+
+    monkeypatch.setattr(TrainingLoop, "run", lambda self: pytest.fail("started before checking --resume-from"))
+    for main, argv in (
+        (tokenizer_main, ["--dataset", image_dir, "--output-dir", str(tmp_path / "new")]),
+        (rl_main, ["--pipeline", str(tmp_path), "--output-dir", str(tmp_path / "new")]),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--resume-from", str(tmp_path / "no-such-checkpoint")])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "--resume-from" in err and "no-such-checkpoint not found" in err, err
+    (checkpointed_run / "checkpoints" / "latest").write_text("step-00000099")
+    with pytest.raises(SystemExit) as exit_info:
+        tokenizer_main(["--dataset", image_dir, "--output-dir", str(checkpointed_run), "--resume-from", "latest"])
+    assert exit_info.value.code == 2 and "'step-00000099', which is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("[enforce fail at inline_container.cc:858] . PytorchStreamWriter failed writing file data/3: file write failed"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 1534464 vs 1534352"),
+        OSError(28, "No space left on device"),
+    ],
+    ids=["torch stream writer", "torch unexpected pos", "ENOSPC"],
+)
+def test_a_full_disk_while_checkpointing_says_so_and_keeps_the_previous_checkpoint(error, image_dir, tmp_path, monkeypatch):
+    """torch.save on a full disk raises '[enforce fail at inline_container.cc] ... file write failed' (no errno);
+    it surfaced as that bare message, and the partial checkpoint stayed on the full disk."""
+    import errno
+
+    from selftok_hf.training.loop import latest_checkpoint
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+
+    run = tmp_path / "run"
+    TokenizerTrainer(_tokenizer_args(run, image_dir, max_steps=1)).run()
+    previous = latest_checkpoint(run)
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as handle:
+            handle.truncate(10)  # part of the file is written ...
+        raise error  # ... then the disk is full
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="the disk is full") as info:
+        TokenizerTrainer(_tokenizer_args(run, image_dir, max_steps=2, resume_from="latest")).run()
+    assert info.value.errno == errno.ENOSPC
+    assert f"previous checkpoint ({previous}) is intact" in str(info.value) and "step-00000002" in str(info.value)
+    assert latest_checkpoint(run) == previous
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", previous.name]  # the partial copy is gone
+    monkeypatch.undo()
+    resumed = TokenizerTrainer(_tokenizer_args(run, image_dir, max_steps=2, resume_from="latest"))
+    assert [h["step"] for h in resumed.run()] == [2]
+
+
+def test_other_checkpoint_write_errors_are_not_called_a_full_disk(image_dir, tmp_path, monkeypatch):
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+
+    trainer = TokenizerTrainer(_tokenizer_args(tmp_path / "run", image_dir, max_steps=1))
+    monkeypatch.setattr(trainer.accelerator, "save_state", lambda path: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(PermissionError, match="Permission denied"):
+        trainer.run()
+
+
+# --------------------------------------------------------------------------------- strict loading, pixel space
+@pytest.mark.parametrize("fault", ["extra key", "missing key"])
+def test_pixel_space_weights_must_match_its_config(fault, tmp_path):
+    """A ``pixel_space`` config over other weights (e.g. a real VAE's) loaded with a warning table only."""
+    from safetensors.torch import save_file
+
+    from selftok_hf.pixel_space import PixelSpaceAutoencoder
+
+    PixelSpaceAutoencoder(patch_size=2).save_pretrained(tmp_path / "vae")
+    weights = tmp_path / "vae" / "diffusion_pytorch_model.safetensors"
+    state = {"device_dtype_anchor": torch.empty(0)}
+    if fault == "extra key":
+        state["encoder.conv_in.weight"] = torch.zeros(3)
+        match = "unexpected keys: encoder.conv_in.weight"
+    else:
+        del state["device_dtype_anchor"]
+        match = "missing keys: device_dtype_anchor"
+    save_file(state, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=f"PixelSpaceAutoencoder from {re.escape(str(tmp_path / 'vae'))}: the weights do not match the config \\({match}"):
+        PixelSpaceAutoencoder.from_pretrained(tmp_path / "vae")
+    model, info = PixelSpaceAutoencoder.from_pretrained(tmp_path / "vae", strict=False, output_loading_info=True)
+    assert model.config.patch_size == 2 and (info["unexpected_keys"] or info["missing_keys"])
+
+
+def test_a_pixel_space_pipeline_with_foreign_vae_weights_is_refused(image_dir, tmp_path):
+    from safetensors.torch import save_file
+
+    from selftok_hf.training.tokenizer import TokenizerTrainer
+
+    trainer = TokenizerTrainer(_tokenizer_args(tmp_path / "run", image_dir, max_steps=1))
+    trainer.run()
+    trainer.export(tmp_path / "pipeline")
+    save_file({"device_dtype_anchor": torch.empty(0), "decoder.conv_out.weight": torch.zeros(3)}, tmp_path / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"PixelSpaceAutoencoder from .*pipeline/vae: .*unexpected keys: decoder.conv_out.weight"):
+        SelftokDecoderPipeline.from_pretrained(tmp_path / "pipeline")

@@ -11,6 +11,11 @@ Output: a diffusers-style multi-folder layout (a saved [`SelftokDecoderPipeline`
     OUT/renderer/          SelftokRenderer   (one-step renderer, optional)
     OUT/vae/, OUT/scheduler/
 
+``OUT`` is written under a hidden name beside it and renamed into place when complete, so a failed conversion
+never leaves a folder that mixes two conversions; a non-empty ``OUT`` is refused before any work unless
+``--overwrite``, which replaces it whole once the new one is complete. Config errors (YAML syntax, a missing ``k``,
+a bad ``k_per_stage``) and unreadable checkpoints exit with code 2 and a message naming the file and the key.
+
 Conversion is strict: every official key is either mapped or listed in a documented "dropped" set;
 anything else, and anything our model expects but the checkpoint lacks, raises ``ValueError`` naming
 the keys. Official token order (index 0 = finest) is kept inside the weights; the public API flips
@@ -27,8 +32,10 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from .atomic import atomic_folder, is_non_empty_folder
 from .configuration_selftok import SelftokConfig
 from .embeddings import sincos_2d
+from .token_schedule import TokenSchedule
 
 __all__ = [
     "load_official_config",
@@ -112,18 +119,61 @@ _CODEBOOK_RENAMES = {
 
 # ------------------------------------------------------------------------------------------ loading
 def load_official_config(path: str) -> dict:
-    """Read an official YAML config and return its ``tokenizer.params`` dict (plus ``model`` options)."""
+    """Read an official YAML config and return its ``tokenizer.params`` dict (plus ``model`` options).
+
+    Raises ``ValueError`` naming the file (and the key) for what would otherwise fail later or deep inside: a YAML
+    syntax error, no ``tokenizer.params`` section, a missing or non-integer ``k`` or ``image_size``, and
+    ``stages`` / ``k_per_stage`` that are not comma-separated integers, differ in length, or do not add up to ``k``.
+    """
     import yaml
 
     if not os.path.isfile(path):
         raise ValueError(f"config {path} does not exist")
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    if not isinstance(cfg, dict) or "tokenizer" not in cfg or "params" not in cfg["tokenizer"]:
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("tokenizer"), dict) or "params" not in cfg["tokenizer"]:
         raise ValueError(f"{path} is not an official Selftok config: no `tokenizer.params` section")
+    if not isinstance(cfg["tokenizer"]["params"], dict):
+        raise ValueError(f"{path}: `tokenizer.params` is not a mapping of options")
     params = dict(cfg["tokenizer"]["params"])
+    _check_token_schedule(params, f"{path}: tokenizer.params")
     params["_model_options"] = dict(cfg.get("model") or {})
     return params
+
+
+def _check_token_schedule(params: dict, where: str) -> None:
+    """The keys every official config needs and ``selftok_config_from_official`` parses, checked with ``where`` (the
+    file and section) in the message; ``stages`` / ``k_per_stage`` only when present (their absence is reported
+    as unsupported later)."""
+    for key in ("k", "image_size"):
+        if key not in params:
+            raise ValueError(f"{where} has no `{key}`")
+        try:
+            # str() first: int() would truncate 32.5 and accept True.
+            if int(str(params[key]).strip()) < 1:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{where}.{key}: expected a positive integer, got {params[key]!r}") from None
+    if "stages" not in params and "k_per_stage" not in params:
+        return
+    lists = {}
+    for key in ("stages", "k_per_stage"):
+        if key not in params:
+            raise ValueError(f"{where} has `{'k_per_stage' if key == 'stages' else 'stages'}` but no `{key}`: they go together")
+        try:
+            lists[key] = _parse_int_list(params[key])
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}.{key}: expected comma-separated integers (e.g. 200,400,600,800,1000), got {params[key]!r}") from None
+    stages, per_stage, k = lists["stages"], lists["k_per_stage"], int(str(params["k"]).strip())
+    try:
+        TokenSchedule(k, stages, per_stage)
+    except ValueError as e:
+        raise ValueError(f"{where}: `stages` / `k_per_stage`: {e}") from None
+    if any(n < 0 for n in per_stage) or sum(per_stage) != k:
+        raise ValueError(f"{where}.k_per_stage: {params['k_per_stage']!r} must be token counts >= 0 adding up to k={k} (they add up to {sum(per_stage)})")
 
 
 def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -177,6 +227,8 @@ def selftok_config_from_official(params: dict, state_dict: Optional[Mapping[str,
         raise ValueError("quantizer_config.continuous: True is a training warm-up mode, not a tokenizer")
     if "codebook_size" not in q_cfg:
         raise ValueError("quantizer_config has no codebook_size: only the VQ configs are supported (not FSQ)")
+    if "code_dim" not in q_cfg:
+        raise ValueError("quantizer_config has no code_dim")
 
     sizes = dict(OFFICIAL_ENCODER_PRESETS.get(name, {}))
     sizes.update({k: enc_cfg[k] for k in ("patch_size", "hidden_size", "num_heads", "depth", "query_dim", "query_heads") if k in enc_cfg})
@@ -406,24 +458,32 @@ def convert_official_checkpoint(
     renderer_config_path: Optional[str] = None,
     renderer_checkpoint_path: Optional[str] = None,
     vae_path: Optional[str] = None,
+    overwrite: bool = False,
 ) -> str:
-    """Convert official config + checkpoint(s) into ``output_dir`` (see the module docstring). Returns ``output_dir``."""
+    """Convert official config + checkpoint(s) into ``output_dir`` (see the module docstring). Returns ``output_dir``.
+
+    The folder is written beside ``output_dir`` and renamed into place when complete (:func:`~selftok_hf.atomic.atomic_folder`):
+    a conversion that fails leaves no folder, or the previous one intact. A non-empty ``output_dir`` raises
+    ``FileExistsError`` before any work unless ``overwrite``, which replaces it whole (no stale files of the old
+    conversion are kept).
+    """
     from diffusers import AutoencoderKL
 
-    params = load_official_config(config_path)
-    official = load_official_state_dict(checkpoint_path)
-    renderer_params = renderer_official = None
-    if renderer_checkpoint_path is not None:
-        renderer_params = load_official_config(renderer_config_path)
-        renderer_official = load_official_state_dict(renderer_checkpoint_path)
-    vae = None
-    if vae_path is not None:
-        try:
-            vae = AutoencoderKL.from_pretrained(vae_path)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"could not load an AutoencoderKL from {vae_path}: {e}") from e
-    pipe = build_pipeline_from_official(params, official, renderer_params, renderer_official, vae)
-    pipe.save_pretrained(output_dir)
+    with atomic_folder(output_dir, overwrite=overwrite) as staged:
+        params = load_official_config(config_path)
+        official = load_official_state_dict(checkpoint_path)
+        renderer_params = renderer_official = None
+        if renderer_checkpoint_path is not None:
+            renderer_params = load_official_config(renderer_config_path)
+            renderer_official = load_official_state_dict(renderer_checkpoint_path)
+        vae = None
+        if vae_path is not None:
+            try:
+                vae = AutoencoderKL.from_pretrained(vae_path)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"could not load an AutoencoderKL from {vae_path}: {e}") from e
+        pipe = build_pipeline_from_official(params, official, renderer_params, renderer_official, vae)
+        pipe.save_pretrained(staged)
     return output_dir
 
 
@@ -437,17 +497,28 @@ def main(argv: Optional[list[str]] = None, prog: str = "selftok-convert") -> int
     parser.add_argument("--renderer-config", help="official renderer YAML (configs/renderer/renderer-eval.yml)")
     parser.add_argument("--renderer-checkpoint", help="official renderer checkpoint")
     parser.add_argument("--vae", help="folder of a diffusers SD3 AutoencoderKL (e.g. sd3-medium/vae)")
-    parser.add_argument("--output", required=True, help="output folder")
+    parser.add_argument("--output", required=True, help="output folder (written beside it, renamed into place when complete)")
+    parser.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing output folder, once the new one is complete (default: refuse a non-empty one, before any work)",
+    )
     args = parser.parse_args(argv)
     if (args.renderer_config is None) != (args.renderer_checkpoint is None):
         parser.error("--renderer-config and --renderer-checkpoint go together")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        parser.error(f"--output {args.output}: is a file, expected a folder")
+    if is_non_empty_folder(args.output) and not args.overwrite:
+        parser.error(f"--output {args.output}: the folder exists and is not empty; pass --overwrite to replace it")
     try:
         convert_official_checkpoint(
-            args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae
+            args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae, args.overwrite
         )
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"{parser.prog}: error: cannot write {args.output}: {e} (any previous folder is unchanged)", file=sys.stderr)
+        return 1
     print(f"wrote {args.output}")
     return 0
 

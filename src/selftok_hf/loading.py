@@ -7,7 +7,9 @@ keeps the libraries' lenient behaviour).
 
 from __future__ import annotations
 
-__all__ = ["check_loading_info"]
+import os
+
+__all__ = ["StrictFromPretrainedMixin", "check_loading_info"]
 
 
 def check_loading_info(loading_info: dict, what: str) -> None:
@@ -24,3 +26,18 @@ def check_loading_info(loading_info: dict, what: str) -> None:
             f"{what}: the weights do not match the config ({'; '.join(problems)}). Check that config.json belongs to "
             "these weights (e.g. encoder_depth, num_layers); pass strict=False to load anyway"
         )
+
+
+class StrictFromPretrainedMixin:
+    """Put before diffusers' ``ModelMixin`` in a model's bases: its ``from_pretrained`` then raises
+    (:func:`check_loading_info`) when the weights and the config disagree, instead of diffusers' warning;
+    ``strict=False`` keeps diffusers' lenient load, ``output_loading_info=True`` still returns the info."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        if strict:
+            where = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "").rstrip("/")
+            check_loading_info(loading_info, f"{cls.__name__} from {where}")
+        return (model, loading_info) if output_loading_info else model

@@ -20,13 +20,17 @@ from diffusers.models.autoencoders.vae import (
 )
 from diffusers.models.modeling_utils import ModelMixin
 
+from .loading import StrictFromPretrainedMixin
 from .portable_config import PortableConfigMixin
 
 __all__ = ["PixelSpaceAutoencoder"]
 
 
-class PixelSpaceAutoencoder(PortableConfigMixin, ModelMixin, ConfigMixin):
+class PixelSpaceAutoencoder(StrictFromPretrainedMixin, PortableConfigMixin, ModelMixin, ConfigMixin):
     """Space-to-depth "autoencoder": images in [-1, 1] ``(B, C, H, W)`` <-> ``(B, C p², H/p, W/p)``, losslessly.
+
+    ``from_pretrained`` is strict (:class:`~selftok_hf.loading.StrictFromPretrainedMixin`): weights other than its
+    one anchor buffer (e.g. a real VAE's under a ``pixel_space`` config) raise instead of loading with a warning.
 
     Args:
         patch_size: side ``p`` of the pixel block folded into one latent cell (the "downsampling factor").

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import export_folder
 from ..generation_selftok import generate_image_tokens
 from ..pipeline_selftok import SelftokPipeline
 from ..training.loop import (
@@ -332,17 +333,19 @@ class GRPOTrainer(TrainingLoop):
     # --------------------------------------------------------------------------------- export
     def export(self) -> Path | None:
         """Write the pipeline with the trained LM to ``output_dir/pipeline`` (main process; for a pipeline that is
-        not a :class:`SelftokPipeline`, the LM and the processor); returns the path."""
+        not a :class:`SelftokPipeline`, the LM and the processor), renamed into place when complete
+        (:func:`~selftok_hf.atomic.export_folder`); returns the path."""
         if not self.accelerator.is_main_process:
             return None
         model = self.accelerator.unwrap_model(self.models["language_model"]).eval()
         self.pipeline.language_model = model
         path = self.output_dir / "pipeline"
-        if isinstance(self.pipeline, SelftokPipeline):
-            self.pipeline.save_pretrained(path)
-        else:
-            model.save_pretrained(path)
-            self.pipeline.processor.save_pretrained(path)
+        with export_folder(path) as staged:
+            if isinstance(self.pipeline, SelftokPipeline):
+                self.pipeline.save_pretrained(staged)
+            else:
+                model.save_pretrained(staged)
+                self.pipeline.processor.save_pretrained(staged)
         return path
 
 

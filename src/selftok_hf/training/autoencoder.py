@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
+from ..atomic import export_folder
 from ..vae import SD3_VAE_CONFIG
 from .data import StepBatches, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
@@ -115,7 +116,8 @@ class AutoencoderTrainer(TrainingLoop):
         return loss, {"loss": loss.item(), "mse": mse.item(), "kl": kl.item(), "train_psnr": psnr.item()}
 
     def export(self, save_directory: str | os.PathLike) -> AutoencoderKL:
-        """Measure the latent normalisation on ``statistics_images`` training crops, store it in the config, save."""
+        """Measure the latent normalisation on ``statistics_images`` training crops, store it in the config, save
+        (renamed into place when complete: :func:`~selftok_hf.atomic.export_folder`)."""
         vae = self.accelerator.unwrap_model(self.models["vae"]).eval()
         count = self.args.statistics_images
         crops = StepBatches(self.batches.dataset, count, self.args.image_size, seed=self.args.seed + 1).batch(0)
@@ -123,7 +125,8 @@ class AutoencoderTrainer(TrainingLoop):
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
         logger.info("latent normalisation from %d crops: shift %.4f, scale %.4f", count, shift, scale)
         if self.accelerator.is_main_process:
-            vae.save_pretrained(save_directory)
+            with export_folder(save_directory) as staged:
+                vae.save_pretrained(staged)
         self.accelerator.wait_for_everyone()
         return vae
 

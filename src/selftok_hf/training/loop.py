@@ -9,7 +9,9 @@ One loop, three guarantees:
   with deterministic steps, a resumed run reproduces the uninterrupted run's losses exactly.
 - **Atomic checkpoints.** A checkpoint is written to a temporary directory and renamed into place, and the
   ``latest`` pointer is replaced atomically afterwards; a save killed at any point leaves the previous
-  checkpoint and pointer intact.
+  checkpoint and pointer intact. A full disk is reported as such (the partial copy deleted), and resuming from a
+  checkpoint with a missing, truncated or unreadable file names the folder and the file (:func:`check_checkpoint`).
+  Exports are written the same way (:func:`selftok_hf.atomic.export_folder`).
 
 Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :meth:`TrainingLoop.training_step`.
 """
@@ -17,6 +19,7 @@ Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import json
 import logging
@@ -35,21 +38,25 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from diffusers.training_utils import EMAModel
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
+from ..atomic import check_export_target, install_folder, replaced_path
 from .data import step_seed
 
 __all__ = [
     "LoopArguments",
     "TrainingLoop",
     "add_dataclass_arguments",
+    "check_checkpoint",
     "dataclass_field_help",
     "enable_activation_checkpointing",
     "latest_checkpoint",
     "load_json_or_preset",
     "parse_dataclass_arguments",
     "plain_text",
+    "resume_checkpoint",
     "run_training_cli",
 ]
 
@@ -167,8 +174,9 @@ def parse_dataclass_arguments(
     parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None, existing_paths: Collection[str] = ()
 ) -> tuple[Any, dict[str, Any]]:
     """Parse ``argv`` with a parser built by :func:`add_dataclass_arguments` into a ``cls`` instance. A bad value exits
-    with code 2 and a message naming it: a path in ``existing_paths`` (field names) that does not exist, or a value
-    that ``cls`` rejects (a ``ValueError`` from its ``__post_init__``).
+    with code 2 and a message naming it: a path in ``existing_paths`` (field names) that does not exist, a value
+    that ``cls`` rejects (a ``ValueError`` from its ``__post_init__``), or a ``--resume-from`` that names no usable
+    checkpoint (:func:`resume_checkpoint`, :func:`check_checkpoint`).
 
     Returns:
         The ``cls`` instance and the parsed options that are not ``cls`` fields.
@@ -182,6 +190,13 @@ def parse_dataclass_arguments(
         args = cls(**{name: value for name, value in parsed.items() if name in names})
     except ValueError as err:
         parser.error(str(err))
+    if isinstance(args, LoopArguments) and args.resume_from:
+        try:
+            path = resume_checkpoint(args.output_dir, args.resume_from)
+            if path is not None:
+                check_checkpoint(path)
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(f"--resume-from {args.resume_from}: {err}")
     return args, {name: value for name, value in parsed.items() if name not in names}
 
 
@@ -194,6 +209,11 @@ def run_training_cli(
     add_dataclass_arguments(parser, args_cls)
     parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
     args, extra = parse_dataclass_arguments(parser, args_cls, argv, existing_paths)
+    if extra["export_dir"]:
+        try:
+            check_export_target(extra["export_dir"])  # before training, not after it
+        except FileExistsError as err:
+            parser.error(f"--export-dir: {err}")
     logging.basicConfig(level=logging.INFO)
     train(args, extra["export_dir"])
     return 0
@@ -227,6 +247,67 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         return None
     path = pointer.parent / pointer.read_text().strip()
     return path if path.is_dir() else None
+
+
+def resume_checkpoint(output_dir: str | os.PathLike, resume_from: str) -> Path | None:
+    """The checkpoint ``resume_from`` names. ``"latest"`` in a run folder with no checkpoint yet means a fresh start
+    (None); a ``latest`` pointer whose folder is gone, or a missing named checkpoint, is an error, never a silent
+    restart from step 0."""
+    if resume_from != "latest":
+        path = Path(resume_from)
+        if not path.is_dir():
+            raise FileNotFoundError(f"checkpoint {resume_from} not found")
+        return path
+    root = Path(output_dir) / _CHECKPOINTS
+    pointer = root / _LATEST
+    if not pointer.exists():
+        if any(root.glob("step-*")):
+            raise FileNotFoundError(f"{root} holds checkpoints but no '{_LATEST}' pointer; pass --resume-from with one of them")
+        return None
+    path = latest_checkpoint(output_dir)
+    if path is None:
+        # A death between moving an old copy aside and renaming the new one in (save_checkpoint).
+        aside = replaced_path(root / pointer.read_text().strip())
+        if aside.is_dir():
+            return aside
+        raise FileNotFoundError(f"'{_LATEST}' names {pointer.read_text().strip()!r}, which is missing from {root}")
+    return path
+
+
+def check_checkpoint(path: str | os.PathLike) -> int:
+    """The step of checkpoint ``path``, after checking that it is complete: its ``trainer_state.json`` is readable
+    and every file it lists (what :meth:`TrainingLoop.save_checkpoint` wrote) is there with its size. Reads no
+    weights. Raises ``FileNotFoundError`` or ``ValueError`` naming the folder and the file."""
+    path = Path(path)
+    state_file = path / _STATE_FILE
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_STATE_FILE})")
+    try:
+        state = json.loads(state_file.read_text())
+        step = int(state["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path} is damaged: {_STATE_FILE} is unreadable ({type(err).__name__}: {err})") from None
+    # Checkpoints written before the file list was recorded have none: they are checked when loaded.
+    damaged = []
+    for name, size in sorted(state.get("files", {}).items()):
+        file = path / name
+        if not file.is_file():
+            damaged.append(f"{name} is missing")
+        elif file.stat().st_size != size:
+            damaged.append(f"{name} has {file.stat().st_size} bytes, {size} were written")
+    if damaged:
+        raise ValueError(f"checkpoint {path} is incomplete or damaged: {'; '.join(damaged)}")
+    return step
+
+
+# How a full disk shows up while saving: OSError ENOSPC/EDQUOT (json, open), safetensors' "No space left on device",
+# torch.save's "[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing file ...: file write
+# failed" or "unexpected pos N vs M" (torch reports no errno).
+_DISK_FULL_MESSAGES = ("No space left on device", "Disk quota exceeded", "file write failed", "unexpected pos")
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(m in str(error) for m in _DISK_FULL_MESSAGES)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -327,7 +408,8 @@ class TrainingLoop:
             self.ema.restore(params)
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it."""
+        """Write ``checkpoints/step-XXXXXXXX`` atomically and point ``latest`` at it. On a full disk the partial copy
+        is deleted and an ``OSError`` (ENOSPC) says so; the previous checkpoint and pointer are intact."""
         root = self.output_dir / _CHECKPOINTS
         name = f"step-{self.step:08d}"
         final, tmp = root / name, root / f".tmp-{name}"
@@ -335,24 +417,38 @@ class TrainingLoop:
             root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(tmp, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(tmp))
+        try:
+            self.accelerator.save_state(str(tmp))
+            # Every process's files are written before the main process lists them.
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                if self.ema is not None:
+                    state = self.ema.state_dict()
+                    save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}, str(tmp / _EMA_WEIGHTS))
+                    _write_atomically(tmp / _EMA_STATE, json.dumps(state))
+                for module_name, module in self.frozen_modules.items():
+                    save_model(module, str(tmp / f"{module_name}.safetensors"))
+                # The list of files and sizes lets a resume name a file that went missing or was truncated since.
+                files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+                trainer_state = {"step": self.step, "args": asdict(self.args), "files": files}
+                _write_atomically(tmp / _STATE_FILE, json.dumps(trainer_state, indent=2))
+                # Saving a step that already exists (a finished run resumed) moves the old copy aside until the new
+                # one is in place: a death at any point leaves one complete copy under a known name (resume_checkpoint).
+                install_folder(tmp, final)
+                _write_atomically(root / _LATEST, name)
+        except Exception as err:
+            if not _is_disk_full(err):
+                raise
+            if self.accelerator.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)  # frees the space the partial copy took
+            previous = latest_checkpoint(self.output_dir)
+            raise OSError(
+                errno.ENOSPC,
+                f"the disk is full: checkpoint {name} could not be written in {root} ({type(err).__name__}: {err}). "
+                f"The previous checkpoint ({previous or 'none yet'}) is intact; free some space and resume with "
+                "--resume-from latest",
+            ) from err
         if self.accelerator.is_main_process:
-            if self.ema is not None:
-                state = self.ema.state_dict()
-                save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}, str(tmp / _EMA_WEIGHTS))
-                _write_atomically(tmp / _EMA_STATE, json.dumps(state))
-            for module_name, module in self.frozen_modules.items():
-                save_model(module, str(tmp / f"{module_name}.safetensors"))
-            _write_atomically(tmp / _STATE_FILE, json.dumps({"step": self.step, "args": asdict(self.args)}, indent=2))
-            # Saving a step that already exists (a finished run resumed): the old copy is moved aside, not deleted,
-            # until the new one is in place, so a death at any point leaves one complete copy under a known name.
-            replaced = root / f".replaced-{name}"
-            if final.exists():
-                shutil.rmtree(replaced, ignore_errors=True)
-                os.replace(final, replaced)
-            os.replace(tmp, final)
-            _write_atomically(root / _LATEST, name)
-            shutil.rmtree(replaced, ignore_errors=True)
             kept = sorted(p for p in root.glob("step-*") if p.is_dir())
             for old in kept[: max(0, len(kept) - self.args.keep_checkpoints)]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -361,47 +457,29 @@ class TrainingLoop:
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         path = Path(path)
-        state_file = path / _STATE_FILE
-        if not state_file.exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no {_STATE_FILE})")
+        step = check_checkpoint(path)
         pickles = sorted(p.name for p in path.glob("custom_checkpoint_*"))
         if pickles:
             # accelerate would unpickle these with weights_only=False (arbitrary code); our trainers never write them.
             raise ValueError(f"{path} holds {pickles}, pickled objects this trainer never writes; refusing to load them")
-        self.accelerator.load_state(str(path))
-        self.step = int(json.loads(state_file.read_text())["step"])
-        for module_name, module in self.frozen_modules.items():
-            load_model(module, str(path / f"{module_name}.safetensors"), device=str(self.accelerator.device))
-        if self.ema is not None:
-            if not (path / _EMA_WEIGHTS).exists():
-                raise FileNotFoundError(f"{path} holds no EMA weights ({_EMA_WEIGHTS}) but ema_decay is set")
-            shadow = load_file(str(path / _EMA_WEIGHTS))
-            state = json.loads((path / _EMA_STATE).read_text())
-            self.ema.load_state_dict({**state, "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
-
-    def _resume_path(self) -> Path | None:
-        """The checkpoint ``resume_from`` names. ``"latest"`` in a run folder with no checkpoint yet means a fresh
-        start (None); a ``latest`` pointer whose folder is gone, or a missing named checkpoint, is an error, never a
-        silent restart from step 0."""
-        if self.args.resume_from != "latest":
-            path = Path(self.args.resume_from)
-            if not path.is_dir():
-                raise FileNotFoundError(f"checkpoint {self.args.resume_from} not found")
-            return path
-        root = self.output_dir / _CHECKPOINTS
-        pointer = root / _LATEST
-        if not pointer.exists():
-            if any(root.glob("step-*")):
-                raise FileNotFoundError(f"{root} holds checkpoints but no '{_LATEST}' pointer; pass --resume-from with one of them")
-            return None
-        path = latest_checkpoint(self.output_dir)
-        if path is None:
-            # A death between moving an old copy aside and renaming the new one in (save_checkpoint).
-            aside = root / f".replaced-{pointer.read_text().strip()}"
-            if aside.is_dir():
-                return aside
-            raise FileNotFoundError(f"'{_LATEST}' names {pointer.read_text().strip()!r}, which is missing from {root}")
-        return path
+        if self.ema is not None and not (path / _EMA_WEIGHTS).exists():
+            raise FileNotFoundError(f"{path} holds no EMA weights ({_EMA_WEIGHTS}) but ema_decay is set")
+        try:
+            self.accelerator.load_state(str(path))
+            for module_name, module in self.frozen_modules.items():
+                load_model(module, str(path / f"{module_name}.safetensors"), device=str(self.accelerator.device))
+            if self.ema is not None:
+                shadow = load_file(str(path / _EMA_WEIGHTS))
+                state = json.loads((path / _EMA_STATE).read_text())
+                self.ema.load_state_dict({**state, "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+        except (OSError, RuntimeError, ValueError, SafetensorError) as err:
+            # Torch and safetensors name neither the folder nor the file ("failed finding central directory",
+            # "incomplete metadata"); a checkpoint of another model or config fails here too.
+            raise ValueError(
+                f"checkpoint {path} could not be loaded: it is damaged or belongs to another model or configuration "
+                f"({type(err).__name__}: {err})"
+            ) from err
+        self.step = step
 
     # -------------------------------------------------------------------------------------- run
     def _seed_micro_step(self, micro_step: int) -> None:
@@ -425,7 +503,7 @@ class TrainingLoop:
 
         log_path = self.output_dir / "log.jsonl"
         if args.resume_from:
-            path = self._resume_path()
+            path = resume_checkpoint(self.output_dir, args.resume_from)
             if path is not None:
                 self.load_checkpoint(path)
                 logger.info("resumed from %s at step %d", path, self.step)

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..atomic import export_folder
 from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..vae import pixels_to_latents
@@ -224,11 +225,13 @@ class RendererTrainer(TrainingLoop):
         return loss, logs
 
     def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
-        """Save the decoder pipeline with the trained renderer added (the converter's folder layout)."""
+        """Save the decoder pipeline with the trained renderer added (the converter's folder layout), renamed into
+        place when complete (:func:`~selftok_hf.atomic.export_folder`)."""
         pipe = self.decoder_pipeline
         pipe.register_modules(renderer=self.accelerator.unwrap_model(self.models["renderer"]))
         if self.accelerator.is_main_process:
-            pipe.save_pretrained(save_directory)
+            with export_folder(save_directory) as staged:
+                pipe.save_pretrained(staged)
         self.accelerator.wait_for_everyone()
         return pipe
 

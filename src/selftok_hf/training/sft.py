@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import export_folder
 from ..modeling_selftok_lm import embedding_module_names, lora_target_modules
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
@@ -395,7 +396,8 @@ class SFTTrainer(TrainingLoop):
 
     # --------------------------------------------------------------------------------- export
     def export(self) -> dict[str, Path]:
-        """Write ``adapter/`` (LoRA) and/or ``pipeline/`` (full weights) under ``output_dir``; returns their paths."""
+        """Write ``adapter/`` (LoRA) and/or ``pipeline/`` (full weights) under ``output_dir``, each renamed into place
+        when complete (:func:`~selftok_hf.atomic.export_folder`); returns their paths."""
         written = {}
         if not self.accelerator.is_main_process:
             return written
@@ -406,13 +408,15 @@ class SFTTrainer(TrainingLoop):
             adapter_dir = self.output_dir / "adapter"
             # Every new row (visual tokens, markers, padding) is in trainable_token_indices, so the adapter needs no
             # full embedding matrices.
-            self.pipeline.save_lora_adapter(adapter_dir, save_embedding_layers=False)
+            with export_folder(adapter_dir) as staged:
+                self.pipeline.save_lora_adapter(staged, save_embedding_layers=False)
             written["adapter"] = adapter_dir
             if not self.args.merge_lora:
                 return written
             self.pipeline.merge_lora()
         pipeline_dir = self.output_dir / "pipeline"
-        self.pipeline.save_pretrained(pipeline_dir)
+        with export_folder(pipeline_dir) as staged:
+            self.pipeline.save_pretrained(staged)
         written["pipeline"] = pipeline_dir
         return written
 

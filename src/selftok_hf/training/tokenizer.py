@@ -28,6 +28,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
+from ..atomic import export_folder
 from ..configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
 from ..modeling_selftok import SelftokModel
 from ..modeling_selftok_decoder import (
@@ -344,10 +345,12 @@ class TokenizerTrainer(TrainingLoop):
         return {f"eval/psnr_{self.args.eval_decoder_steps}_steps": psnr}
 
     def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
-        """Save the trained tokenizer + decoder (+ VAE, scheduler) as a ``SelftokDecoderPipeline`` folder."""
+        """Save the trained tokenizer + decoder (+ VAE, scheduler) as a ``SelftokDecoderPipeline`` folder, renamed into
+        place when complete (:func:`~selftok_hf.atomic.export_folder`)."""
         pipe = self.pipeline()
         if self.accelerator.is_main_process:
-            pipe.save_pretrained(save_directory)
+            with export_folder(save_directory) as staged:
+                pipe.save_pretrained(staged)
         self.accelerator.wait_for_everyone()
         return pipe
 
