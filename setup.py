@@ -50,8 +50,10 @@ setup(
     extras_require={
         "eval": ["matplotlib"],  # selftok-eval's psnr_vs_steps.png
         "photos": ["scikit-image", "scikit-learn"],  # the offline:photos training source (their bundled photographs)
-        # scikit-image: the SSIM reference in tests; both: offline:photos in the examples' tests
-        "dev": ["pytest", "matplotlib", "scikit-image", "scikit-learn"],
+        "trl": ["trl"],  # examples/trl_sft_lora.py (trl's SFTTrainer on the LoRA setup)
+        # scikit-image: the SSIM reference in tests; both: offline:photos in the examples' tests; trl: that example's
+        # test and tests/test_trl_recipe.py
+        "dev": ["pytest", "matplotlib", "scikit-image", "scikit-learn", "trl"],
         "demo": ["gradio>=6.0"],  # selftok demo (selftok_hf.demo); 6.0: the theme is an argument of launch()
     },
     entry_points={

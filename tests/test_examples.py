@@ -138,3 +138,22 @@ def test_vlm_lora_finetune(tmp_path):
     assert out.count("reproduces its photo's ids") == 3
     answers = re.findall(r"^I2T expected (.+), got (.+)$", out, re.MULTILINE)
     assert len(answers) == 3 and all(expected == got for expected, got in answers)
+
+
+def test_trl_sft_lora(tmp_path):
+    pytest.importorskip("trl")
+    out = run_example("trl_sft_lora.py", "--tiny", "--output-dir", tmp_path / "trl", cwd=tmp_path)
+    first, last = map(float, re.search(r"^loss: step 1 ([0-9.]+) -> step 30 ([0-9.]+)$", out, re.MULTILINE).groups())
+    assert last < first - 1  # trl trained the LoRA and the new token rows (about 7.0 -> 3.7)
+    adapter = tmp_path / "trl" / "adapter"
+    assert f"adapter: {adapter}" in out
+    # Base + reloaded adapter is the trained model: same logits, same greedy images.
+    assert float(re.search(r"^reloaded adapter: max \|logit difference\| (\S+)$", out, re.MULTILINE).group(1)) == 0
+    assert "reloaded adapter: greedy image ids identical" in out
+    # The adapter holds the new rows of the embedding and the head, not whole matrices.
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert sorted(config["trainable_token_indices"]) == ["embed_tokens", "lm_head"]
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as weights:
+        assert not [k for k in weights.keys() if "lora_" not in k and "trainable_tokens_delta" not in k]

@@ -26,7 +26,14 @@ from .configuration_selftok import SelftokConfig
 from .modeling_selftok import SelftokModel
 from .visual_vocabulary import VISUAL_VOCABULARY_CONFIG_KEY, VisualVocabulary
 
-__all__ = ["add_visual_tokens", "embedding_module_names", "lora_target_modules", "visual_embedding_init"]
+__all__ = [
+    "add_visual_tokens",
+    "embedding_module_names",
+    "expose_trainable_tokens_head_bias",
+    "lora_target_modules",
+    "visual_embedding_init",
+    "visual_lora_config",
+]
 
 EmbeddingInit = Literal["mean", "codebook"]
 
@@ -111,6 +118,51 @@ def lora_target_modules(model: nn.Module) -> list[str]:
             return found
     _, head = embedding_module_names(model)
     return sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != head})
+
+
+def visual_lora_config(model: nn.Module, r: int = 16, lora_alpha: int = 32, lora_dropout: float = 0.0):
+    """The PEFT ``LoraConfig`` for a Selftok VLM's LM (extended with :func:`add_visual_tokens`): LoRA on
+    :func:`lora_target_modules`, and ``trainable_token_indices`` on every row the extension added (visual
+    tokens, markers, padding) of the input embedding and, when untied, of the output head. The adapter then
+    holds those rows only, not whole matrices (save it with ``save_embedding_layers=False``)."""
+    from peft import LoraConfig
+
+    vocabulary = VisualVocabulary.from_config(model.config)
+    new_rows = list(range(vocabulary.first_visual_id, vocabulary.lm_vocab_size))
+    input_name, head_name = embedding_module_names(model)
+    trainable = {input_name.rsplit(".", 1)[-1]: new_rows}
+    if head_name is not None:
+        trainable[head_name.rsplit(".", 1)[-1]] = new_rows
+    return LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=lora_target_modules(model),
+        trainable_token_indices=trainable,
+        task_type="CAUSAL_LM",
+    )
+
+
+def expose_trainable_tokens_head_bias(model: nn.Module) -> nn.Module:
+    """Let trl's ``SFTTrainer`` train a PEFT model whose output head has ``trainable_token_indices``
+    (as :func:`visual_lora_config` sets up); returns ``model``.
+
+    trl's fused LM head (``trl.trainer.utils.add_fused_lm_head``, used by every ``SFTTrainer`` step) reads
+    ``lm_head.weight`` and ``lm_head.bias`` directly. PEFT's ``TrainableTokensWrapper`` forwards ``weight``
+    (the base rows with the trained ones copied in, so gradients reach them) but no other attribute, so the
+    first step raised ``AttributeError: 'TrainableTokensWrapper' object has no attribute 'bias'`` (trl 1.16,
+    peft 0.21). This sets the wrapper's ``bias`` to ``None``, which is what PEFT's own forward uses: it
+    computes ``F.linear(x, weight)`` without a bias. A head with a bias is refused, since PEFT drops that
+    bias (huggingface/peft#3649) and trl would add it, so training and inference would differ.
+    """
+    from peft.utils.other import TrainableTokensWrapper
+
+    head = model.get_output_embeddings()
+    if isinstance(head, TrainableTokensWrapper) and not hasattr(head, "bias"):
+        if head.token_adapter.base_layer.bias is not None:
+            raise ValueError("the output head has a bias, which PEFT's trainable tokens drop (huggingface/peft#3649)")
+        head.bias = None
+    return model
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@
   paper's pre-training formats). ``--caption-dropout`` removes the caption of that fraction of ``t2i``
   examples, which teaches the unconditional branch that classifier-free guidance needs.
 - **LoRA.** ``--lora`` adapts the attention and MLP projections of the architecture (see
-  :func:`~selftok_hf.modeling_selftok_lm.lora_target_modules`) and trains the new token rows (visual tokens,
+  :func:`~selftok_hf.modeling_selftok_lm.visual_lora_config`) and trains the new token rows (visual tokens,
   markers, padding) of the embedding and head with PEFT's ``trainable_token_indices``, so the adapter holds
   those rows only, not whole matrices. ``--merge-lora`` folds the adapter in and writes a full pipeline.
 - **Loop.** The shared :class:`~selftok_hf.training.loop.TrainingLoop`: deterministic steps, exact resume,
@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ..atomic import export_folder
-from ..modeling_selftok_lm import embedding_module_names, lora_target_modules
+from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
 from .data import load_image_dataset
@@ -307,24 +307,10 @@ class SFTTrainer(TrainingLoop):
             raise ValueError(f"no text column {args.text_column!r} in the text dataset (columns: {self.text_dataset.column_names})")
 
     def _wrap_lora(self, model):
-        from peft import LoraConfig, get_peft_model
+        from peft import get_peft_model
 
         args = self.args
-        vocabulary = self.pipeline.vocabulary
-        new_rows = list(range(vocabulary.first_visual_id, vocabulary.lm_vocab_size))
-        input_name, head_name = embedding_module_names(model)
-        trainable = {input_name.rsplit(".", 1)[-1]: new_rows}
-        if head_name is not None:
-            trainable[head_name.rsplit(".", 1)[-1]] = new_rows
-        config = LoraConfig(
-            r=args.lora_rank,
-            lora_alpha=args.lora_alpha,
-            lora_dropout=args.lora_dropout,
-            target_modules=lora_target_modules(model),
-            trainable_token_indices=trainable,
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(model, config)
+        return get_peft_model(model, visual_lora_config(model, r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout))
 
     def build(self) -> None:
         args = self.args
