@@ -10,6 +10,11 @@ image -> 512 tokens -> image with the 50-step decoder and the one-step renderer.
 weights, reduced sizes, written by the official code), without an SD3 VAE (a seeded random tiny stand-in, with a
 warning). The converter is strict: an unknown, missing or mis-shaped official key is an error that names it. Ids
 come back in AR order (position 0 coarsest); the official code's order is ``ids.flip(1)``.
+
+The output folder (default ``converted``) is written beside itself and renamed into place when complete. Running the
+script again with the same ``--output`` stops at once (exit status 2, before converting anything) with a message
+saying the folder exists; pass ``--overwrite`` to replace it: the new conversion replaces the old folder whole (no
+stale files kept), and only once it is complete, so a failed run leaves the previous folder as it was.
 """
 
 import argparse
@@ -18,6 +23,7 @@ from pathlib import Path
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.atomic import is_non_empty_folder
 from selftok_hf.convert_selftok_checkpoint import convert_official_checkpoint
 from selftok_hf.metrics import psnr
 from selftok_hf.quickstart import bundled_images
@@ -33,7 +39,10 @@ def main() -> None:
     parser.add_argument("--renderer-config", help="official renderer YAML (configs/renderer/renderer-eval.yml)")
     parser.add_argument("--renderer-checkpoint", help="official renderer checkpoint (.pth)")
     parser.add_argument("--vae", help="a diffusers SD3 AutoencoderKL folder (stable-diffusion-3-medium/vae)")
-    parser.add_argument("--output", default="converted")
+    parser.add_argument("--output", default="converted", help="output folder (default: converted)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing output folder, once the new one is complete (default: refuse)"
+    )
     parser.add_argument("--steps", type=int, default=50, help="decoder steps (default: 50, the official sampler)")
     args = parser.parse_args()
     if args.tiny:
@@ -41,16 +50,22 @@ def main() -> None:
         args.renderer_config, args.renderer_checkpoint = FIXTURE / "renderer_config.yaml", FIXTURE / "official_renderer_state_dict.safetensors"
     elif not (args.config and args.checkpoint):
         parser.error("pass --tiny, or at least --config and --checkpoint")
+    if is_non_empty_folder(args.output) and not args.overwrite:
+        parser.error(f"--output {args.output}: the folder exists and is not empty (a previous run?); pass --overwrite to replace it")
 
     # 1. Official YAML + state dicts -> model_index.json, image_tokenizer/, transformer/, renderer/, vae/, scheduler/.
-    convert_official_checkpoint(
-        str(args.config),
-        str(args.checkpoint),
-        args.output,
-        renderer_config_path=args.renderer_config and str(args.renderer_config),
-        renderer_checkpoint_path=args.renderer_checkpoint and str(args.renderer_checkpoint),
-        vae_path=args.vae,
-    )
+    try:
+        convert_official_checkpoint(
+            str(args.config),
+            str(args.checkpoint),
+            args.output,
+            renderer_config_path=args.renderer_config and str(args.renderer_config),
+            renderer_checkpoint_path=args.renderer_checkpoint and str(args.renderer_checkpoint),
+            vae_path=args.vae,
+            overwrite=args.overwrite,
+        )
+    except FileExistsError as error:  # --output names a file
+        parser.error(f"--output {args.output}: {error}")
     print(f"wrote {args.output} (components: {', '.join(sorted(p.name for p in Path(args.output).iterdir() if p.is_dir()))})")
 
     # 2. The converted folder is an ordinary diffusers pipeline.

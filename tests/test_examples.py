@@ -122,6 +122,25 @@ def test_convert_official_weights(tmp_path):
     assert f"coffee.jpg ids (AR order): {ids[:8]} ...; official order: {ids[::-1][:8]} ..." in out
     assert re.search(r"^PSNR 2-step decoder: \d+\.\d\d dB$", out, re.MULTILINE) and "PSNR renderer:" in out
 
+    # Run again: refused before any work, with a clear message, the folder untouched ...
+    (tmp_path / "converted" / "stale.txt").write_text("from an older conversion")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "converted").rglob("*"))
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    again = subprocess.run(
+        [sys.executable, str(EXAMPLES / "convert_official_weights.py"), "--tiny", "--output", str(tmp_path / "converted")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False,
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "the folder exists and is not empty (a previous run?); pass --overwrite to replace it" in again.stderr
+    assert "Traceback" not in again.stderr and "wrote" not in again.stdout
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "converted").rglob("*")) == before
+    # ... and with --overwrite the folder is replaced whole (the stale file is gone) and loads.
+    out = run_example("convert_official_weights.py", "--tiny", "--output", tmp_path / "converted", "--steps", "2", "--overwrite", cwd=tmp_path)
+    assert "(components: image_tokenizer, renderer, scheduler, transformer, vae)" in out and "PSNR renderer:" in out
+    assert not (tmp_path / "converted" / "stale.txt").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no scratch folder left beside it
+    assert SelftokDecoderPipeline.from_pretrained(tmp_path / "converted").encode([bundled_images()["coffee.jpg"]])[0].tolist() == ids
+
 
 def test_vlm_text_to_image(tmp_path):
     run_example("vlm_text_to_image.py", "--tiny", "--decoder-steps", "2", "--output", tmp_path / "t2i.png", cwd=tmp_path)

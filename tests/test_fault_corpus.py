@@ -813,6 +813,33 @@ def test_other_checkpoint_write_errors_are_not_called_a_full_disk(image_dir, tmp
         trainer.run()
 
 
+def test_a_failed_single_file_write_keeps_the_previous_file(tmp_path):
+    """selftok_hf.atomic.atomic_write (the checkpoints' state and ``latest`` pointer, the training log): a write that
+    fails leaves the previous content and no temporary file; a replaced file keeps its permissions."""
+    import os
+
+    from selftok_hf.atomic import atomic_write, atomic_write_text
+
+    target = tmp_path / "latest"
+    atomic_write_text(target, "step-00000001")
+    os.chmod(target, 0o640)
+
+    def fails(temporary):
+        with open(temporary, "w") as f:
+            f.write("step-0000")  # a partial write ...
+        raise OSError(28, "No space left on device")  # ... then the disk is full
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, fails)
+    assert target.read_text() == "step-00000001" and sorted(p.name for p in tmp_path.iterdir()) == ["latest"]
+    atomic_write_text(target, "step-00000002")
+    assert target.read_text() == "step-00000002" and (target.stat().st_mode & 0o777) == 0o640
+    # The temporary file has the target's suffix: np.save would otherwise append ".npy" and write another file.
+    atomic_write(tmp_path / "ids.npy", lambda temporary: np.save(temporary, np.arange(3)))
+    np.testing.assert_array_equal(np.load(tmp_path / "ids.npy"), np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.npy", "latest"]
+
+
 # --------------------------------------------------------------------------------- strict loading, pixel space
 @pytest.mark.parametrize("fault", ["extra key", "missing key"])
 def test_pixel_space_weights_must_match_its_config(fault, tmp_path):

@@ -1,6 +1,7 @@
-"""Folders written whole or not at all: a model folder is written under a hidden name beside its target and renamed
-into place when complete, so a failure (a full disk, an exception, Ctrl-C) never leaves a target that loads but mixes
-old and new files. Used by ``selftok-convert``, the trainers' exports and their checkpoints.
+"""Folders and files written whole or not at all: a model folder is written under a hidden name beside its target and
+renamed into place when complete, so a failure (a full disk, an exception, Ctrl-C) never leaves a target that loads
+but mixes old and new files. Used by ``selftok-convert``, the trainers' exports and their checkpoints. Single files
+(the checkpoints' state and ``latest`` pointer, the training log) the same way: :func:`atomic_write`.
 
 A process killed outright (SIGKILL, power loss) can leave only a hidden ``.tmp-NAME-*`` folder beside the target,
 or, in the instant between the two renames of a replacement, the previous folder under ``.replaced-NAME``
@@ -12,14 +13,56 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_folder", "check_export_target", "export_folder", "install_folder", "is_non_empty_folder", "replaced_path"]
+__all__ = [
+    "atomic_folder",
+    "atomic_write",
+    "atomic_write_text",
+    "check_export_target",
+    "export_folder",
+    "install_folder",
+    "is_non_empty_folder",
+    "replaced_path",
+]
 
 # What save_pretrained writes at the top of a folder: a folder holding one of these is a previous export.
 SAVED_MODEL_FILES = ("model_index.json", "config.json", "adapter_config.json")
+
+
+def _file_mode() -> int:
+    """The permissions of a new file under the current umask (``mkstemp`` makes its files private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> None:
+    """Call ``write(temporary_path)`` on a temporary file beside ``path`` (same suffix), then rename it onto ``path``.
+
+    If ``write`` fails (a full disk, an interrupt), ``path`` keeps its previous content and the temporary file is
+    removed. The new file keeps a previous ``path``'s permissions (a new one gets the umask's) and is flushed to
+    disk before the rename, so a power loss leaves the old or the new content, never an empty file."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
+    os.close(fd)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else _file_mode())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """:func:`atomic_write` of ``text`` (UTF-8)."""
+    atomic_write(path, lambda temporary: Path(temporary).write_text(text, encoding="utf-8"))
 
 
 def replaced_path(target: str | os.PathLike) -> Path:

@@ -7,9 +7,14 @@ keeps the libraries' lenient behaviour).
 
 from __future__ import annotations
 
-import os
+__all__ = ["StrictFromPretrainedMixin", "check_loading_info", "loaded_from"]
 
-__all__ = ["StrictFromPretrainedMixin", "check_loading_info"]
+
+def loaded_from(pretrained_model_name_or_path, subfolder: str | None = None) -> str:
+    """``folder/subfolder`` (or a repo id's), as named in loading errors: ``"pipe/" + "/transformer/"`` ->
+    ``"pipe/transformer"``."""
+    parts = (str(pretrained_model_name_or_path), subfolder or "")
+    return "/".join(part.strip("/") if i else part.rstrip("/") for i, part in enumerate(parts) if part)
 
 
 def check_loading_info(loading_info: dict, what: str) -> None:
@@ -30,14 +35,17 @@ def check_loading_info(loading_info: dict, what: str) -> None:
 
 class StrictFromPretrainedMixin:
     """Put before diffusers' ``ModelMixin`` in a model's bases: its ``from_pretrained`` then raises
-    (:func:`check_loading_info`) when the weights and the config disagree, instead of diffusers' warning;
-    ``strict=False`` keeps diffusers' lenient load, ``output_loading_info=True`` still returns the info."""
+    (:func:`check_loading_info`, naming the keys and ``ClassName from folder/subfolder``) when the weights and the
+    config disagree, instead of diffusers' warning; ``strict=False`` keeps diffusers' lenient load,
+    ``output_loading_info=True`` still returns the info. Used by the decoder, the renderer and ``PixelSpaceAutoencoder``."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
+        """diffusers' ``from_pretrained``, strict by default: weights missing from the file or left over (a config
+        that does not belong to them) raise a ``ValueError`` naming the keys; ``strict=False`` only warns, as diffusers."""
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         if strict:
-            where = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "").rstrip("/")
+            where = loaded_from(pretrained_model_name_or_path, kwargs.get("subfolder"))
             check_loading_info(loading_info, f"{cls.__name__} from {where}")
         return (model, loading_info) if output_loading_info else model

@@ -40,7 +40,7 @@ from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZ
 from torch import nn
 
 from .embeddings import TimestepEmbedder, sincos_1d
-from .loading import check_loading_info
+from .loading import StrictFromPretrainedMixin
 from .portable_config import PortableConfigMixin
 from .token_schedule import token_positions
 
@@ -343,8 +343,12 @@ class SelftokJointBlock(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ models
-class _SelftokMMDiTBase(PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
+class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Token stream, transformer blocks and output head shared by the decoder and the renderer.
+
+    ``from_pretrained`` is strict (:class:`~selftok_hf.loading.StrictFromPretrainedMixin`): weights missing from the
+    file or left over (a config that does not belong to them) raise a ``ValueError`` naming the keys; ``strict=False``
+    only warns, as diffusers.
 
     Subclasses build their image stream, call :meth:`_build_backbone`, and run :meth:`_run_backbone`.
     """
@@ -353,17 +357,6 @@ class _SelftokMMDiTBase(PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapte
     _supports_gradient_checkpointing = True
     _no_split_modules = ["SelftokJointBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm", "canvas"]
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, strict: bool = True, **kwargs):
-        """diffusers' ``from_pretrained``, strict by default: weights missing from the file or left over (a config
-        that does not belong to them) raise a ``ValueError`` naming the keys; ``strict=False`` only warns, as diffusers."""
-        output_loading_info = kwargs.pop("output_loading_info", False)
-        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
-        if strict:
-            where = "/".join(part.strip("/") if i else part.rstrip("/") for i, part in enumerate((str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")) if part)
-            check_loading_info(loading_info, f"{cls.__name__} from {where}")
-        return (model, loading_info) if output_loading_info else model
 
     def _build_backbone(self, out_channels: int) -> None:
         """Token stream, blocks and head, sized by ``self.config`` (registered before ``__init__`` runs)."""

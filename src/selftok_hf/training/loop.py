@@ -42,7 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 
-from ..atomic import check_export_target, install_folder, replaced_path
+from ..atomic import atomic_write_text, check_export_target, install_folder, replaced_path
 from .data import step_seed
 
 __all__ = [
@@ -310,15 +310,6 @@ def _is_disk_full(error: BaseException) -> bool:
     return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or any(m in str(error) for m in _DISK_FULL_MESSAGES)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class TrainingLoop:
     """Base class of the accelerate trainers (see the module docstring).
 
@@ -425,17 +416,17 @@ class TrainingLoop:
                 if self.ema is not None:
                     state = self.ema.state_dict()
                     save_file({f"{i}": t.detach().contiguous().cpu() for i, t in enumerate(state.pop("shadow_params"))}, str(tmp / _EMA_WEIGHTS))
-                    _write_atomically(tmp / _EMA_STATE, json.dumps(state))
+                    atomic_write_text(tmp / _EMA_STATE, json.dumps(state))
                 for module_name, module in self.frozen_modules.items():
                     save_model(module, str(tmp / f"{module_name}.safetensors"))
                 # The list of files and sizes lets a resume name a file that went missing or was truncated since.
                 files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
                 trainer_state = {"step": self.step, "args": asdict(self.args), "files": files}
-                _write_atomically(tmp / _STATE_FILE, json.dumps(trainer_state, indent=2))
+                atomic_write_text(tmp / _STATE_FILE, json.dumps(trainer_state, indent=2))
                 # Saving a step that already exists (a finished run resumed) moves the old copy aside until the new
                 # one is in place: a death at any point leaves one complete copy under a known name (resume_checkpoint).
                 install_folder(tmp, final)
-                _write_atomically(root / _LATEST, name)
+                atomic_write_text(root / _LATEST, name)
         except Exception as err:
             if not _is_disk_full(err):
                 raise
@@ -509,7 +500,7 @@ class TrainingLoop:
                 logger.info("resumed from %s at step %d", path, self.step)
                 if acc.is_main_process and log_path.exists():  # drop lines logged after the checkpoint
                     lines = [line for line in log_path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= self.step]
-                    _write_atomically(log_path, "".join(line + "\n" for line in lines))
+                    atomic_write_text(log_path, "".join(line + "\n" for line in lines))
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             for leftover in (self.output_dir / _CHECKPOINTS).glob(".tmp-step-*"):
