@@ -7,7 +7,7 @@ Measured (the split is the training script's ``prompt_split``; nothing here was 
 1. **Codec**: ground-truth scenes of all 84 enumerated prompts (8 each) encoded and decoded by the renderer the VLM
    uses (and by 10 steps of the diffusion decoder): the exact detector's verdict on the prompt's checks, the stricter
    exact match (every shape and colour of the scene found, nothing else), PSNR.
-2. **Text-to-image** at every stage (``init``: the random LM; ``sft``; ``rl``), sampled as GRPO samples (temperature
+2. **Text-to-image** at every stage (``init``: the random LM, ``vlm-init``; ``sft``: ``sft-vlm``; ``rl``: ``rl/pipeline``), sampled as GRPO samples (temperature
    1, no guidance, renderer): GenEval-style accuracy per category on (a) the 42 enumerated held-out prompts,
    (b) held-out sentences outside them (colours on both sides of a relation, coloured counts, ...), (c) the quoted
    sentences, (d) held-in prompts for reference. 95% Wilson intervals per category (images are the unit; one
@@ -207,11 +207,12 @@ def main() -> None:
     print("codec:", {k: (v["prompt_checks"]["overall"]["mean"], v["exact_scene"]) for k, v in results["codec"].items()}, flush=True)
     pipe = None
     for stage in args.stages.split(","):
-        path = run / ("vlm-init" if stage == "init" else f"{stage}/pipeline")
+        path = run / {"init": "vlm-init", "sft": "sft-vlm", "rl": "rl/pipeline"}[stage]
         if not (path / "config.json").exists():
             print(f"skipping {stage}: no pipeline at {path}")
             continue
-        pipe = SelftokPipeline.from_pretrained(str(path))
+        # The random LM was saved with the tokenizer's pipeline (no renderer yet): give it the finished codec.
+        pipe = script.attach_decoder(SelftokPipeline.from_pretrained(str(path)), run / "codec" / "pipeline")
         pipe.set_progress_bar_config(disable=True)
         results["t2i"][stage] = t2i_report(pipe, sets, per_prompt)
         print(stage, "t2i:", {k: round(v["overall"]["mean"], 3) for k, v in results["t2i"][stage].items()}, flush=True)

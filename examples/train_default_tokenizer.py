@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1600, help="VAE optimiser steps (--latent-space vae)")
     parser.add_argument("--steps", type=int, default=6000, help="tokenizer optimiser steps")
     parser.add_argument("--renderer-steps", type=int, default=2000)
+    parser.add_argument("--decay-steps", type=int, default=0, help="cosine LR decay over the last N tokenizer steps (0: constant)")
+    parser.add_argument("--renderer-decay-steps", type=int, default=0, help="cosine LR decay over the last N renderer steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4, help="all groups: the decoder starts from scratch, not SD3")
     parser.add_argument("--warmup-steps", type=int, default=500)
@@ -93,6 +95,8 @@ def main() -> None:
         vae_statistics_images=8 if args.tiny else 512,
         steps=args.steps,
         renderer_steps=args.renderer_steps,
+        decay_steps=args.decay_steps,
+        renderer_decay_steps=args.renderer_decay_steps,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup_steps,

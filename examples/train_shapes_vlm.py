@@ -23,7 +23,7 @@ on held-out sentences and scenes.
     python examples/train_shapes_vlm.py --output-dir ~/runs/shapes-vlm --resume-from latest   # the shipped run
     python examples/train_shapes_vlm.py --output-dir /tmp/smoke --tiny                        # seconds, for CI
 
-Outputs: ``vlm-init`` (the random LM before SFT), ``sft/pipeline``, ``rl/pipeline`` (full :class:`~selftok_hf.SelftokPipeline` folders) and
+Outputs: ``vlm-init`` (the random LM before SFT), ``sft-vlm`` (after SFT), ``rl/pipeline`` (full :class:`~selftok_hf.SelftokPipeline` folders) and
 ``pipeline-fp16`` (the RL pipeline in float16: what ``selftok_hf/assets`` ships). Every stage resumes
 (``--resume-from latest``) and a finished stage is skipped.
 """
@@ -131,6 +131,19 @@ def initial_vlm(codec_dir: Path, tokenizer, hidden_size: int, layers: int, seed:
     return SelftokPipeline(model, processor, decoder)
 
 
+def attach_decoder(pipe, decoder_dir: Path):
+    """``pipe`` with the full decoder pipeline at ``decoder_dir`` (renderer included) instead of the one it was trained
+    with, which must hold the same image tokenizer and VAE (so the same ids)."""
+    from selftok_hf import SelftokDecoderPipeline, SelftokPipeline
+
+    decoder = SelftokDecoderPipeline.from_pretrained(str(decoder_dir))
+    for name in ("image_tokenizer", "vae"):
+        ours, theirs = getattr(pipe.decoder, name).state_dict(), getattr(decoder, name).state_dict()
+        if ours.keys() != theirs.keys() or any(not torch.equal(ours[k], theirs[k]) for k in ours):
+            raise ValueError(f"{decoder_dir} has another {name} than the pipeline the LM was trained with")
+    return SelftokPipeline(pipe.language_model, pipe.processor, decoder)
+
+
 def write_sft_pairs(path: Path, pipe, world: ShapesWorld, split: PromptSplit, count: int) -> None:
     """The SFT rows: ``text`` (prompt), ``answer`` (description) and ``image_token_ids`` (the codec's ids)."""
     pairs = sample_training_pairs(world, split, count, seed=4)
@@ -201,23 +214,29 @@ def main() -> None:
     if not (codec / "validation-crops").exists():
         write_codec_images(codec / "validation-crops", world, 16 if tiny else 256, seed=2)
     budget = StackBudget(vae_statistics_images=8, vae_steps=2, steps=2, renderer_steps=2, warmup_steps=1, eval_every=1) if tiny else StackBudget()
-    codec_pipeline = train_selftok_stack(
-        codec,
-        codec / "train-mix",
-        codec / "validation-crops",
-        tokenizer_config="tiny" if tiny else str(CONFIGS / "default32_vae_tokenizer.json"),
-        decoder_config="tiny" if tiny else str(CONFIGS / "default32_vae_decoder.json"),
-        budget=budget,
-        image_size=32,
-        vae_config="tiny" if tiny else "small",
-        resume_from=args.resume_from,
-    )
+
+    def codec_stack(until: str) -> Path:
+        return train_selftok_stack(
+            codec,
+            codec / "train-mix",
+            codec / "validation-crops",
+            tokenizer_config="tiny" if tiny else str(CONFIGS / "default32_vae_tokenizer.json"),
+            decoder_config="tiny" if tiny else str(CONFIGS / "default32_vae_decoder.json"),
+            budget=budget,
+            image_size=32,
+            vae_config="tiny" if tiny else "small",
+            resume_from=args.resume_from,
+            until=until,
+        )
+
+    # SFT needs only the codec's ids, final once the tokenizer is trained: the renderer can train meanwhile.
+    tokenizer_pipeline = codec_stack(until="tokenizer")
 
     # 2-3. Text tokenizer, initial VLM, SFT pairs, SFT.
     sft_pipeline = out / "sft" / "pipeline"
     if not (sft_pipeline / "config.json").exists():
         tokenizer = train_text_tokenizer(out / "text-tokenizer", world, split, tiny)
-        pipe = initial_vlm(codec_pipeline, tokenizer, args.lm_hidden_size, args.lm_layers, args.seed)
+        pipe = initial_vlm(tokenizer_pipeline, tokenizer, args.lm_hidden_size, args.lm_layers, args.seed)
         if not (out / "vlm-init" / "config.json").exists():
             pipe.save_pretrained(str(out / "vlm-init"))  # the benchmark's "before SFT" row
         pairs = out / "sft-pairs"
@@ -231,6 +250,12 @@ def main() -> None:
         )
         run_and_export(SFTTrainer(sft_args, pipeline=pipe, dataset=datasets.load_from_disk(str(pairs))))
 
+    # The VLM proper: the SFT language model with the whole codec (the renderer decodes for the rewards).
+    codec_pipeline = codec_stack(until="renderer")
+    vlm = out / "sft-vlm"
+    if not (vlm / "config.json").exists():
+        attach_decoder(SelftokPipeline.from_pretrained(str(sft_pipeline)), codec_pipeline).save_pretrained(str(vlm))
+
     # 4. GRPO with the program reward on held-in sentences.
     rl_pipeline = out / "rl" / "pipeline"
     if not (rl_pipeline / "config.json").exists():
@@ -238,7 +263,7 @@ def main() -> None:
         if not prompts.exists():
             write_rl_prompts(prompts, world, split, args.rl_prompts)
         rl_args = GRPOArguments(
-            output_dir=str(out / "rl"), pipeline=str(sft_pipeline), prompts=str(prompts), max_steps=args.rl_steps,
+            output_dir=str(out / "rl"), pipeline=str(vlm), prompts=str(prompts), max_steps=args.rl_steps,
             batch_size=args.rl_batch_size, group_size=args.group_size, learning_rate=args.rl_lr, beta=args.beta,
             log_every=max(min(10, args.rl_steps // 4), 1), checkpoint_every=max(args.rl_steps // 5, 1), seed=args.seed,
             resume_from=args.resume_from,

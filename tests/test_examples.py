@@ -80,9 +80,10 @@ def test_train_shapes_vlm(tmp_path):
     out = run_example("train_shapes_vlm.py", "--tiny", "--output-dir", tmp_path / "run", cwd=tmp_path)
     assert "trained VLM:" in out
     run = tmp_path / "run"
-    for folder in ("vlm-init", "sft/pipeline", "rl/pipeline", "pipeline-fp16"):
+    for folder in ("sft-vlm", "rl/pipeline", "pipeline-fp16"):
         pipe = SelftokPipeline.from_pretrained(run / folder)
         assert pipe.decoder.renderer is not None and type(pipe.decoder.vae).__name__ == "AutoencoderKL"
+    assert SelftokPipeline.from_pretrained(run / "vlm-init").decoder.renderer is None  # saved before the renderer trained
     # Every word of the world is one token of the trained BPE.
     assert len(pipe.processor.tokenizer(" a blue square left of a green triangle")["input_ids"]) == 8
     # No SFT prompt or answer and no GRPO prompt is held out.

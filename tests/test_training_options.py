@@ -2,6 +2,7 @@
 and the small-VAE trainer with a tokenizer trained on its latents."""
 
 import json
+import math
 import os
 
 import pytest
@@ -28,6 +29,20 @@ def test_warmup_scales_every_group_linearly_then_holds(tmp_path, image_dir):
         assert logs["lr/encoder"] == pytest.approx(3e-4 * factor)
         assert logs["lr/decoder_image_stream"] == pytest.approx(1e-4 * factor)
         assert logs["lr/decoder_rest"] == pytest.approx(2e-4 * factor)
+
+
+def test_cosine_decay_of_the_last_steps_resumes_exactly(tmp_path, image_dir):
+    args = _args(tmp_path / "a", image_dir, max_steps=6, warmup_steps=2, decay_steps=3, encoder_lr=1e-3)
+    history = TokenizerTrainer(args).run()
+    cosine = [0.5 * (1 + math.cos(math.pi * d / 4)) for d in (1, 2, 3)]
+    assert [h["lr/encoder"] for h in history] == pytest.approx([1e-3 * f for f in (0.5, 1.0, 1.0, *cosine)])
+    # A pure function of the step: killed after the checkpoint at step 4, the resumed run logs the same rates and losses.
+    TokenizerTrainer(_args(tmp_path / "b", image_dir, max_steps=6, warmup_steps=2, decay_steps=3, encoder_lr=1e-3, checkpoint_every=4)).run()
+    resumed = TokenizerTrainer(_args(tmp_path / "b", image_dir, max_steps=6, warmup_steps=2, decay_steps=3, encoder_lr=1e-3, checkpoint_every=4,
+                                     resume_from=str(tmp_path / "b" / "checkpoints" / "step-00000004"))).run()
+    assert [h["loss"] for h in resumed] == pytest.approx([h["loss"] for h in history[4:]], rel=1e-6)
+    with pytest.raises(ValueError, match="decay_steps"):
+        _args(tmp_path, image_dir, max_steps=4, decay_steps=5)
 
 
 def test_ema_weights_are_exported_and_resume_exactly(tmp_path, image_dir):

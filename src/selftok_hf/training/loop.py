@@ -87,6 +87,8 @@ class LoopArguments:
         report_to: accelerate tracker (e.g. ``"tensorboard"``), or None.
         cpu: force CPU even when an accelerator is present.
         warmup_steps: linear learning-rate warm-up over this many optimiser steps, then constant (0: none).
+        decay_steps: cosine decay of the learning rate towards 0 over the last this many of ``max_steps`` (0: none;
+            warm-up / constant / decay, so a constant-rate run can be extended and then decayed).
         ema_decay: keep an exponential moving average of the trained parameters with this decay (diffusers'
             ``EMAModel``, decay warm-up ``(1 + s) / (10 + s)``); evaluation and export then use the averaged weights
             (0: off).
@@ -106,11 +108,14 @@ class LoopArguments:
     report_to: str | None = None
     cpu: bool = False
     warmup_steps: int = 0
+    decay_steps: int = 0
     ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.decay_steps <= self.max_steps:
+            raise ValueError(f"decay_steps must be in [0, max_steps={self.max_steps}], got {self.decay_steps}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.max_steps < 1:
@@ -350,10 +355,16 @@ class TrainingLoop:
         raise NotImplementedError
 
     def learning_rate_factor(self, step: int) -> float:
-        """Multiplier of every base learning rate at optimiser step ``step`` (0-based): the linear warm-up. A pure
-        function of the step, so a resumed run needs no scheduler state."""
-        warmup = self.args.warmup_steps
-        return min(1.0, (step + 1) / warmup) if warmup else 1.0
+        """Multiplier of every base learning rate at optimiser step ``step`` (0-based): the linear warm-up, then 1, then
+        the cosine decay of the last ``decay_steps`` steps (towards 0, which the step after the last would reach). A
+        pure function of the step, so a resumed run needs no scheduler state."""
+        args = self.args
+        factor = min(1.0, (step + 1) / args.warmup_steps) if args.warmup_steps else 1.0
+        decay_start = args.max_steps - args.decay_steps
+        if args.decay_steps and step >= decay_start:
+            # (d + 1) / (decay_steps + 1) for the d-th decay step: every step still learns, the next would be at 0.
+            factor *= 0.5 * (1 + math.cos(math.pi * (step + 1 - decay_start) / (args.decay_steps + 1)))
+        return factor
 
     def optimizer_step(self) -> dict[str, float]:
         """Step every optimizer at its warmed-up learning rates, zero the gradients, update the EMA; returns extra

@@ -37,6 +37,8 @@ class StackBudget:
         vae_statistics_images: images whose latents give the VAE's shift and scale factor.
         steps: tokenizer + decoder steps; ``eval_every`` of them, the held-out 10-step PSNR is logged.
         renderer_steps: one-step renderer steps (MSE only: the paper's GAN phase lowered held-out PSNR here).
+        decay_steps / renderer_decay_steps: cosine learning-rate decay over the last this many tokenizer / renderer
+            steps (0: constant after the warm-up; a finished constant-rate run can be extended with a decay).
         batch_size / lr / warmup_steps / ema_decay / seed: shared by the stages (one learning rate for every group:
             the decoder starts from scratch, not from SD3).
     """
@@ -45,6 +47,8 @@ class StackBudget:
     vae_statistics_images: int = 512
     steps: int = 6000
     renderer_steps: int = 2000
+    decay_steps: int = 0
+    renderer_decay_steps: int = 0
     batch_size: int = 16
     lr: float = 3e-4
     warmup_steps: int = 500
@@ -64,6 +68,7 @@ def train_selftok_stack(
     latent_space: str = "vae",
     vae_config: str = "small",
     resume_from: str | None = None,
+    until: str = "renderer",
 ) -> Path:
     """Train (or finish) the stack in ``output_dir`` on ``dataset`` (a ``save_to_disk`` folder of images).
 
@@ -76,9 +81,14 @@ def train_selftok_stack(
         latent_space: ``"vae"`` (a VAE trained first, the paper's structure) or ``"pixel"`` (2 x 2 pixel blocks).
         vae_config: the VAE's preset (``"small"``, ``"tiny"``) or JSON file.
         resume_from: ``"latest"`` continues every unfinished stage from its last checkpoint.
+        until: the last stage to run: ``"tokenizer"`` stops before the renderer (its ids are final then: the
+            renderer only decodes them), ``"renderer"`` runs all.
     Returns:
-        The trained pipeline's folder, ``output_dir / "pipeline"`` (with ``pipeline-fp16`` next to it).
+        The trained pipeline's folder: ``output_dir / "pipeline"`` (with ``pipeline-fp16`` next to it), or
+        ``output_dir / "tokenizer-pipeline"`` with ``until="tokenizer"``.
     """
+    if until not in ("tokenizer", "renderer"):
+        raise ValueError(f"until must be 'tokenizer' or 'renderer', got {until!r}")
     out = Path(output_dir).expanduser()
     b = budget
     shared = dict(batch_size=b.batch_size, seed=b.seed, resume_from=resume_from, warmup_steps=b.warmup_steps, ema_decay=b.ema_decay)
@@ -115,6 +125,7 @@ def train_selftok_stack(
             tokenizer_config=tokenizer_config,
             decoder_config=decoder_config,
             max_steps=b.steps,
+            decay_steps=b.decay_steps,
             encoder_lr=b.lr,
             decoder_image_lr=b.lr,
             decoder_token_lr=b.lr,
@@ -124,6 +135,8 @@ def train_selftok_stack(
             **shared,
         )
         train_tokenizer(tok_args, export_dir=str(tokenizer_pipeline))
+    if until == "tokenizer":
+        return tokenizer_pipeline
 
     pipeline_dir = out / "pipeline"
     if not (pipeline_dir / "model_index.json").exists():
@@ -132,6 +145,7 @@ def train_selftok_stack(
             pipeline=str(tokenizer_pipeline),
             dataset=str(dataset),
             max_steps=b.renderer_steps,
+            decay_steps=b.renderer_decay_steps,
             learning_rate=b.lr,
             loss_switch_step=b.renderer_steps + 1,
             checkpoint_every=max(b.renderer_steps // 8, 1),
