@@ -179,7 +179,7 @@ def markdown(results: dict) -> str:
         for aspect, row in report.items():
             if aspect != "examples":
                 lines.append(f"| {stage} | {aspect} | {row['mean']:.3f} [{row['interval'][0]:.3f}, {row['interval'][1]:.3f}] | {row['n']} |")
-    lines += ["", "## Seconds per image (this CPU, batch 1)", ""] + [f"- {k}: {v:.2f} s" for k, v in results["seconds_per_image"].items()]
+    lines += ["", "## Seconds per image (this CPU, batch 1)", ""] + [f"- {k}: {v:.2f} s" for k, v in results.get("seconds_per_image", {}).items()]
     return "\n".join(lines) + "\n"
 
 
@@ -202,11 +202,19 @@ def main() -> None:
     decoder = SelftokDecoderPipeline.from_pretrained(str(run / "codec" / "pipeline"))
     decoder.set_progress_bar_config(disable=True)
     config = decoder.image_tokenizer.config
+    # Stages measured by an earlier invocation on the same run are kept (a stage can be measured while the next trains).
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
+    if previous.get("run") != str(run):
+        previous = {}
     results = {"run": str(run), "bits_per_image": int(config.num_tokens * math.log2(config.codebook_size)),
-               "sets": {k: len(v) for k, v in sets.items()}, "codec": codec_report(decoder, world), "t2i": {}, "describe": {}}
+               "sets": {k: len(v) for k, v in sets.items()}, "codec": previous.get("codec") or codec_report(decoder, world),
+               "t2i": previous.get("t2i", {}), "describe": previous.get("describe", {})}
     print("codec:", {k: (v["prompt_checks"]["overall"]["mean"], v["exact_scene"]) for k, v in results["codec"].items()}, flush=True)
     pipe = None
     for stage in args.stages.split(","):
+        if stage in results["t2i"]:
+            print(f"{stage}: measured before, kept")
+            continue
         path = run / {"init": "vlm-init", "sft": "sft-vlm", "rl": "rl/pipeline"}[stage]
         if not (path / "config.json").exists():
             print(f"skipping {stage}: no pipeline at {path}")
@@ -221,6 +229,8 @@ def main() -> None:
             print(stage, "describe:", round(results["describe"][stage]["correct"]["mean"], 3), flush=True)
     if pipe is not None:
         results["seconds_per_image"] = seconds_per_image(pipe, "a red circle left of a blue square")
+    elif "seconds_per_image" in previous:
+        results["seconds_per_image"] = previous["seconds_per_image"]
     (out / "results.json").write_text(json.dumps(results, indent=1))
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))

@@ -175,6 +175,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs/shapes-vlm")
     parser.add_argument("--codec-images", type=int, default=20000)
+    parser.add_argument("--codec-steps", type=int, default=6000, help="tokenizer + decoder steps of the codec")
+    parser.add_argument("--codec-decay-steps", type=int, default=0, help="cosine LR decay over the last N codec steps (0: constant)")
+    parser.add_argument("--renderer-decay-steps", type=int, default=0, help="cosine LR decay over the last N renderer steps")
+    parser.add_argument("--until", choices=("codec", "sft", "rl"), default="rl", help="the last stage to run")
     parser.add_argument("--sft-pairs", type=int, default=40000)
     parser.add_argument("--sft-steps", type=int, default=3000)
     parser.add_argument("--sft-batch-size", type=int, default=32)
@@ -213,7 +217,10 @@ def main() -> None:
         write_codec_images(codec / "train-mix", world, args.codec_images, seed=1)
     if not (codec / "validation-crops").exists():
         write_codec_images(codec / "validation-crops", world, 16 if tiny else 256, seed=2)
-    budget = StackBudget(vae_statistics_images=8, vae_steps=2, steps=2, renderer_steps=2, warmup_steps=1, eval_every=1) if tiny else StackBudget()
+    if tiny:
+        budget = StackBudget(vae_statistics_images=8, vae_steps=2, steps=2, renderer_steps=2, warmup_steps=1, eval_every=1)
+    else:
+        budget = StackBudget(steps=args.codec_steps, decay_steps=args.codec_decay_steps, renderer_decay_steps=args.renderer_decay_steps)
 
     def codec_stack(until: str) -> Path:
         return train_selftok_stack(
@@ -231,6 +238,9 @@ def main() -> None:
 
     # SFT needs only the codec's ids, final once the tokenizer is trained: the renderer can train meanwhile.
     tokenizer_pipeline = codec_stack(until="tokenizer")
+    if args.until == "codec":
+        print(f"trained codec: {codec_stack(until='renderer').resolve()}")
+        return
 
     # 2-3. Text tokenizer, initial VLM, SFT pairs, SFT.
     sft_pipeline = out / "sft" / "pipeline"
@@ -250,6 +260,9 @@ def main() -> None:
         )
         run_and_export(SFTTrainer(sft_args, pipeline=pipe, dataset=datasets.load_from_disk(str(pairs))))
 
+    if args.until == "sft":
+        print(f"trained SFT language model: {sft_pipeline.resolve()}")
+        return
     # The VLM proper: the SFT language model with the whole codec (the renderer decodes for the rewards).
     codec_pipeline = codec_stack(until="renderer")
     vlm = out / "sft-vlm"

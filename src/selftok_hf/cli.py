@@ -3,14 +3,16 @@
     selftok encode photo.jpg -o ids.npy                 # images -> Selftok token ids (.npy or .json)
     selftok decode ids.npy -o decoded/ --steps 50        # token ids -> PNGs
     selftok reconstruct photo.jpg -o recon.png           # images -> side-by-side PNG, PSNR printed
-    selftok generate --pipeline vlm/ "a red circle"      # prompt -> image (a SelftokPipeline folder)
-    selftok describe --pipeline vlm/ photo.jpg           # image -> text
+    selftok generate "a red circle left of a blue square" -o out.png   # prompt -> image
+    selftok describe shapes.png                          # image -> text
     selftok push converted/ my-org/selftok              # upload a saved folder to the Hugging Face Hub
     selftok demo [--pipeline DIR] [--vlm DIR | --tiny]   # the Gradio demo page (pip install "selftok-hf[demo]")
     selftok convert | train-vae | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
-names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). Images are read exactly as the
+names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). ``generate``, ``describe`` and
+the demo's prompt tab use the bundled shapes-world VLM (1-3 coloured circles, squares and triangles; see
+``selftok_hf.quickstart.embedded_vlm``) unless ``--pipeline DIR`` names a ``SelftokPipeline`` folder. Images are read exactly as the
 Python API reads them (``load_image_file`` + the image processor: transparency on white, 16-bit rescaled), so
 ``selftok encode f`` and ``pipe.encode(PIL.Image.open(f))`` give the same ids. Outputs are checked before any work
 (their folder must exist; an existing file is kept unless ``--overwrite``) and written to a temporary file beside
@@ -27,12 +29,12 @@ import contextlib
 import importlib
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_write
 
 __all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_token_ids", "write_token_ids"]
 
@@ -55,8 +57,9 @@ examples:
   selftok encode photo.jpg cat.png -o ids.npy
   selftok decode ids.npy -o decoded/ --steps 25
   selftok reconstruct photo.jpg -o recon.png --renderer
+  selftok generate "a red circle left of a blue square" -o out.png --renderer
+  selftok describe out.png
   selftok generate --pipeline my-vlm/ "a red circle on a blue background" -o out.png
-  selftok describe --pipeline my-vlm/ photo.jpg --question "What is in the image?"
   selftok push converted/ my-org/selftok-512
   selftok demo --port 7860
   selftok train-tokenizer --dataset imagefolder --data-dir my_images/ --output-dir run
@@ -170,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoder_pipeline_argument(reconstruct)
     _add_runtime_arguments(reconstruct)
 
-    generate = command("generate", "text prompt -> image with a Selftok VLM (a SelftokPipeline folder)", 'selftok generate --pipeline my-vlm/ "a red circle" -o out.png')
+    generate = command("generate", "text prompt -> image with a Selftok VLM (default: the bundled shapes-world one)", 'selftok generate "three yellow circles" -o out.png --renderer')
     generate.add_argument("prompt", help="the text prompt")
-    generate.add_argument("--pipeline", required=True, metavar="DIR", help="a SelftokPipeline folder (SelftokPipeline.save_pretrained)")
+    generate.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokPipeline folder (default: the bundled shapes-world VLM)")
     generate.add_argument("-o", "--output", required=True, help="PNG path; with --num-images N > 1, NAME_0.png ... NAME_{N-1}.png")
     generate.add_argument("--num-images", type=_positive_int, default=1, help="images to sample (default: 1)")
     generate.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance on the LM's logits; 1 disables it (default: 5)")
@@ -181,9 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_arguments(generate)
     _add_runtime_arguments(generate)
 
-    describe = command("describe", "image -> text answer with a Selftok VLM (a SelftokPipeline folder)", 'selftok describe --pipeline my-vlm/ photo.jpg --question "What is shown?"')
+    describe = command("describe", "image -> text answer with a Selftok VLM (default: the bundled shapes-world one)", "selftok describe shapes.png")
     describe.add_argument("images", nargs="+", help="image files")
-    describe.add_argument("--pipeline", required=True, metavar="DIR", help="a SelftokPipeline folder (SelftokPipeline.save_pretrained)")
+    describe.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokPipeline folder (default: the bundled shapes-world VLM)")
     # The default is left to SelftokPipeline.describe (processing_selftok.DEFAULT_QUESTION; not imported here, to keep
     # `selftok --help` free of transformers).
     describe.add_argument("--question", default=None, help='the question asked about every image (default: "What is shown?", what SFT trains with)')
@@ -203,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", 'a web page (Gradio): image -> tokens -> reconstruction, coarse to fine; prompt -> image with a VLM', "selftok demo --tiny --port 7860")
     demo.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokDecoderPipeline folder for the image tab (default: the bundled trained 32-px model)")
     vlm = demo.add_mutually_exclusive_group()
-    vlm.add_argument("--vlm", default=None, metavar="DIR", help="a SelftokPipeline folder: adds the text-to-image tab")
-    vlm.add_argument("--tiny", action="store_true", help="add the text-to-image tab with the seeded random tiny VLM (offline; meaningless images)")
+    vlm.add_argument("--vlm", default=None, metavar="DIR", help="a SelftokPipeline folder for the text-to-image tab (default: the bundled shapes-world VLM)")
+    vlm.add_argument("--tiny", action="store_true", help="the text-to-image tab with the seeded random tiny VLM instead (meaningless images)")
     demo.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 for every interface (default: 127.0.0.1)")
     demo.add_argument("--port", type=_positive_int, default=7860, help="port to serve on (default: 7860)")
     _add_runtime_arguments(demo, seed=False)
@@ -262,29 +265,6 @@ def _check_output_file(parser: argparse.ArgumentParser, path: str, overwrite: bo
         parser.error(f"{option} {path}: the file exists; pass --overwrite to replace it")
 
 
-def _file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(temporary_path)`` on a temporary file beside ``path`` (same suffix), then rename it onto ``path``.
-
-    If ``write`` fails (a full disk, an interrupt), ``path`` keeps its previous content and the temporary file is
-    removed."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + path.suffix)
-    os.close(fd)
-    try:
-        write(temporary)
-        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else _file_mode())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _save_outputs(parser: argparse.ArgumentParser, writes: list) -> None:
     """``writes``: (path, write) pairs, each written atomically; a failed write exits 1 naming the file."""
     for path, write in writes:
@@ -303,11 +283,13 @@ def _load_decoder_pipeline(args):
     return pipe.to(args.device)
 
 
-def _load_vlm_pipeline(parser: argparse.ArgumentParser, args, path: str):
+def _load_vlm_pipeline(parser: argparse.ArgumentParser, args, path: str | None):
     from .pipeline_selftok import SelftokPipeline
+    from .quickstart import embedded_vlm
 
+    dtype = _torch_dtype(args.dtype)
     try:
-        pipe = SelftokPipeline.from_pretrained(path, dtype=_torch_dtype(args.dtype))
+        pipe = SelftokPipeline.from_pretrained(path, dtype=dtype) if path else embedded_vlm(dtype)
     except ValueError as error:
         parser.error(str(error))
     return pipe.to(args.device)
@@ -522,13 +504,12 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
         parser.exit(1, f"{parser.prog}: error: the demo needs Gradio: pip install 'selftok-hf[demo]'\n")
     from .demo import build_demo, offline_theme
 
-    vlm = None
-    if args.vlm:
-        vlm = _load_vlm_pipeline(parser, args, args.vlm)
-    elif args.tiny:
+    if args.tiny:
         from .tiny_vlm import tiny_selftok_pipeline
 
         vlm = tiny_selftok_pipeline("llama").to(args.device, _torch_dtype(args.dtype))
+    else:
+        vlm = _load_vlm_pipeline(parser, args, args.vlm)
     build_demo(_load_decoder_pipeline(args), vlm).launch(server_name=args.host, server_port=args.port, theme=offline_theme())
     return 0
 

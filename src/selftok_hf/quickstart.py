@@ -37,11 +37,13 @@ from .modeling_selftok_decoder import (
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .vae import RandomWeightsWarning, random_sd3_vae
 
-__all__ = ["bundled_fashion_images", "bundled_images", "embedded_pipeline", "main", "random_tiny_pipeline", "side_by_side"]
+__all__ = ["bundled_fashion_images", "bundled_images", "embedded_pipeline", "embedded_vlm", "main", "random_tiny_pipeline", "side_by_side"]
 
 SAMPLE_PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
 SAMPLE_FASHION = ("fashion_mnist_ankle_boot.png", "fashion_mnist_pullover.png", "fashion_mnist_trouser.png")
 EMBEDDED_PIPELINE = "selftok-small32"
+#: The bundled shapes-world VLM (``examples/train_shapes_vlm.py``): ``selftok generate`` / ``describe`` use it by default.
+EMBEDDED_VLM = "selftok-shapes-vlm"
 
 
 def bundled_images() -> dict[str, PIL.Image.Image]:
@@ -63,6 +65,15 @@ def embedded_pipeline(dtype: torch.dtype = torch.float32) -> SelftokDecoderPipel
     """The bundled trained pipeline (VAE, tokenizer, decoder, renderer; weights stored in float16 to stay small, upcast
     on load)."""
     return SelftokDecoderPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_PIPELINE), dtype=dtype)
+
+
+def embedded_vlm(dtype: torch.dtype = torch.float32):
+    """The bundled shapes-world :class:`~selftok_hf.SelftokPipeline`: a small Llama trained here by SFT then GRPO on the
+    ids of its own shapes codec (weights stored in float16, upcast on load). It draws and describes 1-3 coloured
+    circles, squares and triangles (``selftok_hf.rl.shapes_world``'s grammar), nothing else."""
+    from .pipeline_selftok import SelftokPipeline
+
+    return SelftokPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_VLM), dtype=dtype)
 
 
 def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
