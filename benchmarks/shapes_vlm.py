@@ -36,6 +36,8 @@ from selftok_hf.rl import (
     ProgramReward,
     ShapeDetector,
     ShapesWorld,
+    describe_scene,
+    parse_prompt,
     program_accuracy,
 )
 from selftok_hf.rl.evaluation import shapes_describe, shapes_geneval
@@ -100,8 +102,6 @@ def codec_report(decoder: SelftokDecoderPipeline, world: ShapesWorld) -> dict:
 
 
 def evaluation_sets(world: ShapesWorld, split, also_held_out) -> dict[str, list]:
-    from selftok_hf.rl.shapes_world import parse_prompt
-
     enumerated = {s.text() for s in world.all_prompts()}
     rng = np.random.default_rng(2026)
     grammar = {}
@@ -137,14 +137,8 @@ def describe_report(pipe: SelftokPipeline, world: ShapesWorld, sets: dict) -> di
     data = world.generate(specs, images_per_prompt=3, seed=31_000)
     result = shapes_describe(pipe, data["scenes"], data["images"])
     n = len(data["scenes"])
-    examples = [{"truth": t, "answer": a} for t, a in zip(_descriptions(data["scenes"])[:12], result["answers"][:12])]
+    examples = [{"truth": describe_scene(s), "answer": a} for s, a in zip(data["scenes"][:12], result["answers"][:12])]
     return {aspect: {"mean": v, "interval": wilson(v * n, n), "n": n} for aspect, v in result.items() if aspect != "answers"} | {"examples": examples}
-
-
-def _descriptions(scenes):
-    from selftok_hf.rl.shapes_world import describe_scene
-
-    return [describe_scene(s) for s in scenes]
 
 
 def seconds_per_image(pipe: SelftokPipeline, prompt: str, repeats: int = 5) -> dict:

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import PIL.Image
 import torch
 
+from selftok_hf.image_processing_selftok import postprocess_images
 from selftok_hf.rl import ShapesWorld
 from selftok_hf.rl.shapes_world import PromptSplit, describe_scene, parse_prompt
 
@@ -61,17 +61,14 @@ def description_is_held_in(description: str, split: PromptSplit) -> bool:
         return True
 
 
-def _to_pil(image: torch.Tensor) -> PIL.Image.Image:
-    return PIL.Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-
-
 def write_codec_images(path: Path, world: ShapesWorld, count: int, seed: int) -> None:
     """``count`` renders of random sentences of the whole grammar (held in and held out: the codec reads no text)."""
     rng = np.random.default_rng(seed)
     images = []
     for _ in range(count):
         spec = world.sample_prompt(rng)
-        images.append(_to_pil(world.render(world.sample_scene(spec, seed=int(rng.integers(2**31))))))
+        images.append(world.render(world.sample_scene(spec, seed=int(rng.integers(2**31)))))
+    images = postprocess_images(torch.stack(images))
     datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
 
 
