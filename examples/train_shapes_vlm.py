@@ -175,6 +175,10 @@ def main() -> None:
     parser.add_argument("--codec-steps", type=int, default=6000, help="tokenizer + decoder steps of the codec")
     parser.add_argument("--codec-decay-steps", type=int, default=0, help="cosine LR decay over the last N codec steps (0: constant)")
     parser.add_argument("--renderer-decay-steps", type=int, default=0, help="cosine LR decay over the last N renderer steps")
+    parser.add_argument(
+        "--codec-tokenizer-config", default=str(CONFIGS / "default32_vae_tokenizer.json"),
+        help="the codec tokenizer's JSON (tokens, codebook, schedule); shapes64_vae_tokenizer.json doubles the tokens",
+    )
     parser.add_argument("--until", choices=("codec", "sft", "rl"), default="rl", help="the last stage to run")
     parser.add_argument("--sft-pairs", type=int, default=40000)
     parser.add_argument("--sft-steps", type=int, default=3000)
@@ -224,7 +228,7 @@ def main() -> None:
             codec,
             codec / "train-mix",
             codec / "validation-crops",
-            tokenizer_config="tiny" if tiny else str(CONFIGS / "default32_vae_tokenizer.json"),
+            tokenizer_config="tiny" if tiny else args.codec_tokenizer_config,
             decoder_config="tiny" if tiny else str(CONFIGS / "default32_vae_decoder.json"),
             budget=budget,
             image_size=32,
