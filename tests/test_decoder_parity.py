@@ -15,6 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from selftok_hf.conversion import (
+    convert_official_decoder_state_dict,
+    convert_official_renderer_state_dict,
+    decoder_config_from_official_state_dict,
+    decoder_state_dict_from_sd3,
+    renderer_config_from_official_state_dict,
+)
 from selftok_hf.modeling_selftok_decoder import (
     SELFTOK_DECODER_RELEASE_CONFIG,
     SELFTOK_DECODER_TINY_CONFIG,
@@ -22,11 +29,6 @@ from selftok_hf.modeling_selftok_decoder import (
     SELFTOK_RENDERER_TINY_CONFIG,
     SelftokDecoderTransformer,
     SelftokRenderer,
-    convert_official_decoder_state_dict,
-    convert_official_renderer_state_dict,
-    decoder_config_from_official_state_dict,
-    decoder_state_dict_from_sd3,
-    renderer_config_from_official_state_dict,
 )
 
 REFERENCE_DIR = Path(os.environ.get("SELFTOK_REFERENCE_DIR", Path(__file__).parent / "fixtures" / "official_reference"))

@@ -369,11 +369,11 @@ def build_tokenizer_from_official(params: dict, official: Mapping[str, torch.Ten
 # ------------------------------------------------------------------------------------------- main
 def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tensor]):
     """Official config params + state dict -> a loaded [`SelftokDecoderTransformer`] (fp32, eval mode)."""
-    from .modeling_selftok_decoder import (
-        SelftokDecoderTransformer,
+    from .conversion import (
         convert_official_decoder_state_dict,
         decoder_config_from_official_state_dict,
     )
+    from .modeling_selftok_decoder import SelftokDecoderTransformer
 
     model_sd = _model_keys(official, "tokenizer checkpoint")
     config = decoder_config_from_official_state_dict(
@@ -387,7 +387,11 @@ def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tenso
 
 def build_renderer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
     """Official renderer config params + state dict -> a loaded [`SelftokRenderer`] (fp32, eval mode)."""
-    from .modeling_selftok_decoder import SelftokRenderer, convert_official_renderer_state_dict, renderer_config_from_official_state_dict
+    from .conversion import (
+        convert_official_renderer_state_dict,
+        renderer_config_from_official_state_dict,
+    )
+    from .modeling_selftok_decoder import SelftokRenderer
 
     model_sd = _model_keys(official, "renderer checkpoint")
     if not (params.get("decoder_config") or {}).get("repeat", False):

@@ -30,12 +30,12 @@ from torch import nn
 
 from ..atomic import export_folder
 from ..configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
+from ..conversion import decoder_state_dict_from_sd3
 from ..modeling_selftok import SelftokModel
 from ..modeling_selftok_decoder import (
     SELFTOK_DECODER_RELEASE_CONFIG,
     SELFTOK_DECODER_TINY_CONFIG,
     SelftokDecoderTransformer,
-    decoder_state_dict_from_sd3,
 )
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..pixel_space import PixelSpaceAutoencoder
