@@ -137,21 +137,6 @@ def test_options_without_help_finds_them():
     assert options_without_help(parser.format_help()) == ["--bare VALUE", "--flag"]
 
 
-@pytest.mark.parametrize("arguments_class", ["training.tokenizer:TokenizerTrainingArguments", "training.renderer:RendererTrainingArguments", "training.sft:SFTArguments", "rl.trainer:GRPOArguments"])
-def test_every_trainer_option_has_help_from_the_docstring(arguments_class):
-    import dataclasses
-    import importlib
-
-    from selftok_hf.training.loop import dataclass_field_help
-
-    module, name = arguments_class.split(":")
-    cls = getattr(importlib.import_module(f"selftok_hf.{module}"), name)
-    helps = dataclass_field_help(cls)
-    missing = [f.name for f in dataclasses.fields(cls) if not helps.get(f.name)]
-    assert not missing, f"document these fields in the Args: section of {name} (or a base): {missing}"
-    assert all("`" not in text for text in helps.values())  # docstring markup is stripped
-
-
 def test_demo_arguments_and_missing_gradio(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as exit_info:
         main(["demo", "--tiny", "--vlm", str(tmp_path)])

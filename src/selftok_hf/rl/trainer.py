@@ -5,7 +5,9 @@
 Every optimiser step (per process and micro-batch):
 
 1. **Rollout.** ``batch_size`` prompts are drawn from the prompt set (a function of ``(seed, micro step,
-   process)``); for each, ``group_size`` images of exactly K visual tokens are sampled between
+   process)``), or read in order from a prompt stream (``--streaming``: a ``.txt`` / ``.jsonl`` file through
+   ``datasets``, or a ``datasets.IterableDataset``; checkpoints keep its position), and tokenised by a torch
+   ``DataLoader`` (``--dataloader-num-workers``, :mod:`~selftok_hf.training.loader`); for each, ``group_size`` images of exactly K visual tokens are sampled between
    begin/end-of-image by :func:`~selftok_hf.generation_selftok.generate_image_tokens` (grammar-masked,
    temperature only: no CFG, top-k or top-p, which would make the sampled distribution differ from pi).
 2. **Rewards.** The ids are decoded to pixels by the pipeline's :class:`~selftok_hf.SelftokDecoderPipeline`
@@ -22,6 +24,8 @@ Logged (``log.jsonl``, trackers): loss, policy loss, KL, entropy of the constrai
 std overall and per category over the logging window, each reward component, and the fraction of groups
 whose rewards are all equal (no learning signal). Checkpoints and exact resume come from the shared
 :class:`~selftok_hf.training.loop.TrainingLoop`.
+
+The options may also come from one JSON or YAML file instead: ``selftok-rl config.yaml``.
 
 Outputs in ``--output-dir``: ``pipeline/`` (the full :class:`~selftok_hf.SelftokPipeline` with the RL-tuned
 LM), ``log.jsonl``, ``checkpoints/``.
@@ -40,13 +44,12 @@ semantics as our other trainers), decided it.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +59,11 @@ import torch
 from ..atomic import export_folder
 from ..generation_selftok import generate_image_tokens
 from ..pipeline_selftok import SelftokPipeline
+from ..training.loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
 from ..training.loop import (
-    LoopArguments,
-    TrainingLoop,
-    add_dataclass_arguments,
+    TrainingArgumentParser,
     enable_activation_checkpointing,
-    parse_dataclass_arguments,
-    plain_text,
+    parse_training_arguments,
 )
 from ..training.sft import pipeline_or_load
 from .evaluation import decode_images, prompt_batch
@@ -70,9 +71,11 @@ from .grpo import constrained_logprobs, group_advantages, grpo_loss
 from .rewards import CombinedReward, DetectorJudge, ProgramReward, QAReward
 from .shapes_world import ShapesWorld, parse_prompt
 
-__all__ = ["GRPOArguments", "GRPOTrainer", "build_reward", "load_prompts", "main"]
+__all__ = ["GRPOArguments", "GRPOTrainer", "PromptBatches", "build_reward", "load_prompt_stream", "load_prompts", "main"]
 
 logger = logging.getLogger(__name__)
+
+DESCRIPTION = "Selftok-Zero style RL of a Selftok VLM on its visual tokens: simplified GRPO on accelerate."
 
 #: Reward names understood by ``--rewards``.
 BUILTIN_REWARDS: dict[str, Callable[[], Callable]] = {
@@ -82,41 +85,35 @@ BUILTIN_REWARDS: dict[str, Callable[[], Callable]] = {
 
 
 @dataclass
-class GRPOArguments(LoopArguments):
-    """Options of ``selftok-rl`` (plus :class:`~selftok_hf.training.loop.LoopArguments`; there ``batch_size`` is the
-    number of *prompts* per micro-batch, each sampled ``group_size`` times).
+class GRPOArguments(DataLoaderArguments):
+    """Options of ``selftok-rl`` (plus :class:`~selftok_hf.training.loader.DataLoaderArguments`; there ``batch_size``
+    is the number of *prompts* per micro-batch, each sampled ``group_size`` times); each field's ``metadata["help"]``
+    is its ``--help`` text."""
 
-    Args:
-        pipeline: a :class:`SelftokPipeline` folder (e.g. an SFT output) whose LM is trained.
-        prompts: ``"shapes:held_in"``, ``"shapes:held_out"`` or ``"shapes:all"`` (the shapes world's prompts),
-            or a ``.txt`` file (one prompt per line) or ``.jsonl`` file (objects with a ``"prompt"`` key; the other
-            keys are handed to the rewards as metadata).
-        image_size / split_seed / held_out_fraction: the shapes world and its split, for ``shapes:*`` prompts.
-        group_size: G, samples per prompt (paper: 24).
-        beta: weight of the k3 KL to the reference (paper: 0.04).
-        reference_sync_steps: 0 keeps the initial policy as the KL reference; N > 0 copies the policy into it every N
-            steps.
-        learning_rate / weight_decay / max_grad_norm: AdamW (paper: lr 1.5e-6); max_grad_norm 0 disables clipping.
-        temperature: sampling temperature, applied identically in the log-probs.
-        rewards: comma-separated ``name=weight`` of built-in rewards (``program``, ``qa``).
-        use_renderer / decoder_steps: how ids become pixels for the rewards.
-    """
-
-    pipeline: str = ""
-    prompts: str = "shapes:held_in"
-    image_size: int = 32
-    split_seed: int = 0
-    held_out_fraction: float = 0.5
-    group_size: int = 24
-    beta: float = 0.04
-    reference_sync_steps: int = 0
-    learning_rate: float = 1.5e-6
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.0
-    temperature: float = 1.0
-    rewards: str = "program=1"
-    use_renderer: bool = True
-    decoder_steps: int = 4
+    pipeline: str = field(default="", metadata={"help": "A SelftokPipeline folder (e.g. an SFT output) whose LM is trained.", "required": True})
+    prompts: str = field(
+        default="shapes:held_in",
+        metadata={
+            "help": "'shapes:held_in', 'shapes:held_out' or 'shapes:all' (the shapes world's prompts), or a .txt file (one "
+            "prompt per line) or .jsonl file (objects with a 'prompt' key; the other keys are handed to the rewards as "
+            "metadata). Prompts are drawn at random, or with --streaming read from the file in order."
+        },
+    )
+    image_size: int = field(default=32, metadata={"help": "Image size of the shapes world, for shapes:* prompts."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the shapes world's held-in / held-out split."})
+    held_out_fraction: float = field(default=0.5, metadata={"help": "Fraction of the shapes world's prompts held out."})
+    group_size: int = field(default=24, metadata={"help": "G, samples per prompt (paper: 24)."})
+    beta: float = field(default=0.04, metadata={"help": "Weight of the k3 KL to the reference (paper: 0.04)."})
+    reference_sync_steps: int = field(
+        default=0, metadata={"help": "0 keeps the initial policy as the KL reference; N > 0 copies the policy into it every N steps."}
+    )
+    learning_rate: float = field(default=1.5e-6, metadata={"help": "AdamW learning rate (paper: 1.5e-6)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient-norm clipping (0: none)."})
+    temperature: float = field(default=1.0, metadata={"help": "Sampling temperature, applied identically in the log-probs."})
+    rewards: str = field(default="program=1", metadata={"help": "Comma-separated name=weight of built-in rewards (program, qa)."})
+    use_renderer: bool = field(default=True, metadata={"help": "Decode ids to pixels for the rewards with the one-step renderer (else flow steps)."})
+    decoder_steps: int = field(default=4, metadata={"help": "Flow steps of the decoder when the renderer is not used."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,6 +149,12 @@ def build_reward(spec: str) -> CombinedReward:
     """A :class:`CombinedReward` from ``"program=1,qa=0.5"``."""
     weights = _parse_weights(spec)
     return CombinedReward({name: BUILTIN_REWARDS[name]() for name in weights}, weights)
+
+
+def _is_dataset(prompts) -> bool:
+    import datasets
+
+    return isinstance(prompts, (datasets.Dataset, datasets.IterableDataset))
 
 
 def _with_category(row: dict[str, Any]) -> dict[str, Any]:
@@ -191,13 +194,81 @@ def load_prompts(source: str, image_size: int = 32, split_seed: int = 0, held_ou
     return [_with_category(r) for r in rows]
 
 
-class GRPOTrainer(TrainingLoop):
+def load_prompt_stream(source: str):
+    """A ``.jsonl`` (objects with a ``"prompt"`` key) or ``.txt`` (one prompt per line) prompt file as a streaming
+    ``datasets.IterableDataset``, read in file order (``--streaming``)."""
+    import datasets
+
+    path = Path(source)
+    if path.suffix not in (".txt", ".jsonl"):
+        raise ValueError(f"a prompt stream is a .txt or .jsonl file, not {source!r}")
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {source!r} not found")
+    if path.suffix == ".jsonl":
+        return datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    lines = datasets.load_dataset("text", data_files=str(path), split="train", streaming=True)
+    return lines.filter(_has_text).map(_text_to_prompt, remove_columns=["text"])
+
+
+def _has_text(row: dict[str, Any]) -> bool:
+    return bool(row["text"].strip())
+
+
+def _text_to_prompt(row: dict[str, Any]) -> dict[str, str]:
+    return {"prompt": row["text"].strip()}
+
+
+def _prompt_row(row) -> dict[str, Any]:
+    """A prompt string or row as a row with its category (:func:`_with_category`)."""
+    row = {"prompt": row} if isinstance(row, str) else dict(row)
+    if not isinstance(row.get("prompt"), str):
+        raise ValueError(f"a prompt row needs a 'prompt' string, got {sorted(row)}")
+    return _with_category(row)
+
+
+class PromptBatches:
+    """The GRPO prompt micro-batches, picklable for ``DataLoader`` workers (:mod:`~selftok_hf.training.loader`).
+
+    Micro-batch ``m`` of process ``p`` holds ``batch_size`` prompt rows: drawn with replacement from a map-style
+    prompt set by a generator seeded with ``(seed, m, p)``, or a stream's next rows. Each is repeated
+    ``group_size`` times and tokenised (:func:`~selftok_hf.rl.evaluation.prompt_batch`: left-padded chat prompts
+    ending with begin-of-image).
+
+    Args:
+        processor: the pipeline's processor.
+        prompts: the map-style prompt rows (a list or a ``datasets.Dataset``), or None for a stream.
+        seed / batch_size / group_size / process_index: the run's.
+    """
+
+    def __init__(self, processor, prompts, seed: int, batch_size: int, group_size: int, process_index: int) -> None:
+        self.processor, self.prompts = processor, prompts
+        self.seed, self.batch_size, self.group_size, self.process_index = seed, batch_size, group_size, process_index
+
+    def rows(self, micro_step: int, rows: list | None = None) -> list[dict[str, Any]]:
+        """The ``batch_size`` prompt rows of ``micro_step``; ``rows``: the stream's rows for it (None: map-style)."""
+        if rows is None:
+            if self.prompts is None:
+                raise ValueError("a prompt stream's rows come from the stream: pass the micro-batch's rows")
+            rng = np.random.default_rng([self.seed, micro_step, self.process_index])
+            rows = [self.prompts[int(i)] for i in rng.integers(len(self.prompts), size=self.batch_size)]
+        return [_prompt_row(row) for row in rows]
+
+    def __call__(self, micro_step: int, rows: list | None = None) -> dict[str, Any]:
+        """``{"rows", "input_ids", "attention_mask"}`` for the ``batch_size * group_size`` samples, grouped by prompt."""
+        rows = [row for row in self.rows(micro_step, rows) for _ in range(self.group_size)]
+        return {"rows": rows, **prompt_batch(self.processor, [row["prompt"] for row in rows])}
+
+
+class GRPOTrainer(DataLoaderTrainingLoop):
     """Simplified-GRPO RL of the LM of a :class:`SelftokPipeline` (see the module docstring).
 
     Args:
         args: the options.
         pipeline: the pipeline to train (default: loaded from ``args.pipeline``).
-        prompts: prompt rows ``{"prompt": str, **metadata}`` or strings (default: :func:`load_prompts` of ``args.prompts``).
+        prompts: prompt rows ``{"prompt": str, **metadata}`` or strings, a ``datasets.Dataset`` of such rows, or a
+            streaming ``datasets.IterableDataset`` of them, read in order (default: :func:`load_prompts` of
+            ``args.prompts``, or :func:`load_prompt_stream` with ``args.streaming``). The micro-batches are built by a
+            ``DataLoader`` (:class:`PromptBatches`, ``dataloader_num_workers``).
         reward: a reward callable (default: :func:`build_reward` of ``args.rewards``). A plain callable is wrapped as
             ``CombinedReward({"reward": reward})``.
         image_decoder: ``ids (N, K) -> images (N, 3, H, W) in [0, 1]`` for the rewards (default: the pipeline's
@@ -217,7 +288,10 @@ class GRPOTrainer(TrainingLoop):
         super().__init__(args)
         self.pipeline = pipeline
         self.image_decoder = image_decoder
-        self.prompt_rows = None if prompts is None else [_with_category({"prompt": p} if isinstance(p, str) else dict(p)) for p in prompts]
+        if prompts is None or _is_dataset(prompts):
+            self.prompt_rows = prompts
+        else:
+            self.prompt_rows = [_prompt_row(p) for p in prompts]
         if reward is not None and not isinstance(reward, CombinedReward):
             reward = CombinedReward({"reward": reward})
         self.reward = reward
@@ -234,9 +308,23 @@ class GRPOTrainer(TrainingLoop):
             decoder.set_progress_bar_config(disable=True)
             self.image_decoder = lambda ids: decode_images(decoder, ids, args.use_renderer, args.decoder_steps)
         if self.prompt_rows is None:
-            self.prompt_rows = load_prompts(args.prompts, args.image_size, args.split_seed, args.held_out_fraction)
-        if not self.prompt_rows:
+            if args.streaming:
+                self.prompt_rows = load_prompt_stream(args.prompts)
+            else:
+                self.prompt_rows = load_prompts(args.prompts, args.image_size, args.split_seed, args.held_out_fraction)
+        if args.streaming and not is_streaming(self.prompt_rows):
+            if not _is_dataset(self.prompt_rows):
+                raise ValueError("streaming needs the prompts as a datasets.Dataset or IterableDataset, or a .txt / .jsonl prompt file")
+            self.prompt_rows = self.prompt_rows.to_iterable_dataset()
+        streaming = is_streaming(self.prompt_rows)
+        if not streaming and not len(self.prompt_rows):
             raise ValueError("no prompts to train on")
+        self.make_batch = PromptBatches(
+            self.pipeline.processor, None if streaming else self.prompt_rows, args.seed, args.batch_size, args.group_size,
+            self.accelerator.process_index,
+        )  # fmt: skip
+        if streaming:
+            self.set_stream(self.prompt_rows)
         if self.reward is None:
             self.reward = build_reward(args.rewards)
         policy = self.pipeline.language_model
@@ -250,9 +338,8 @@ class GRPOTrainer(TrainingLoop):
 
     # ------------------------------------------------------------------------------- training
     def sample_prompts(self, micro_step: int) -> list[dict[str, Any]]:
-        """The prompt rows of a micro-batch: a function of ``(seed, micro_step, process)`` only."""
-        rng = np.random.default_rng([self.args.seed, micro_step, self.accelerator.process_index])
-        return [self.prompt_rows[i] for i in rng.integers(len(self.prompt_rows), size=self.args.batch_size)]
+        """The prompt rows of a micro-batch of a map-style prompt set: a function of ``(seed, micro_step, process)`` only."""
+        return self.make_batch.rows(micro_step)
 
     @torch.no_grad()
     def rollout(self, micro_step: int) -> dict[str, Any]:
@@ -265,9 +352,10 @@ class GRPOTrainer(TrainingLoop):
         """
         args = self.args
         policy = self.accelerator.unwrap_model(self.models["language_model"])
-        rows = [row for row in self.sample_prompts(micro_step) for _ in range(args.group_size)]
+        batch = self.next_batch(micro_step)
+        rows = batch["rows"]
         prompts = [row["prompt"] for row in rows]
-        batch = prompt_batch(self.pipeline.processor, prompts, self.accelerator.device)
+        batch = {k: batch[k].to(self.accelerator.device) for k in ("input_ids", "attention_mask")}
         token_ids = generate_image_tokens(policy, batch["input_ids"], batch["attention_mask"], self.pipeline.vocabulary, temperature=args.temperature)
         images = self.image_decoder(token_ids)
         metadata = [{k: v for k, v in row.items() if k != "prompt"} for row in rows]
@@ -350,9 +438,9 @@ class GRPOTrainer(TrainingLoop):
 
 
 def main(argv: list[str] | None = None, prog: str = "selftok-rl") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=plain_text(__doc__.split("\n\n")[0]))
-    add_dataclass_arguments(parser, GRPOArguments, required=("pipeline",))
-    args, _ = parse_dataclass_arguments(parser, GRPOArguments, argv, existing_paths=("pipeline",))
+    """``selftok-rl``: options, or one JSON / YAML file of them (:func:`~selftok_hf.training.loop.parse_training_arguments`)."""
+    parser = TrainingArgumentParser(GRPOArguments, prog=prog, description=DESCRIPTION)
+    (args,) = parse_training_arguments(parser, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trainer = GRPOTrainer(args)
     history = trainer.run()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,7 +23,7 @@ from diffusers import AutoencoderKL
 
 from ..atomic import export_folder
 from ..vae import SD3_VAE_CONFIG
-from .data import StepBatches, load_image_dataset
+from .data import StepBatches, image_source_field, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
 
 __all__ = ["SMALL_VAE_CONFIG", "TINY_AUTOENCODER_CONFIG", "AutoencoderTrainer", "AutoencoderTrainingArguments", "latent_statistics", "main", "train_autoencoder"]
@@ -48,28 +48,22 @@ TINY_AUTOENCODER_CONFIG: dict[str, Any] = dict(SMALL_VAE_CONFIG, block_out_chann
 
 @dataclass
 class AutoencoderTrainingArguments(LoopArguments):
-    """Options of :class:`AutoencoderTrainer` (plus those of :class:`LoopArguments`).
+    """Options of :class:`AutoencoderTrainer` (plus those of :class:`LoopArguments`); each field's
+    ``metadata["help"]`` is its ``--help`` text."""
 
-    Args:
-        dataset / split / image_column / data_dir / max_image_side: the training images (see
-            :func:`~selftok_hf.training.data.load_image_dataset`), seen as official random resize + crops.
-        image_size: side of the training crops.
-        vae_config: ``small`` (``SMALL_VAE_CONFIG``), ``tiny`` (``TINY_AUTOENCODER_CONFIG``), a JSON file or a JSON object of ``AutoencoderKL`` arguments.
-        learning_rate: AdamW learning rate.
-        kl_weight: weight of the posterior's KL divergence to N(0, 1), per latent element, against the per-pixel MSE.
-        statistics_images: training crops whose latents set the exported ``shift_factor`` / ``scaling_factor``.
-    """
-
-    dataset: str = "offline:photos"
-    split: str = "train"
-    image_column: str = "image"
-    data_dir: str | None = None
-    max_image_side: int | None = None
-    image_size: int = 32
-    vae_config: str = "small"
-    learning_rate: float = 1e-3
-    kl_weight: float = 1e-6
-    statistics_images: int = 512
+    dataset: str = image_source_field("dataset")
+    split: str = image_source_field("split")
+    image_column: str = image_source_field("image_column")
+    data_dir: str | None = image_source_field("data_dir")
+    max_image_side: int | None = image_source_field("max_image_side")
+    image_size: int = field(default=32, metadata={"help": "Side of the training crops."})
+    vae_config: str = field(
+        default="small",
+        metadata={"help": "small (SMALL_VAE_CONFIG), tiny (TINY_AUTOENCODER_CONFIG), a JSON file or a JSON object of AutoencoderKL arguments."},
+    )
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
+    kl_weight: float = field(default=1e-6, metadata={"help": "Weight of the posterior's KL divergence to N(0, 1), per latent element, against the per-pixel MSE."})
+    statistics_images: int = field(default=512, metadata={"help": "Training crops whose latents set the exported shift_factor / scaling_factor."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ __all__ = [
     "StepBatches",
     "cache_latents",
     "center_resize_crop",
+    "image_source_field",
     "images_to_tensor",
     "load_image_dataset",
     "random_resize_crop",
@@ -172,6 +174,28 @@ def load_image_dataset(
     if len(ds) == 0:
         raise ValueError(f"the dataset {source!r} (split {split!r}) is empty")
     return ds
+
+
+#: The image-source options of the tokenizer, renderer and VAE trainers: field name -> (default, ``--help`` text).
+_IMAGE_SOURCE_OPTIONS = {
+    "dataset": (
+        "offline:photos",
+        "The training images: a datasets name or save_to_disk folder, imagefolder (with --data-dir), offline:photos, "
+        "offline:opencv-photos or offline:fashion-mnist (see training.data.load_image_dataset).",
+    ),
+    "split": ("train", "Split of the training images."),
+    "image_column": ("image", "The dataset's image column."),
+    "data_dir": (None, "The image folder of --dataset imagefolder."),
+    "max_train_images": (None, "Train on the first this many images only."),
+    "max_image_side": (None, "Downscale (once) images whose shortest edge is longer than this (load_image_dataset's max_side)."),
+}
+
+
+def image_source_field(name: str):
+    """The dataclass field of image-source option ``name`` (``dataset``, ``split``, ``image_column``, ``data_dir``,
+    ``max_train_images``, ``max_image_side``): one default and help text for every image trainer."""
+    default, text = _IMAGE_SOURCE_OPTIONS[name]
+    return field(default=default, metadata={"help": text})
 
 
 def _resize_shortest(image: PIL.Image.Image, side: int) -> PIL.Image.Image:

@@ -1,12 +1,13 @@
-"""The accelerate training loop shared by the tokenizer and renderer trainers.
+"""The accelerate training loop shared by the trainers (tokenizer, renderer, VAE, SFT, GRPO).
 
 One loop, three guarantees:
 
 - **Deterministic steps.** Every random draw of micro-batch ``m`` (data order, crops, diffusion times, noise,
   dropout, quantizer re-seeding) is made after seeding with ``(seed, m, process)``; nothing depends on how many
   steps ran before in this process.
-- **Exact resume.** Checkpoints hold the model(s), optimizer(s) and the step counter (``accelerator.save_state``);
-  with deterministic steps, a resumed run reproduces the uninterrupted run's losses exactly.
+- **Exact resume.** Checkpoints hold the model(s), optimizer(s) and the step counter (``accelerator.save_state``),
+  and the position of a data stream where there is one (:meth:`TrainingLoop.data_state`); with deterministic steps,
+  a resumed run reproduces the uninterrupted run's losses exactly.
 - **Atomic checkpoints.** A checkpoint is written to a temporary directory and renamed into place, and the
   ``latest`` pointer is replaced atomically afterwards; a save killed at any point leaves the previous
   checkpoint and pointer intact. A full disk is reported as such (the partial copy deleted), and resuming from a
@@ -14,48 +15,59 @@ One loop, three guarantees:
   Exports are written the same way (:func:`selftok_hf.atomic.export_folder`).
 
 Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :meth:`TrainingLoop.training_step`.
+
+The trainer CLIs parse their options with transformers' ``HfArgumentParser`` (:class:`TrainingArgumentParser`,
+:func:`parse_training_arguments`): one option per field of the arguments dataclass, its help text the field's
+``metadata["help"]``, or one JSON / YAML file holding them.
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import json
 import logging
 import math
 import os
-import re
 import shutil
+import sys
 import time
-from collections.abc import Callable, Collection, Iterator
+import types
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
+import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
 from diffusers.training_utils import EMAModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
+from transformers import HfArgumentParser
 
-from ..atomic import atomic_write_text, check_export_target, install_folder, replaced_path
+from ..atomic import (
+    atomic_write_text,
+    check_export_target,
+    install_folder,
+    replaced_path,
+)
 from .data import step_seed
 
 __all__ = [
     "LoopArguments",
     "TrainingLoop",
-    "add_dataclass_arguments",
+    "CONFIG_FILE_SUFFIXES",
+    "ExportArguments",
+    "TrainingArgumentParser",
     "check_checkpoint",
-    "dataclass_field_help",
     "enable_activation_checkpointing",
     "latest_checkpoint",
     "load_json_or_preset",
-    "parse_dataclass_arguments",
-    "plain_text",
+    "parse_training_arguments",
     "resume_checkpoint",
     "run_training_cli",
 ]
@@ -66,50 +78,46 @@ _CHECKPOINTS = "checkpoints"
 _LATEST = "latest"
 _STATE_FILE = "trainer_state.json"
 _EMA_WEIGHTS, _EMA_STATE = "ema.safetensors", "ema.json"
+_DATA_STATE = "data_state_{}.json"  # one per process (TrainingLoop.data_state)
+
+
+#: Suffixes of a config file given instead of options: ``selftok-train-lm config.yaml``.
+CONFIG_FILE_SUFFIXES = (".json", ".yaml", ".yml")
 
 
 @dataclass
 class LoopArguments:
-    """Options every trainer shares.
+    """Options every trainer shares. Each field's ``metadata["help"]`` is its ``--help`` text
+    (:class:`TrainingArgumentParser`)."""
 
-    Args:
-        output_dir: where checkpoints, logs (``log.jsonl``) and the exported model go.
-        max_steps: optimiser steps to run in total (a resumed run continues to this number).
-        batch_size: images per process per micro-batch.
-        gradient_accumulation_steps: micro-batches per optimiser step.
-        seed: base seed of every random draw (see the module docstring).
-        mixed_precision: ``"no"``, ``"bf16"`` or ``"fp16"`` (autocast; parameters stay fp32).
-        gradient_checkpointing: recompute activations in the backward pass.
-        checkpoint_every: steps between checkpoints (0: only at the end).
-        keep_checkpoints: how many checkpoints to keep (oldest deleted first).
-        resume_from: ``"latest"``, a checkpoint directory, or None.
-        log_every: steps between log lines.
-        report_to: accelerate tracker (e.g. ``"tensorboard"``), or None.
-        cpu: force CPU even when an accelerator is present.
-        warmup_steps: linear learning-rate warm-up over this many optimiser steps, then constant (0: none).
-        decay_steps: cosine decay of the learning rate towards 0 over the last this many of ``max_steps`` (0: none;
-            warm-up / constant / decay, so a constant-rate run can be extended and then decayed).
-        ema_decay: keep an exponential moving average of the trained parameters with this decay (diffusers'
-            ``EMAModel``, decay warm-up ``(1 + s) / (10 + s)``); evaluation and export then use the averaged weights
-            (0: off).
-    """
-
-    output_dir: str = "selftok-run"
-    max_steps: int = 1000
-    batch_size: int = 8
-    gradient_accumulation_steps: int = 1
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    resume_from: str | None = None
-    log_every: int = 10
-    report_to: str | None = None
-    cpu: bool = False
-    warmup_steps: int = 0
-    decay_steps: int = 0
-    ema_decay: float = 0.0
+    output_dir: str = field(default="selftok-run", metadata={"help": "Where checkpoints, logs (log.jsonl) and the exported model go."})
+    max_steps: int = field(default=1000, metadata={"help": "Optimiser steps to run in total (a resumed run continues to this number)."})
+    batch_size: int = field(default=8, metadata={"help": "Images per process per micro-batch."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimiser step."})
+    seed: int = field(default=0, metadata={"help": "Base seed of every random draw: each draw of a micro-batch is seeded by (seed, micro step, process)."})
+    mixed_precision: str = field(default="no", metadata={"help": "'no', 'bf16' or 'fp16' (autocast; parameters stay fp32)."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations in the backward pass."})
+    checkpoint_every: int = field(default=500, metadata={"help": "Steps between checkpoints (0: only at the end)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "How many checkpoints to keep (oldest deleted first)."})
+    resume_from: str | None = field(default=None, metadata={"help": "'latest' (a fresh start if OUTPUT_DIR has no checkpoint yet), a checkpoint directory, or None."})
+    log_every: int = field(default=10, metadata={"help": "Steps between log lines."})
+    report_to: str | None = field(default=None, metadata={"help": "accelerate tracker (e.g. 'tensorboard'), or None."})
+    cpu: bool = field(default=False, metadata={"help": "Force CPU even when an accelerator is present."})
+    warmup_steps: int = field(default=0, metadata={"help": "Linear learning-rate warm-up over this many optimiser steps, then constant (0: none)."})
+    decay_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Cosine decay of the learning rate towards 0 over the last this many of max_steps (0: none; warm-up / "
+            "constant / decay, so a constant-rate run can be extended and then decayed)."
+        },
+    )
+    ema_decay: float = field(
+        default=0.0,
+        metadata={
+            "help": "Keep an exponential moving average of the trained parameters with this decay (diffusers' EMAModel, "
+            "decay warm-up (1 + s) / (10 + s)); evaluation and export then use the averaged weights (0: off)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
@@ -126,75 +134,107 @@ class LoopArguments:
             raise ValueError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 
-_DOC_ROLE = re.compile(r":\w+:`~?\.?([^`]+)`")  # :class:`~pkg.mod.Name` -> Name
-_DOC_LITERAL = re.compile(r"``([^`]+)``")  # ``text`` -> text
-_DOC_ARG = re.compile(r"^ {4}(\w+(?:\s*/\s*\w+)*):\s*(.*)$")  # "    name: text" or "    a / b / c: text"
+@dataclass
+class ExportArguments:
+    """The ``--export-dir`` option of the tokenizer, renderer and VAE trainers (:func:`run_training_cli`)."""
+
+    export_dir: str | None = field(default=None, metadata={"help": "Where to write the trained model (None: a folder in OUTPUT_DIR, e.g. OUTPUT_DIR/pipeline)."})
 
 
-def plain_text(docstring_text: str) -> str:
-    """Docstring markup (``code``, :class:`~x.Y` roles) as plain text for ``--help``."""
-    text = _DOC_ROLE.sub(lambda m: m.group(1).rsplit(".", 1)[-1], docstring_text)
-    return " ".join(_DOC_LITERAL.sub(r"\1", text).split())
+class TrainingArgumentParser(HfArgumentParser):
+    """transformers' ``HfArgumentParser`` for the trainer CLIs: one option per dataclass field, spelt ``--flag-name``
+    and ``--flag_name``, typed from the annotation (``X | None`` parses as ``X``), its help text the field's
+    ``metadata["help"]``, its default shown; a field whose metadata has ``"required": True`` must be given. Booleans
+    are ``--flag`` / ``--flag false`` and, for those whose default is True, ``--no-flag`` (transformers); those whose
+    default is False also take ``--no-flag`` (hidden from ``--help``), the spelling these CLIs always had.
 
-
-def dataclass_field_help(cls: type) -> dict[str, str]:
-    """Field name -> plain-text description, from the ``Args:`` sections of the docstrings of ``cls`` and its bases
-    (a subclass's entry wins). A grouped entry ``a / b / c: text`` describes each of ``a``, ``b`` and ``c``."""
-    entries: list[tuple[list[str], list[str]]] = []
-    for klass in reversed(cls.__mro__):
-        in_args = False
-        for line in inspect.cleandoc(klass.__dict__.get("__doc__") or "").splitlines():
-            if line.strip() == "Args:":
-                in_args = True
-            elif in_args and line and not line.startswith(" "):
-                in_args = False  # the next section
-            elif in_args and (match := _DOC_ARG.match(line)):
-                entries.append(([name.strip() for name in match.group(1).split("/")], [match.group(2)]))
-            elif in_args and entries and line.startswith(" " * 8):
-                entries[-1][1].append(line)
-    return {name: plain_text(" ".join(parts)) for names, parts in entries for name in names}
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, required: Collection[str] = ()) -> None:
-    """One ``--flag`` per dataclass field (``--flag/--no-flag`` for booleans), typed from the annotation, its help
-    text taken from the class docstring (:func:`dataclass_field_help`) and its default shown; fields named in
-    ``required`` must be given on the command line."""
-    helps = dataclass_field_help(cls)
-    for f in fields(cls):
-        flag = "--" + f.name.replace("_", "-")
-        text = helps.get(f.name, "").rstrip(".").replace("%", "%%")
-        if f.name in required:
-            text += " (required)"
-        elif f.default not in (None, ""):
-            text += " (default: %(default)s)"
-        annotation = str(f.type)
-        if "bool" in annotation:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=text)
-        else:
-            kind = int if "int" in annotation else float if "float" in annotation else str
-            parser.add_argument(flag, type=kind, default=f.default, metavar=f.name.upper(), help=text, required=f.name in required)
-
-
-def parse_dataclass_arguments(
-    parser: argparse.ArgumentParser, cls: type, argv: list[str] | None = None, existing_paths: Collection[str] = ()
-) -> tuple[Any, dict[str, Any]]:
-    """Parse ``argv`` with a parser built by :func:`add_dataclass_arguments` into a ``cls`` instance. A bad value exits
-    with code 2 and a message naming it: a path in ``existing_paths`` (field names) that does not exist, a value
-    that ``cls`` rejects (a ``ValueError`` from its ``__post_init__``), or a ``--resume-from`` that names no usable
-    checkpoint (:func:`resume_checkpoint`, :func:`check_checkpoint`).
-
-    Returns:
-        The ``cls`` instance and the parsed options that are not ``cls`` fields.
+    Instead of options, the command line may name one JSON or YAML file holding them (:func:`parse_training_arguments`).
     """
-    parsed = vars(parser.parse_args(argv))
-    names = {f.name for f in fields(cls)}
-    for name in existing_paths:
-        if parsed.get(name) and not os.path.exists(parsed[name]):
-            parser.error(f"--{name.replace('_', '-')}: no such file or folder: {parsed[name]}")
+
+    def __init__(self, dataclass_types, **kwargs) -> None:
+        kwargs.setdefault(
+            "epilog",
+            "Instead of options, one JSON or YAML file can hold them: %(prog)s config.json or %(prog)s config.yaml, "
+            "an object whose keys are the option names with underscores (e.g. {\"output_dir\": \"run\", \"max_steps\": 100}).",
+        )
+        super().__init__(dataclass_types, **kwargs)
+        for dtype in self.dataclass_types:
+            hints = get_type_hints(dtype)
+            for f in fields(dtype):
+                if hints[f.name] is bool and f.default is False:
+                    flags = (f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}")
+                    self.add_argument(*flags, action="store_false", dest=f.name, default=False, help=argparse.SUPPRESS)
+
+
+def _config_value_error(name: str, value: Any, hint: Any) -> str | None:
+    """Why ``value`` (from a config file) cannot be field ``name`` of type ``hint``, or None. ``int`` is accepted
+    for ``float`` (and converted by the caller)."""
+    kinds = get_args(hint) if get_origin(hint) in (Union, types.UnionType) else (hint,)
+    if value is None and type(None) in kinds:
+        return None
+    for kind in kinds:
+        if kind is bool and isinstance(value, bool):
+            return None
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        if kind in (int, str) and isinstance(value, kind) and not isinstance(value, bool):
+            return None
+    names = " or ".join("null" if kind is type(None) else kind.__name__ for kind in kinds)
+    advice = " (YAML reads 1e-4 as text: write 1.0e-4)" if float in kinds and isinstance(value, str) else ""
+    return f"{name} must be {names}, got {value!r}{advice}"
+
+
+def _parse_config_file(parser: HfArgumentParser, path: str) -> tuple[Any, ...]:
+    """The dataclasses of ``parser`` from a JSON or YAML file, as ``HfArgumentParser.parse_json_file`` /
+    ``parse_yaml_file`` (``json.loads`` / ``yaml.safe_load``, then ``parse_dict``), after checking that every value
+    has its field's type and that required fields are there; any problem exits with code 2 naming the file."""
     try:
-        args = cls(**{name: value for name, value in parsed.items() if name in names})
-    except ValueError as err:
-        parser.error(str(err))
+        text = Path(path).read_text(encoding="utf-8")
+        values = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        parser.error(f"config file {path}: {err}")
+    if not isinstance(values, dict):
+        parser.error(f"config file {path}: expected an object of option names and values, got {type(values).__name__}")
+    for dtype in parser.dataclass_types:
+        hints = get_type_hints(dtype)
+        for f in fields(dtype):
+            if f.name in values:
+                error = _config_value_error(f.name, values[f.name], hints[f.name])
+                if error:
+                    parser.error(f"config file {path}: {error}")
+                if float in (get_args(hints[f.name]) or (hints[f.name],)) and isinstance(values[f.name], int):
+                    values[f.name] = float(values[f.name])  # what the command line would give
+            elif f.metadata.get("required"):
+                parser.error(f"config file {path}: {f.name} is required")
+    try:
+        return parser.parse_dict(values)
+    except (ValueError, TypeError) as err:
+        parser.error(f"config file {path}: {err}")
+
+
+def parse_training_arguments(
+    parser: HfArgumentParser, argv: Sequence[str] | None = None, existing_paths: Collection[str] = ()
+) -> tuple[Any, ...]:
+    """The dataclass instances of ``parser`` from ``argv`` (default ``sys.argv[1:]``): options, or a single JSON /
+    YAML file path (:data:`CONFIG_FILE_SUFFIXES`, the way transformers' example scripts take one). A bad value exits
+    with code 2 and a message naming it: an unknown option, a value that a dataclass rejects (a ``ValueError`` from
+    its ``__post_init__``), a path in ``existing_paths`` (field names of the first dataclass) that does not exist,
+    or a ``resume_from`` that names no usable checkpoint (:func:`resume_checkpoint`, :func:`check_checkpoint`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(CONFIG_FILE_SUFFIXES):
+        parsed = _parse_config_file(parser, argv[0])
+    else:
+        try:
+            *parsed, unknown = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True, look_for_args_file=False)
+        except ValueError as err:
+            parser.error(str(err))
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args = parsed[0]
+    for name in existing_paths:
+        value = getattr(args, name)
+        if value and not os.path.exists(value):
+            parser.error(f"--{name.replace('_', '-')}: no such file or folder: {value}")
     if isinstance(args, LoopArguments) and args.resume_from:
         try:
             path = resume_checkpoint(args.output_dir, args.resume_from)
@@ -202,25 +242,24 @@ def parse_dataclass_arguments(
                 check_checkpoint(path)
         except (FileNotFoundError, ValueError) as err:
             parser.error(f"--resume-from {args.resume_from}: {err}")
-    return args, {name: value for name, value in parsed.items() if name not in names}
+    return tuple(parsed)
 
 
 def run_training_cli(
     prog: str, description: str, args_cls: type, train: Callable, argv: list[str] | None = None, existing_paths: Collection[str] = ()
 ) -> int:
-    """Shared ``main()`` of the trainer scripts: one flag per ``args_cls`` field plus ``--export-dir``; invalid
-    options exit with code 2 (:func:`parse_dataclass_arguments`); then ``train(args, export_dir)``."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
-    add_dataclass_arguments(parser, args_cls)
-    parser.add_argument("--export-dir", default=None, help="where to write the trained pipeline (default: OUTPUT_DIR/pipeline)")
-    args, extra = parse_dataclass_arguments(parser, args_cls, argv, existing_paths)
-    if extra["export_dir"]:
+    """Shared ``main()`` of the tokenizer, renderer and VAE trainers: the options of ``args_cls`` plus ``--export-dir``
+    (:class:`ExportArguments`) or one config file, invalid ones exiting with code 2 (:func:`parse_training_arguments`);
+    then ``train(args, export_dir)``."""
+    parser = TrainingArgumentParser([args_cls, ExportArguments], prog=prog, description=description)
+    args, export = parse_training_arguments(parser, argv, existing_paths)
+    if export.export_dir:
         try:
-            check_export_target(extra["export_dir"])  # before training, not after it
+            check_export_target(export.export_dir)  # before training, not after it
         except FileExistsError as err:
             parser.error(f"--export-dir: {err}")
     logging.basicConfig(level=logging.INFO)
-    train(args, extra["export_dir"])
+    train(args, export.export_dir)
     return 0
 
 
@@ -387,6 +426,16 @@ class TrainingLoop:
         """Hook to add slower statistics at logging steps (e.g. codebook usage)."""
         return logs
 
+    def data_state(self) -> dict[str, Any] | None:
+        """Where this process is in a data stream whose position the step alone does not give (e.g. a streaming
+        dataset's ``state_dict()`` after the last micro-batch trained on), as JSON-serialisable values; checkpoints
+        save it as ``data_state_{process}.json``. None (the default): nothing to save."""
+        return None
+
+    def load_data_state(self, state: dict[str, Any] | None) -> None:
+        """Resume hook, called with ``self.step`` already set: what :meth:`data_state` returned when the checkpoint
+        was written, or None when it holds none (a checkpoint of a trainer whose data position is the step's)."""
+
     # ------------------------------------------------------------------------------- checkpoints
     def _unwrapped(self) -> dict[str, torch.nn.Module]:
         return {name: self.accelerator.unwrap_model(m) for name, m in self.models.items()}
@@ -421,6 +470,10 @@ class TrainingLoop:
         self.accelerator.wait_for_everyone()
         try:
             self.accelerator.save_state(str(tmp))
+            data_state = self.data_state()
+            if data_state is not None:
+                tmp.mkdir(parents=True, exist_ok=True)
+                (tmp / _DATA_STATE.format(self.accelerator.process_index)).write_text(json.dumps(data_state))
             # Every process's files are written before the main process lists them.
             self.accelerator.wait_for_everyone()
             if self.accelerator.is_main_process:
@@ -474,6 +527,8 @@ class TrainingLoop:
                 shadow = load_file(str(path / _EMA_WEIGHTS))
                 state = json.loads((path / _EMA_STATE).read_text())
                 self.ema.load_state_dict({**state, "shadow_params": [shadow[f"{i}"] for i in range(len(shadow))]})
+            data_file = path / _DATA_STATE.format(self.accelerator.process_index)
+            data_state = json.loads(data_file.read_text()) if data_file.exists() else None
         except (OSError, RuntimeError, ValueError, SafetensorError) as err:
             # Torch and safetensors name neither the folder nor the file ("failed finding central directory",
             # "incomplete metadata"); a checkpoint of another model or config fails here too.
@@ -482,6 +537,7 @@ class TrainingLoop:
                 f"({type(err).__name__}: {err})"
             ) from err
         self.step = step
+        self.load_data_state(data_state)
 
     # -------------------------------------------------------------------------------------- run
     def _seed_micro_step(self, micro_step: int) -> None:

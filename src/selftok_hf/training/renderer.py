@@ -22,7 +22,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from ..atomic import export_folder
 from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..vae import pixels_to_latents
-from .data import StepBatches, load_image_dataset
+from .data import StepBatches, image_source_field, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, run_training_cli
 
 __all__ = [
@@ -103,30 +103,21 @@ def renderer_from_decoder(decoder, **overrides) -> SelftokRenderer:
 
 @dataclass
 class RendererTrainingArguments(LoopArguments):
-    """Options of :class:`RendererTrainer` (plus those of :class:`LoopArguments`).
+    """Options of :class:`RendererTrainer` (plus those of :class:`LoopArguments`); each field's ``metadata["help"]``
+    is its ``--help`` text."""
 
-    Args:
-        pipeline: a ``SelftokDecoderPipeline`` folder with the trained tokenizer and decoder.
-        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images, as for
-            the tokenizer trainer (see :func:`~selftok_hf.training.data.load_image_dataset`).
-        learning_rate / discriminator_lr: AdamW(0.9, 0.99) learning rates.
-        loss_switch_step: step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper).
-        lpips_weights: a user-supplied LPIPS state-dict file for the perceptual term (``selftok_hf.metrics.LPIPS``).
-        discriminator_channels: width of the default :class:`PatchDiscriminator`.
-    """
-
-    pipeline: str = ""
-    dataset: str = "offline:photos"
-    split: str = "train"
-    image_column: str = "image"
-    data_dir: str | None = None
-    max_train_images: int | None = None
-    max_image_side: int | None = None
-    learning_rate: float = 1e-4
-    discriminator_lr: float = 1e-4
-    loss_switch_step: int = 30000
-    lpips_weights: str | None = None
-    discriminator_channels: int = 32
+    pipeline: str = field(default="", metadata={"help": "A SelftokDecoderPipeline folder with the trained tokenizer and decoder."})
+    dataset: str = image_source_field("dataset")
+    split: str = image_source_field("split")
+    image_column: str = image_source_field("image_column")
+    data_dir: str | None = image_source_field("data_dir")
+    max_train_images: int | None = image_source_field("max_train_images")
+    max_image_side: int | None = image_source_field("max_image_side")
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW(0.9, 0.99) learning rate of the renderer."})
+    discriminator_lr: float = field(default=1e-4, metadata={"help": "AdamW(0.9, 0.99) learning rate of the discriminator."})
+    loss_switch_step: int = field(default=30000, metadata={"help": "Step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper)."})
+    lpips_weights: str | None = field(default=None, metadata={"help": "A user-supplied LPIPS state-dict file for the perceptual term (selftok_hf.metrics.LPIPS)."})
+    discriminator_channels: int = field(default=32, metadata={"help": "Width of the default PatchDiscriminator."})
 
     def __post_init__(self) -> None:
         super().__post_init__()

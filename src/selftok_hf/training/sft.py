@@ -18,8 +18,14 @@
   :func:`~selftok_hf.modeling_selftok_lm.visual_lora_config`) and trains the new token rows (visual tokens,
   markers, padding) of the embedding and head with PEFT's ``trainable_token_indices``, so the adapter holds
   those rows only, not whole matrices. ``--merge-lora`` folds the adapter in and writes a full pipeline.
+- **Loading.** A torch ``DataLoader`` builds the micro-batches (:class:`SFTBatches`; ``--dataloader-num-workers``,
+  the same batches for any number). ``--streaming`` (or a ``datasets.IterableDataset`` passed in) reads the pairs
+  as a stream, tokenising images as they are read, and checkpoints keep the stream position
+  (:mod:`~selftok_hf.training.loader`).
 - **Loop.** The shared :class:`~selftok_hf.training.loop.TrainingLoop`: deterministic steps, exact resume,
   atomic checkpoints.
+
+The options may also come from one JSON or YAML file instead: ``selftok-train-lm config.yaml``.
 
 Outputs in ``--output-dir``: ``pipeline/`` (a full :class:`~selftok_hf.SelftokPipeline` folder; full
 fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: adapter, processor and model card, written by
@@ -28,12 +34,11 @@ fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: adapter, proces
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +50,16 @@ from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
 from .data import load_image_dataset
+from .loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
 from .loop import (
-    LoopArguments,
-    TrainingLoop,
-    add_dataclass_arguments,
+    TrainingArgumentParser,
     enable_activation_checkpointing,
-    parse_dataclass_arguments,
+    parse_training_arguments,
 )
 
 __all__ = [
     "SFTArguments",
+    "SFTBatches",
     "SFTExampleBuilder",
     "SFTTrainer",
     "collate_examples",
@@ -67,6 +72,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TASKS = ("t2i", "i2t", "image", "text")
+DESCRIPTION = "Supervised fine-tuning of a Selftok VLM on (image, text) pairs, full or LoRA, on accelerate."
 IMAGE_IDS_COLUMN = "image_token_ids"
 
 
@@ -116,12 +122,8 @@ def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = str(cache_dir / f"selftok-image-tokens-{key}.arrow")
 
-    def encode(rows):
-        ids = pipeline.processor.encode_images([image.convert("RGB") for image in rows[image_column]])
-        return {IMAGE_IDS_COLUMN: ids.cpu().numpy()}
-
     return dataset.map(
-        encode,
+        _ImageEncoder(pipeline.processor, image_column),
         batched=True,
         batch_size=batch_size,
         remove_columns=[image_column],
@@ -129,6 +131,17 @@ def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "
         new_fingerprint=key,
         desc="tokenising images",
     )
+
+
+class _ImageEncoder:
+    """``datasets.map`` function (batched): the images of ``image_column`` -> their Selftok ids (``image_token_ids``)."""
+
+    def __init__(self, processor: SelftokProcessor, image_column: str) -> None:
+        self.processor, self.image_column = processor, image_column
+
+    def __call__(self, rows):
+        ids = self.processor.encode_images([image.convert("RGB") for image in rows[self.image_column]])
+        return {IMAGE_IDS_COLUMN: ids.cpu().numpy()}
 
 
 @dataclass
@@ -205,43 +218,43 @@ def collate_examples(examples: list[dict[str, list[int]]], pad_token_id: int) ->
 
 
 @dataclass
-class SFTArguments(LoopArguments):
-    """Options of ``selftok-train-lm`` (plus those of :class:`~selftok_hf.training.loop.LoopArguments`).
+class SFTArguments(DataLoaderArguments):
+    """Options of ``selftok-train-lm`` (plus those of :class:`~selftok_hf.training.loader.DataLoaderArguments`); each
+    field's ``metadata["help"]`` is its ``--help`` text."""
 
-    Args:
-        pipeline: a :class:`SelftokPipeline` folder whose LM is fine-tuned (its decoder stack tokenises the images).
-        dataset / split / image_column / text_column: the (image, text) pairs (see the module docstring).
-        answer_column: the ``i2t`` answers when they are not ``text_column`` (see :class:`SFTExampleBuilder`).
-        text_dataset: optional text-only dataset (column ``text_column``) for the ``text`` task.
-        task_mix: task probabilities, e.g. ``"t2i=0.5,i2t=0.5"``.
-        chat_format / question / caption_dropout: see :class:`SFTExampleBuilder`.
-        learning_rate / weight_decay / max_grad_norm: AdamW (with the loop's linear ``warmup_steps``, then constant).
-        lora / lora_rank / lora_alpha / lora_dropout: LoRA instead of full fine-tuning.
-        merge_lora: with ``lora``, also write the merged full pipeline.
-        image_batch_size / cache_dir: pre-tokenisation batch size and cache folder.
-    """
-
-    pipeline: str = ""
-    dataset: str = ""
-    split: str = "train"
-    image_column: str = "image"
-    text_column: str = "text"
-    answer_column: str = ""
-    text_dataset: str = ""
-    task_mix: str = "t2i=0.5,i2t=0.5"
-    chat_format: bool = True
-    question: str = DEFAULT_QUESTION
-    caption_dropout: float = 0.1
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    lora: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    merge_lora: bool = False
-    image_batch_size: int = 16
-    cache_dir: str = ""
+    pipeline: str = field(
+        default="",
+        metadata={"help": "A SelftokPipeline folder whose LM is fine-tuned (its decoder stack tokenises the images).", "required": True},
+    )
+    dataset: str = field(
+        default="",
+        metadata={
+            "help": "The (image, text) pairs: a save_to_disk folder, an imagefolder with metadata.jsonl, or a name "
+            "load_dataset resolves (with --streaming: read as a stream).",
+            "required": True,
+        },
+    )
+    split: str = field(default="train", metadata={"help": "Split of the dataset (and of a text dataset loaded by name)."})
+    image_column: str = field(default="image", metadata={"help": "The dataset's image column."})
+    text_column: str = field(default="text", metadata={"help": "The caption column (of the dataset and of the text dataset)."})
+    answer_column: str = field(default="", metadata={"help": "The column i2t examples answer with, when it is not the caption column."})
+    text_dataset: str = field(default="", metadata={"help": "Optional text-only dataset for the text task (a folder or a name; map-style)."})
+    task_mix: str = field(default="t2i=0.5,i2t=0.5", metadata={"help": "Task probabilities over t2i, i2t, image and text, e.g. 't2i=0.5,i2t=0.5'."})
+    chat_format: bool = field(
+        default=True, metadata={"help": "t2i and i2t examples as chat conversations with the loss on the answers; else plain sequences."}
+    )
+    question: str = field(default=DEFAULT_QUESTION, metadata={"help": "The user turn of i2t chat examples (after the image)."})
+    caption_dropout: float = field(default=0.1, metadata={"help": "Probability of an empty caption in t2i examples (for classifier-free guidance)."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (with the loop's warm-up and decay)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient-norm clipping (0: none)."})
+    lora: bool = field(default=False, metadata={"help": "LoRA (and the new token rows) instead of full fine-tuning."})
+    lora_rank: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    merge_lora: bool = field(default=False, metadata={"help": "With --lora, also write the merged full pipeline."})
+    image_batch_size: int = field(default=16, metadata={"help": "Images per batch when tokenising the dataset's images."})
+    cache_dir: str = field(default="", metadata={"help": "Folder of the image-token cache (default: in the datasets cache)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -261,15 +274,90 @@ def pipeline_or_load(pipeline: SelftokPipeline | None, path: str | None) -> Self
     return SelftokPipeline.from_pretrained(path)
 
 
-class SFTTrainer(TrainingLoop):
-    """Fine-tunes the LM of a :class:`SelftokPipeline` on a mixture of T2I / I2T / image / text examples.
+class SFTBatches:
+    """The SFT micro-batches, picklable for ``DataLoader`` workers (:mod:`~selftok_hf.training.loader`): micro-batch
+    ``m`` of process ``p`` is a function of ``(seed, m, p)`` and, for a stream, of the rows read for it.
+
+    Every example slot has a position (``m * global batch + p * batch_size + i``) and a task drawn from
+    ``task_mix`` by a generator seeded with ``(seed, m, p)``, which also draws the caption dropout. A map-style
+    ``dataset`` gives the row at that position of its epoch's permutation (seeded by ``(seed, epoch, size)``); a
+    stream gives its next row. ``text`` examples read ``text_dataset`` (map-style) the same way when there is one.
+
+    Args:
+        builder: the :class:`SFTExampleBuilder`.
+        dataset: the map-style pairs (with ``image_token_ids``), or None for a stream (rows passed to ``__call__``).
+        text_dataset: optional map-style text-only rows for the ``text`` task.
+        task_mix: ``parse_task_mix`` spec.
+        seed / batch_size / num_processes / process_index: the run's.
+        pad_token_id: right-padding id of the collated batch.
+    """
+
+    def __init__(self, builder: SFTExampleBuilder, dataset, text_dataset, task_mix: str, seed: int, batch_size: int,
+                 num_processes: int, process_index: int, pad_token_id: int) -> None:  # fmt: skip
+        mix = parse_task_mix(task_mix)
+        self.builder, self.dataset, self.text_dataset = builder, dataset, text_dataset
+        self.task_names, self.task_probs = list(mix), np.array(list(mix.values()))
+        self.seed, self.batch_size, self.num_processes, self.process_index = seed, batch_size, num_processes, process_index
+        self.pad_token_id = pad_token_id
+        self._permutations: dict[tuple[int, int], np.ndarray] = {}
+
+    def _permutation(self, epoch: int, size: int) -> np.ndarray:
+        """The order of a dataset of ``size`` rows in ``epoch`` (seeded by ``(seed, epoch, size)``; the last few kept)."""
+        key = (epoch, size)
+        if key not in self._permutations:
+            if len(self._permutations) > 3:
+                self._permutations.pop(next(iter(self._permutations)))
+            self._permutations[key] = np.random.default_rng([self.seed, epoch, size]).permutation(size)
+        return self._permutations[key]
+
+    def _row(self, source, position: int) -> dict[str, Any]:
+        epoch, offset = divmod(position, len(source))
+        return source[int(self._permutation(epoch, len(source))[offset])]
+
+    def examples(self, micro_step: int, rows: list[dict[str, Any]] | None = None) -> list[dict[str, list[int]]]:
+        """The examples of micro-batch ``micro_step``; ``rows``: the stream's rows for it (None: map-style)."""
+        if rows is None and self.dataset is None:
+            raise ValueError("a streaming dataset's rows come from the stream: pass the micro-batch's rows")
+        rng = np.random.default_rng([self.seed, micro_step, self.process_index])
+        start = micro_step * self.batch_size * self.num_processes + self.process_index * self.batch_size
+        out = []
+        for i, position in enumerate(range(start, start + self.batch_size)):
+            task = self.task_names[rng.choice(len(self.task_names), p=self.task_probs)]
+            if task == "text" and self.text_dataset is not None:
+                row = self._row(self.text_dataset, position)
+            else:
+                row = rows[i] if rows is not None else self._row(self.dataset, position)
+            out.append(self.builder(row, task, rng))
+        return out
+
+    def __call__(self, micro_step: int, rows: list[dict[str, Any]] | None = None) -> dict[str, torch.Tensor]:
+        return collate_examples(self.examples(micro_step, rows), self.pad_token_id)
+
+
+def _load_stream(source: str, split: str):
+    """``source`` as a ``datasets.IterableDataset``: a ``save_to_disk`` folder read in order, else
+    ``load_dataset(source, split=split, streaming=True)``."""
+    import datasets
+
+    path = Path(source)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        dataset = datasets.load_from_disk(source)
+        return (dataset[split] if isinstance(dataset, datasets.DatasetDict) else dataset).to_iterable_dataset()
+    return datasets.load_dataset(source, split=split, streaming=True)
+
+
+class SFTTrainer(DataLoaderTrainingLoop):
+    """Fine-tunes the LM of a :class:`SelftokPipeline` on a mixture of T2I / I2T / image / text examples; the
+    micro-batches are built by a ``DataLoader`` (:class:`SFTBatches`, ``dataloader_num_workers``).
 
     Args:
         args: the options.
         pipeline: the pipeline to train (default: loaded from ``args.pipeline``).
-        dataset: the pairs as a ``datasets.Dataset`` (default: loaded from ``args.dataset``); rows need the text
-            column and either an image column or ``image_token_ids``.
-        text_dataset: optional text-only ``datasets.Dataset``.
+        dataset: the pairs as a ``datasets.Dataset`` or a streaming ``datasets.IterableDataset`` (default: loaded
+            from ``args.dataset``); rows need the text column and either an image column or ``image_token_ids``.
+            A stream's images are tokenised as they are read (a lazy ``map``), a map-style dataset's once
+            (:func:`pretokenize_images`). With ``args.streaming`` a map-style dataset is read as a stream.
+        text_dataset: optional text-only ``datasets.Dataset`` (map-style).
     """
 
     def __init__(self, args: SFTArguments, pipeline: SelftokPipeline | None = None, dataset=None, text_dataset=None) -> None:
@@ -277,34 +365,51 @@ class SFTTrainer(TrainingLoop):
         self.pipeline = pipeline
         self.dataset = dataset
         self.text_dataset = text_dataset
-        self._permutations: dict[tuple[int, int], np.ndarray] = {}
 
     # ---------------------------------------------------------------------------------- build
-    def _load_data(self) -> None:
+    def _load_data(self) -> bool:
+        """Load and check the data; returns whether the pairs are a stream."""
         args = self.args
+        image_column = args.image_column
         if self.dataset is None:
             if not args.dataset:
                 raise ValueError("no dataset: pass --dataset")
-            self.dataset = load_image_dataset(args.dataset, split=args.split, image_column=args.image_column)
-            image_column = "image"
+            if args.streaming:
+                self.dataset = _load_stream(args.dataset, args.split)
+            else:
+                self.dataset = load_image_dataset(args.dataset, split=args.split, image_column=args.image_column)
+                image_column = "image"
+        streaming = args.streaming or is_streaming(self.dataset)
+        if streaming and not is_streaming(self.dataset):
+            self.dataset = self.dataset.to_iterable_dataset()
+        # A stream's columns are unknown after some operations (e.g. map): then its first row's.
+        columns = self.dataset.column_names if self.dataset.column_names is not None else list(next(iter(self.dataset)))
+        if args.text_column not in columns:
+            raise ValueError(f"no text column {args.text_column!r} in the dataset (columns: {columns})")
+        if args.answer_column and args.answer_column not in columns:
+            raise ValueError(f"no answer column {args.answer_column!r} in the dataset (columns: {columns})")
+        if IMAGE_IDS_COLUMN in columns:
+            if not streaming:
+                ids = self.pipeline.processor.check_image_token_ids(np.asarray(self.dataset[:1][IMAGE_IDS_COLUMN]))
+                logger.info("using the dataset's precomputed image_token_ids (%s per image)", ids.shape[1])
+        elif streaming:
+            if image_column not in columns:
+                raise ValueError(f"no column {image_column!r} in the dataset (columns: {columns})")
+            encode = _ImageEncoder(self.pipeline.processor, image_column)
+            self.dataset = self.dataset.map(encode, batched=True, batch_size=args.image_batch_size, remove_columns=[image_column])
         else:
-            image_column = args.image_column
-        if args.text_column not in self.dataset.column_names:
-            raise ValueError(f"no text column {args.text_column!r} in the dataset (columns: {self.dataset.column_names})")
-        if args.answer_column and args.answer_column not in self.dataset.column_names:
-            raise ValueError(f"no answer column {args.answer_column!r} in the dataset (columns: {self.dataset.column_names})")
-        if IMAGE_IDS_COLUMN not in self.dataset.column_names:
             self.dataset = pretokenize_images(self.dataset, self.pipeline, image_column, args.image_batch_size, args.cache_dir or None)
-        else:
-            ids = self.pipeline.processor.check_image_token_ids(np.asarray(self.dataset[:1][IMAGE_IDS_COLUMN]))
-            logger.info("using the dataset's precomputed image_token_ids (%s per image)", ids.shape[1])
         if self.text_dataset is None and args.text_dataset:
             import datasets
 
             path = Path(args.text_dataset)
             self.text_dataset = datasets.load_from_disk(path) if path.is_dir() else datasets.load_dataset(args.text_dataset, split=args.split)
-        if self.text_dataset is not None and args.text_column not in self.text_dataset.column_names:
-            raise ValueError(f"no text column {args.text_column!r} in the text dataset (columns: {self.text_dataset.column_names})")
+        if self.text_dataset is not None:
+            if is_streaming(self.text_dataset):
+                raise ValueError("the text dataset must be a map-style datasets.Dataset (its rows are read by position), not a stream")
+            if args.text_column not in self.text_dataset.column_names:
+                raise ValueError(f"no text column {args.text_column!r} in the text dataset (columns: {self.text_dataset.column_names})")
+        return streaming
 
     def _wrap_lora(self, model):
         from peft import get_peft_model
@@ -313,10 +418,10 @@ class SFTTrainer(TrainingLoop):
         return get_peft_model(model, visual_lora_config(model, r=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout))
 
     def build(self) -> None:
-        args = self.args
+        args, acc = self.args, self.accelerator
         self.pipeline = pipeline_or_load(self.pipeline, args.pipeline)
         self.pipeline.set_progress_bar_config(disable=True)
-        self._load_data()
+        streaming = self._load_data()
         model = self.pipeline.language_model
         if args.gradient_checkpointing:
             enable_activation_checkpointing(model)
@@ -334,41 +439,23 @@ class SFTTrainer(TrainingLoop):
             caption_dropout=args.caption_dropout,
             max_length=_context(model),
         )
-        self.task_names = list(parse_task_mix(args.task_mix))
-        self.task_probs = np.array(list(parse_task_mix(args.task_mix).values()))
+        self.make_batch = SFTBatches(
+            self.builder, None if streaming else self.dataset, self.text_dataset, args.task_mix, args.seed, args.batch_size,
+            acc.num_processes, acc.process_index, self.pipeline.processor.pad_token_id,
+        )  # fmt: skip
+        if streaming:
+            self.set_stream(self.dataset)
         params = [p for p in model.parameters() if p.requires_grad]
         self.models = {"language_model": model}
         self.optimizers = {"language_model": torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)}
 
     # ------------------------------------------------------------------------------- training
-    def _permutation(self, epoch: int, size: int) -> np.ndarray:
-        """The order of a dataset of ``size`` rows in ``epoch`` (seeded by ``(seed, epoch, size)``; the last few kept)."""
-        key = (epoch, size)
-        if key not in self._permutations:
-            if len(self._permutations) > 3:
-                self._permutations.pop(next(iter(self._permutations)))
-            self._permutations[key] = np.random.default_rng([self.args.seed, epoch, size]).permutation(size)
-        return self._permutations[key]
-
     def examples(self, micro_step: int) -> list[dict[str, list[int]]]:
-        """The examples of a micro-batch: a function of ``(seed, micro_step, process)`` only."""
-        args, acc = self.args, self.accelerator
-        rng = np.random.default_rng([args.seed, micro_step, acc.process_index])
-        global_batch = args.batch_size * acc.num_processes
-        start = micro_step * global_batch + acc.process_index * args.batch_size
-        out = []
-        for position in range(start, start + args.batch_size):
-            task = self.task_names[rng.choice(len(self.task_names), p=self.task_probs)]
-            if task == "text" and self.text_dataset is not None:
-                source = self.text_dataset
-            else:
-                source = self.dataset
-            epoch, offset = divmod(position, len(source))
-            out.append(self.builder(source[int(self._permutation(epoch, len(source))[offset])], task, rng))
-        return out
+        """The examples of a micro-batch of a map-style dataset: a function of ``(seed, micro_step, process)`` only."""
+        return self.make_batch.examples(micro_step)
 
     def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        batch = collate_examples(self.examples(micro_step), self.pipeline.processor.pad_token_id)
+        batch = self.next_batch(micro_step)
         model = self.models["language_model"]
         batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
         loss = model(**batch).loss
@@ -414,9 +501,9 @@ def _context(model) -> int | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "selftok-train-lm") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, SFTArguments, required=("pipeline", "dataset"))
-    args, _ = parse_dataclass_arguments(parser, SFTArguments, argv, existing_paths=("pipeline",))
+    """``selftok-train-lm``: options, or one JSON / YAML file of them (:func:`~selftok_hf.training.loop.parse_training_arguments`)."""
+    parser = TrainingArgumentParser(SFTArguments, prog=prog, description=DESCRIPTION)
+    (args,) = parse_training_arguments(parser, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     trainer = SFTTrainer(args)
     history = trainer.run()

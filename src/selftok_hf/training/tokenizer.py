@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -44,6 +44,7 @@ from .data import (
     StepBatches,
     cache_latents,
     center_resize_crop,
+    image_source_field,
     images_to_tensor,
     load_image_dataset,
 )
@@ -151,50 +152,45 @@ def decoder_parameter_groups(decoder: SelftokDecoderTransformer) -> tuple[list[n
 
 @dataclass
 class TokenizerTrainingArguments(LoopArguments):
-    """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`).
+    """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`); each field's ``metadata["help"]``
+    is its ``--help`` text."""
 
-    Args:
-        dataset / split / image_column / data_dir / max_train_images / max_image_side: the training images: a
-            ``datasets`` name or ``save_to_disk`` folder, ``imagefolder`` with ``data_dir``, ``offline:photos`` or
-            ``offline:fashion-mnist`` (see :func:`~selftok_hf.training.data.load_image_dataset`).
-        eval_dataset / eval_split / eval_images / eval_every / eval_decoder_steps: held-out reconstructions
-            (PSNR of an ``eval_decoder_steps``-step decode of ``eval_images`` centre crops every ``eval_every`` steps).
-        tokenizer_config / decoder_config: a preset (``tiny``, ``release``), a JSON file or a JSON object; decoder
-            sizes that must agree with the tokenizer (tokens, code width, latent channels and side) are filled in.
-        latent_space / pixel_patch_size / vae_path: ``pixel`` (a :class:`PixelSpaceAutoencoder` with
-            ``pixel_patch_size``) or ``vae`` (the ``AutoencoderKL`` folder at ``vae_path``: SD3's, or one written by
-            ``selftok-train-vae``; its channels, downsampling and normalisation set the tokenizer's latent space;
-            ``sd3`` is the same).
-        sd3_transformer: a diffusers ``SD3Transformer2DModel`` folder to initialise the decoder's image stream.
-        init_from: a pipeline folder written by this trainer or the converter, to continue training from.
-        encoder_lr / decoder_image_lr / decoder_token_lr: the three learning rates of the release.
-        cfg_dropout: probability of dropping every token of an image.
-        cache_latents: encode centre crops once (``datasets.map``) instead of augmenting on the fly.
-    """
-
-    dataset: str = "offline:photos"
-    split: str = "train"
-    image_column: str = "image"
-    data_dir: str | None = None
-    max_train_images: int | None = None
-    max_image_side: int | None = None
-    eval_dataset: str | None = None
-    eval_split: str = "test"
-    eval_images: int = 8
-    eval_every: int = 0
-    eval_decoder_steps: int = 10
-    tokenizer_config: str | None = "tiny"
-    decoder_config: str | None = "tiny"
-    latent_space: str = "pixel"
-    pixel_patch_size: int = 2
-    vae_path: str | None = None
-    sd3_transformer: str | None = None
-    init_from: str | None = None
-    encoder_lr: float = 5e-5
-    decoder_image_lr: float = 1e-5
-    decoder_token_lr: float = 5e-5
-    cfg_dropout: float = 0.1
-    cache_latents: bool = False
+    dataset: str = image_source_field("dataset")
+    split: str = image_source_field("split")
+    image_column: str = image_source_field("image_column")
+    data_dir: str | None = image_source_field("data_dir")
+    max_train_images: int | None = image_source_field("max_train_images")
+    max_image_side: int | None = image_source_field("max_image_side")
+    eval_dataset: str | None = field(default=None, metadata={"help": "Held-out images for the reconstruction PSNR (default: --dataset)."})
+    eval_split: str = field(default="test", metadata={"help": "Split of the held-out images."})
+    eval_images: int = field(default=8, metadata={"help": "How many held-out centre crops to reconstruct."})
+    eval_every: int = field(default=0, metadata={"help": "Steps between held-out PSNRs (0: none)."})
+    eval_decoder_steps: int = field(default=10, metadata={"help": "Flow steps of the held-out decodes."})
+    tokenizer_config: str | None = field(default="tiny", metadata={"help": "The tokenizer: a preset (tiny, release), a JSON file or a JSON object."})
+    decoder_config: str | None = field(
+        default="tiny",
+        metadata={
+            "help": "The decoder: a preset (tiny, release), a JSON file or a JSON object; sizes that must agree with the "
+            "tokenizer (tokens, code width, latent channels and side) are filled in."
+        },
+    )
+    latent_space: str = field(
+        default="pixel",
+        metadata={
+            "help": "'pixel' (a PixelSpaceAutoencoder with --pixel-patch-size) or 'vae' (the AutoencoderKL folder at "
+            "--vae-path: SD3's, or one written by selftok-train-vae; its channels, downsampling and normalisation set the "
+            "tokenizer's latent space; 'sd3' is the same)."
+        },
+    )
+    pixel_patch_size: int = field(default=2, metadata={"help": "Patch size of the pixel latent space."})
+    vae_path: str | None = field(default=None, metadata={"help": "The AutoencoderKL folder of --latent-space vae."})
+    sd3_transformer: str | None = field(default=None, metadata={"help": "A diffusers SD3Transformer2DModel folder to initialise the decoder's image stream."})
+    init_from: str | None = field(default=None, metadata={"help": "A pipeline folder written by this trainer or the converter, to continue training from."})
+    encoder_lr: float = field(default=5e-5, metadata={"help": "Learning rate of the encoder (the release's)."})
+    decoder_image_lr: float = field(default=1e-5, metadata={"help": "Learning rate of the decoder's image stream (the release's)."})
+    decoder_token_lr: float = field(default=5e-5, metadata={"help": "Learning rate of the rest of the decoder (the release's)."})
+    cfg_dropout: float = field(default=0.1, metadata={"help": "Probability of dropping every token of an image."})
+    cache_latents: bool = field(default=False, metadata={"help": "Encode centre crops once (datasets.map) instead of augmenting on the fly."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
