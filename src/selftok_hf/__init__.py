@@ -17,6 +17,7 @@ from .modeling_selftok_lm import add_visual_tokens
 from .processing_selftok import SelftokProcessor
 from .generation_selftok import SelftokVisualGrammarLogitsProcessor, generate_image_tokens
 from .pipeline_selftok import SelftokPipeline, SelftokPipelineOutput
+from .dataset_tokenization import tokenize_dataset
 
 __version__ = "0.1.0"
 
@@ -62,4 +63,5 @@ __all__ = [
     "generate_image_tokens",
     "SelftokPipeline",
     "SelftokPipelineOutput",
+    "tokenize_dataset",
 ]

@@ -8,6 +8,7 @@
     selftok push converted/ my-org/selftok              # upload a saved folder to the Hugging Face Hub
     selftok demo [--pipeline DIR] [--vlm DIR | --tiny]   # the Gradio demo page (pip install "selftok-hf[demo]")
     selftok convert | train-vae | train-tokenizer | train-renderer | train-lm | rl | eval | quickstart ...
+    selftok tokenize-dataset DATASET OUT/                # a datasets dataset -> Selftok ids (accelerate launch for several processes)
 
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
 names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). ``generate``, ``describe`` and
@@ -48,6 +49,7 @@ DELEGATED_COMMANDS = {
     "rl": ("selftok_hf.rl.trainer:main", "GRPO reinforcement learning on visual tokens"),
     "eval": ("selftok_hf.evaluation:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),
     "quickstart": ("selftok_hf.quickstart:main", "tokenize + reconstruct the bundled sample photos (no download)"),
+    "tokenize-dataset": ("selftok_hf.dataset_tokenization:main", "a datasets dataset -> its Selftok ids (sharded with accelerate launch, resumable)"),
 }
 
 DTYPES = ("float32", "float16", "bfloat16")

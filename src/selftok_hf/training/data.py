@@ -129,6 +129,7 @@ def load_image_dataset(
     data_dir: str | None = None,
     limit: int | None = None,
     max_side: int | None = None,
+    ids_column: str | None = None,
 ):
     """Open an image dataset as a ``datasets.Dataset`` with a PIL ``image`` column.
 
@@ -142,6 +143,8 @@ def load_image_dataset(
         image_column: the column holding images (renamed to ``image``).
         limit: keep only the first ``limit`` rows.
         max_side: downscale (once) images whose shortest edge is longer than this.
+        ids_column: a dataset with this column (precomputed Selftok ids, e.g. ``image_token_ids`` from
+            ``selftok tokenize-dataset``) may have no image column.
     """
     import datasets
 
@@ -160,15 +163,17 @@ def load_image_dataset(
         ds = datasets.load_from_disk(source)
     else:
         ds = datasets.load_dataset(source, data_dir=data_dir, split=split)
+    has_ids = ids_column is not None and ids_column in ds.column_names
     if image_column != "image":
-        if image_column not in ds.column_names:
+        if image_column in ds.column_names:
+            ds = ds.rename_column(image_column, "image")
+        elif not has_ids:
             raise ValueError(f"no column {image_column!r} in the dataset (columns: {ds.column_names})")
-        ds = ds.rename_column(image_column, "image")
-    if "image" not in ds.column_names:
+    if "image" not in ds.column_names and not has_ids:
         raise ValueError(f"the dataset has no 'image' column (columns: {ds.column_names}); pass image_column=")
     if limit is not None and len(ds) > limit:
         ds = ds.select(range(limit))
-    if max_side is not None:
+    if max_side is not None and "image" in ds.column_names:
         # Random crops of a 1400-px photo at 32 px are texture close-ups; a bounded side keeps whole-scene views likely.
         ds = ds.map(lambda row: {"image": _resize_shortest(row["image"], max_side) if min(row["image"].size) > max_side else row["image"]})
     if len(ds) == 0:

@@ -34,7 +34,6 @@ fine-tuning or ``--merge-lora``), ``adapter/`` (with ``--lora``: adapter, proces
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -46,6 +45,12 @@ import numpy as np
 import torch
 
 from ..atomic import export_folder
+from ..dataset_tokenization import (
+    IMAGE_IDS_COLUMN,
+    ImageIdsEncoder,
+    tokenization_record,
+    tokenizer_fingerprint,
+)
 from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
@@ -73,7 +78,6 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("t2i", "i2t", "image", "text")
 DESCRIPTION = "Supervised fine-tuning of a Selftok VLM on (image, text) pairs, full or LoRA, on accelerate."
-IMAGE_IDS_COLUMN = "image_token_ids"
 
 
 def parse_task_mix(spec: str) -> dict[str, float]:
@@ -96,15 +100,6 @@ def parse_task_mix(spec: str) -> dict[str, float]:
     return {name: weight / total for name, weight in mix.items()}
 
 
-def _state_hash(*modules: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for module in modules:
-        for name, tensor in sorted(module.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "image", batch_size: int = 16, cache_dir: str | os.PathLike | None = None):
     """Add a ``image_token_ids`` column (K Selftok ids per row, AR order) and drop the images, with ``datasets.map``.
 
@@ -117,13 +112,13 @@ def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "
         raise ValueError(f"no column {image_column!r} in the dataset (columns: {dataset.column_names})")
     import datasets
 
-    key = f"{dataset._fingerprint}-{_state_hash(pipeline.decoder.image_tokenizer, pipeline.decoder.vae)}"
+    key = f"{dataset._fingerprint}-{tokenizer_fingerprint(pipeline)}"
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE) / "selftok-image-tokens"
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_file = str(cache_dir / f"selftok-image-tokens-{key}.arrow")
 
     return dataset.map(
-        _ImageEncoder(pipeline.processor, image_column),
+        ImageIdsEncoder(pipeline, image_column),
         batched=True,
         batch_size=batch_size,
         remove_columns=[image_column],
@@ -131,17 +126,6 @@ def pretokenize_images(dataset, pipeline: SelftokPipeline, image_column: str = "
         new_fingerprint=key,
         desc="tokenising images",
     )
-
-
-class _ImageEncoder:
-    """``datasets.map`` function (batched): the images of ``image_column`` -> their Selftok ids (``image_token_ids``)."""
-
-    def __init__(self, processor: SelftokProcessor, image_column: str) -> None:
-        self.processor, self.image_column = processor, image_column
-
-    def __call__(self, rows):
-        ids = self.processor.encode_images([image.convert("RGB") for image in rows[self.image_column]])
-        return {IMAGE_IDS_COLUMN: ids.cpu().numpy()}
 
 
 @dataclass
@@ -377,7 +361,8 @@ class SFTTrainer(DataLoaderTrainingLoop):
             if args.streaming:
                 self.dataset = _load_stream(args.dataset, args.split)
             else:
-                self.dataset = load_image_dataset(args.dataset, split=args.split, image_column=args.image_column)
+                # A dataset of precomputed ids (selftok tokenize-dataset) needs no image column.
+                self.dataset = load_image_dataset(args.dataset, split=args.split, image_column=args.image_column, ids_column=IMAGE_IDS_COLUMN)
                 image_column = "image"
         streaming = args.streaming or is_streaming(self.dataset)
         if streaming and not is_streaming(self.dataset):
@@ -389,13 +374,20 @@ class SFTTrainer(DataLoaderTrainingLoop):
         if args.answer_column and args.answer_column not in columns:
             raise ValueError(f"no answer column {args.answer_column!r} in the dataset (columns: {columns})")
         if IMAGE_IDS_COLUMN in columns:
+            record = tokenization_record(self.dataset)  # written by selftok tokenize-dataset
+            if record is not None and record.get("tokenizer_weights_sha256") != (ours := tokenizer_fingerprint(self.pipeline)):
+                logger.warning(
+                    "the dataset's image_token_ids were made by another image tokenizer (%s, weights %s) than this pipeline's "
+                    "(weights %s): its decoder reads them differently",
+                    record.get("pipeline"), record.get("tokenizer_weights_sha256"), ours,
+                )  # fmt: skip
             if not streaming:
                 ids = self.pipeline.processor.check_image_token_ids(np.asarray(self.dataset[:1][IMAGE_IDS_COLUMN]))
                 logger.info("using the dataset's precomputed image_token_ids (%s per image)", ids.shape[1])
         elif streaming:
             if image_column not in columns:
                 raise ValueError(f"no column {image_column!r} in the dataset (columns: {columns})")
-            encode = _ImageEncoder(self.pipeline.processor, image_column)
+            encode = ImageIdsEncoder(self.pipeline, image_column)
             self.dataset = self.dataset.map(encode, batched=True, batch_size=args.image_batch_size, remove_columns=[image_column])
         else:
             self.dataset = pretokenize_images(self.dataset, self.pipeline, image_column, args.image_batch_size, args.cache_dir or None)
