@@ -146,11 +146,16 @@ class SelftokJointAttnProcessor:
     do the same when ``context_sees_image``; otherwise they attend to the tokens only. In a pre-only
     block the token outputs are never used, so no token queries are computed at all.
 
+    The token stream may cover only the first rows of the batch (``encoder_hidden_states`` with fewer rows than
+    ``hidden_states``, or None for none): the remaining rows see no token at all, so their image queries attend to
+    the image keys alone. That is what a row whose every token is masked computes (masked keys get exactly zero
+    weight), without the token stream: classifier-free guidance's unconditional half.
+
     ``ModelMixin.set_attention_backend`` sets ``_attention_backend``; None is diffusers' active backend
     (``DIFFUSERS_ATTN_BACKEND``, default ``"native"``: ``F.scaled_dot_product_attention``). The key mask is
     boolean; backends that take no mask (flash) raise diffusers' error when one is needed: different visible tokens
-    within a batch, as with classifier-free guidance. Sampling without guidance slices off the hidden tokens and
-    passes no mask.
+    within the conditional rows (a ``prefix_length`` decode). Sampling, with or without guidance, slices off the
+    hidden tokens and passes no mask.
     """
 
     _attention_backend = None
@@ -159,29 +164,50 @@ class SelftokJointAttnProcessor:
         self,
         attn: "SelftokJointAttention",
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor],
         attention_mask: Optional[torch.Tensor] = None,
         context_sees_image: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """As [`SelftokJointAttention.forward`]. Heads are laid out ``(B, L, heads, head_dim)``, diffusers' dispatch layout."""
-        num_tokens = encoder_hidden_states.shape[1]
-        key = torch.cat([attn.split_heads(attn.add_k_proj(encoder_hidden_states)), attn.split_heads(attn.to_k(hidden_states))], dim=1)
-        value = torch.cat([attn.split_heads(attn.add_v_proj(encoder_hidden_states)), attn.split_heads(attn.to_v(hidden_states))], dim=1)
         image_query = attn.split_heads(attn.to_q(hidden_states))
-        if attn.context_pre_only:
-            image_out = self._attend(image_query, key, value, attention_mask)
-            return attn.to_out[0](image_out.flatten(2)), None
+        image_key = attn.split_heads(attn.to_k(hidden_states))
+        image_value = attn.split_heads(attn.to_v(hidden_states))
+        num_rows = hidden_states.shape[0]
+        num_conditional = 0 if encoder_hidden_states is None else encoder_hidden_states.shape[0]
+        token_out = None
+        if num_conditional:
+            image_out, token_out = self._joint(
+                attn,
+                image_query[:num_conditional],
+                image_key[:num_conditional],
+                image_value[:num_conditional],
+                encoder_hidden_states,
+                attention_mask,
+                context_sees_image,
+            )
+        if num_conditional < num_rows:
+            # Rows without tokens: image-only attention, no mask.
+            image_only = self._attend(image_query[num_conditional:], image_key[num_conditional:], image_value[num_conditional:], None)
+            image_out = torch.cat([image_out, image_only]) if num_conditional else image_only
+        image_out = attn.to_out[0](image_out.flatten(2))
+        return image_out, (None if token_out is None else attn.to_add_out(token_out.flatten(2)))
 
+    def _joint(self, attn, image_query, image_key, image_value, encoder_hidden_states, attention_mask, context_sees_image):
+        """Attention of the rows that have a token stream -> image output and token output (None in a pre-only
+        block), both ``(B, L, heads, head_dim)``."""
+        num_tokens = encoder_hidden_states.shape[1]
+        key = torch.cat([attn.split_heads(attn.add_k_proj(encoder_hidden_states)), image_key], dim=1)
+        value = torch.cat([attn.split_heads(attn.add_v_proj(encoder_hidden_states)), image_value], dim=1)
+        if attn.context_pre_only:
+            return self._attend(image_query, key, value, attention_mask), None
         token_query = attn.split_heads(attn.add_q_proj(encoder_hidden_states))
         if context_sees_image:
             # Every query sees the same keys: one call over [tokens ; image] queries.
             out = self._attend(torch.cat([token_query, image_query], dim=1), key, value, attention_mask)
-            token_out, image_out = out[:, :num_tokens], out[:, num_tokens:]
-        else:
-            image_out = self._attend(image_query, key, value, attention_mask)
-            token_mask = None if attention_mask is None else attention_mask[..., :num_tokens]
-            token_out = self._attend(token_query, key[:, :num_tokens], value[:, :num_tokens], token_mask)
-        return attn.to_out[0](image_out.flatten(2)), attn.to_add_out(token_out.flatten(2))
+            return out[:, num_tokens:], out[:, :num_tokens]
+        image_out = self._attend(image_query, key, value, attention_mask)
+        token_mask = None if attention_mask is None else attention_mask[..., :num_tokens]
+        return image_out, self._attend(token_query, key[:, :num_tokens], value[:, :num_tokens], token_mask)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """``(B, Lq, heads, head_dim)`` queries over ``(B, Lk, heads, head_dim)`` keys/values, ``mask`` ``(B, 1, 1, Lk)``
@@ -224,18 +250,19 @@ class SelftokJointAttention(nn.Module, AttentionModuleMixin):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor],
         attention_mask: Optional[torch.Tensor] = None,
         context_sees_image: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
             hidden_states: image stream ``(B, N, dim)``.
-            encoder_hidden_states: token stream ``(B, n, dim)``.
-            attention_mask: boolean key mask ``(B, 1, 1, n + N)`` (True = attend), or None for all keys.
+            encoder_hidden_states: token stream ``(B_c, n, dim)`` of the first ``B_c <= B`` rows; the other rows (all
+                of them when None) see no token.
+            attention_mask: boolean key mask ``(B_c, 1, 1, n + N)`` (True = attend), or None for all keys.
             context_sees_image: whether token queries may attend to image keys.
         Returns:
-            image output ``(B, N, dim)`` and token output ``(B, n, dim)`` (None in a pre-only block).
+            image output ``(B, N, dim)`` and token output ``(B_c, n, dim)`` (None in a pre-only block or without tokens).
         """
         return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, context_sees_image)
 
@@ -289,7 +316,7 @@ class SelftokJointBlock(nn.Module):
     def forward(
         self,
         hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor,
+        encoder_hidden_states: Optional[torch.Tensor],
         temb: torch.Tensor,
         token_modulation: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
@@ -298,18 +325,23 @@ class SelftokJointBlock(nn.Module):
         """
         Args:
             hidden_states: image stream ``(B, N, dim)``.
-            encoder_hidden_states: token stream ``(B, n, dim)``, the first ``n`` tokens in code order.
+            encoder_hidden_states: token stream ``(B_c, n, dim)``, the first ``n`` tokens in code order, of the first
+                ``B_c <= B`` rows. The other rows (all of them when None) see no token: their image stream runs alone,
+                exactly what a row with every token masked computes.
             temb: diffusion-time embedding ``(B, dim)``.
             token_modulation: precomputed ``(n, 6 * dim)`` table of this block's token modulation; computed
                 here from the token positions when None (ignored by the pre-only block).
-            attention_mask: boolean key mask ``(B, 1, 1, n + N)`` or None.
+            attention_mask: boolean key mask ``(B_c, 1, 1, n + N)`` or None.
             context_sees_image: whether token queries attend to image keys.
         Returns:
-            ``(encoder_hidden_states, hidden_states)``; the token stream is None after the pre-only block.
+            ``(encoder_hidden_states, hidden_states)``; the token stream is None after the pre-only block (and stays
+            None without tokens).
         """
         norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.norm1(hidden_states, emb=temb)
-        if self.context_pre_only:
-            norm_context = self.norm1_context(encoder_hidden_states, temb)
+        if encoder_hidden_states is None:
+            norm_context = None
+        elif self.context_pre_only:
+            norm_context = self.norm1_context(encoder_hidden_states, temb[: encoder_hidden_states.shape[0]])
         else:
             if token_modulation is None:
                 positions = token_positions(encoder_hidden_states.shape[1], device=encoder_hidden_states.device)
@@ -328,7 +360,7 @@ class SelftokJointBlock(nn.Module):
             self.norm2,
             self.ff,
         )
-        if self.context_pre_only:
+        if self.context_pre_only or encoder_hidden_states is None:
             return None, hidden_states
         encoder_hidden_states = _gated_residual(
             encoder_hidden_states, token_attn, *context_mods, self.norm2_context, self.ff_context
@@ -431,7 +463,7 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
     def _run_backbone(
         self,
         hidden_states: torch.Tensor,
-        token_codes: torch.Tensor,
+        token_codes: Optional[torch.Tensor],
         token_mask: Optional[torch.Tensor],
         temb: torch.Tensor,
         context_sees_image: bool,
@@ -439,24 +471,24 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
         """
         Args:
             hidden_states: embedded image stream ``(B, N, dim)``.
-            token_codes: the first ``n`` code vectors ``(B, n, code_dim)``.
-            token_mask: ``(B, n)`` visibility, or None when all ``n`` tokens are visible.
+            token_codes: the first ``n`` code vectors ``(B_c, n, code_dim)`` of the first ``B_c <= B`` rows; the
+                other rows (all of them when None) see no token, and the token stream is not run for them.
+            token_mask: ``(B_c, n)`` visibility, or None when all ``n`` tokens are visible.
             temb: diffusion-time embedding ``(B, dim)``.
             context_sees_image: whether token queries attend to image keys.
         Returns:
             per-patch outputs ``(B, N, patch_size**2 * out_channels)``.
         """
-        num_visible = token_codes.shape[1]
-        context = self.context_embedder(token_codes)
-        context = context + self.context_pos_embed[:num_visible].to(context.dtype)
-
-        attention_mask = None
-        if token_mask is not None:
+        context = attention_mask = None
+        if token_codes is not None and token_codes.shape[0] > 0:
+            context = self.context_embedder(token_codes)
+            context = context + self.context_pos_embed[: token_codes.shape[1]].to(context.dtype)
+        if context is not None and token_mask is not None:
             image_keys = token_mask.new_ones(token_mask.shape[0], hidden_states.shape[1])
             attention_mask = torch.cat([token_mask, image_keys], dim=1)[:, None, None, :]
 
         for index, block in enumerate(self.transformer_blocks):
-            token_modulation = self._cached_token_modulation(index, block, context)
+            token_modulation = None if context is None else self._cached_token_modulation(index, block, context)
             args = (hidden_states, context, temb, token_modulation, attention_mask, context_sees_image)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden_states = self._gradient_checkpointing_func(block, *args)
@@ -497,7 +529,7 @@ def _visible_prefix(token_codes: torch.Tensor, token_mask: Optional[torch.Tensor
 
     Returns ``(token_codes, token_mask)`` with ``token_mask`` None when no masking is needed.
     """
-    if token_mask is None:
+    if token_mask is None or token_codes.shape[0] == 0:
         return token_codes, None
     token_mask = token_mask.bool()
     counts = token_mask.sum(dim=1)
@@ -577,6 +609,8 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         token_codes: torch.Tensor,
         token_mask: Optional[torch.Tensor] = None,
         return_dict: bool = True,
+        unconditional_rows: int = 0,
+        context_sees_image: Optional[bool] = None,
     ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
         """Velocity ``v = ε - x0`` of the noisy latent ``x_τ = τ ε + (1 - τ) x0``.
 
@@ -588,6 +622,15 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
             token_mask: ``(B, n)`` boolean, True for visible tokens (``j <= k(τ)``); None = all visible.
                 Invisible tokens are hidden from both streams; their code vectors need not be zeroed.
             return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
+            unconditional_rows: the last ``unconditional_rows`` rows see no token at all (classifier-free guidance's
+                unconditional half, training's all-tokens-dropped branch): their ``token_codes`` and ``token_mask``
+                rows are not read, and the token stream is not run for them; their image queries attend to the image
+                alone. The same as an all-False ``token_mask`` row (masked keys get exactly zero weight, and no
+                token-stream output reaches the image otherwise), up to float rounding, and decided without looking
+                at tensor values.
+            context_sees_image: whether token queries attend to image keys; None (default) follows
+                ``config.context_see_xt``. The official sampler's guided conditional branch calls its model without
+                that flag, i.e. with False.
         Returns:
             the velocity ``(B, out_channels, H, W)`` as ``.sample`` (or the first tuple element).
         """
@@ -598,17 +641,24 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
             raise ValueError(
                 f"token_mask must have shape {tuple(token_codes.shape[:2])} (batch, tokens), got {tuple(token_mask.shape)}"
             )
+        if not isinstance(unconditional_rows, int) or isinstance(unconditional_rows, bool) or not 0 <= unconditional_rows <= batch_size:
+            raise ValueError(f"unconditional_rows must be an integer in [0, {batch_size}] (the batch size), got {unconditional_rows!r}")
         timestep = torch.as_tensor(timestep, device=hidden_states.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch_size)
         if timestep.shape != (batch_size,):
             raise ValueError(f"timestep must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}")
 
+        num_conditional = batch_size - unconditional_rows
+        token_codes = token_codes[:num_conditional]
+        token_mask = None if token_mask is None else token_mask[:num_conditional]
         token_codes, token_mask = _visible_prefix(token_codes, token_mask)
         hidden = self.pos_embed(hidden_states)
         # The sinusoidal features of 1000 τ need float32: bf16 cannot resolve the angles.
         temb = self.time_embedder(timestep.to(torch.float32) * 1000.0, hidden.dtype)
-        out = self._run_backbone(hidden, token_codes, token_mask, temb, context_sees_image=self.config.context_see_xt)
+        if context_sees_image is None:
+            context_sees_image = self.config.context_see_xt
+        out = self._run_backbone(hidden, token_codes, token_mask, temb, context_sees_image=bool(context_sees_image))
         p = self.config.patch_size
         out = self._unpatchify(out, height // p, width // p)
         if not return_dict:

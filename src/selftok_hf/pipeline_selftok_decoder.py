@@ -8,7 +8,9 @@ decoder sees only the tokens the token schedule allows at τ_i. diffusers'
 
 Unlike the official loop, no encoder is re-run to build masks: visibility comes from k(τ) directly,
 and the invisible tail of the token sequence is dropped instead of masked (exact: masked tokens
-influence nothing).
+influence nothing). With classifier-free guidance the unconditional half, which sees no token, runs no token
+stream at all (the decoder's ``unconditional_rows``). Everything the loop needs is decided once per call, so it makes
+no host syncs per step.
 """
 
 import copy
@@ -54,6 +56,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 # module and everything it imports relatively, so a new import can never be forgotten).
 _COMPONENT_MODULES = ("modeling_selftok_decoder", "pixel_space")
 
+
+#: Dtypes the image tokenizer is never cast to by the pipeline (it stays float32; see `SelftokDecoderPipeline.to`).
+_REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 
 #: The most decoder steps a call may take: the resolution of the flow-matching schedule (1000 training timesteps).
 MAX_INFERENCE_STEPS = 1000
@@ -157,6 +162,12 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
     Like diffusers' pipelines it has the ``interrupt``, ``num_timesteps`` and ``guidance_scale`` properties
     (``pipe._interrupt = True`` in a ``callback_on_step_end`` stops the loop); they are kept per thread (see
     [`PerCallState`]), so one pipeline may serve several threads at once.
+
+    bfloat16: ``SelftokDecoderPipeline.from_pretrained(path, dtype=torch.bfloat16)`` (diffusers' older
+    ``torch_dtype=`` too) or ``pipe.to(dtype=torch.bfloat16)`` runs the decoder, the renderer and the VAE in bf16,
+    while the image tokenizer (encoder and quantizer) stays float32: the same latents give the same ids. The
+    sampler's latents, the guidance combination and the returned images / latents are float32. Measured cost
+    (``benchmarks/decoder_vs_official.py``): see the README's "Speed" section.
     """
 
     model_cpu_offload_seq = "image_tokenizer->transformer->renderer->vae"
@@ -227,7 +238,14 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """diffusers' ``from_pretrained``, checking a local folder's component folders first: an optional component
         (``renderer``) whose folder is absent loads as None even where ``model_index.json`` lists it; a missing
-        required folder raises ``FileNotFoundError`` naming it (diffusers' error named the pipeline root)."""
+        required folder raises ``FileNotFoundError`` naming it (diffusers' error named the pipeline root).
+
+        ``dtype=torch.bfloat16`` (or ``torch.float16``; diffusers' older ``torch_dtype`` too) loads the decoder,
+        renderer and VAE in that dtype and the image tokenizer in float32 (see :meth:`to`); a per-component dict is
+        passed on as it is."""
+        for key in ("dtype", "torch_dtype"):
+            if kwargs.get(key) in _REDUCED_PRECISION:
+                kwargs[key] = {"default": kwargs[key], "image_tokenizer": torch.float32}
         root = Path(os.fspath(pretrained_model_name_or_path)) if isinstance(pretrained_model_name_or_path, (str, os.PathLike)) else None
         if root is not None and root.is_dir() and (root / "model_index.json").is_file():
             index = json.loads((root / "model_index.json").read_text())
@@ -240,6 +258,22 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                 else:
                     raise FileNotFoundError(f"{root}: model_index.json lists the component {name!r}, but its folder {str(root / name)!r} is missing")
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def to(self, *args, **kwargs):
+        """diffusers' ``to``, except that the image tokenizer (encoder and quantizer) stays in float32 when the pipeline
+        is cast to bfloat16 or float16: ``pipe.to(dtype=torch.bfloat16)`` runs the decoder, the renderer and the VAE in
+        bfloat16. The quantizer's nearest-code search is a cosine argmax whose margins can be below bf16's resolution,
+        and the tokenizer is a small part of the cost (as in the official pipeline: tokenizer fp32, VAE bf16). A
+        tokenizer cast on its own (``pipe.image_tokenizer.to(...)``) is left alone until the pipeline is cast again."""
+        pipe = super().to(*args, **kwargs)
+        if pipe.image_tokenizer is not None and pipe.image_tokenizer.dtype in _REDUCED_PRECISION:
+            pipe.image_tokenizer.to(torch.float32)
+        return pipe
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The decoder's dtype (diffusers reports the first component's, here the float32 image tokenizer)."""
+        return self.transformer.dtype if self.transformer is not None else super().dtype
 
     @classmethod
     def load_config(cls, *args, **kwargs):
@@ -372,6 +406,7 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         use_renderer: bool = False,
         prefix_length: Optional[int] = None,
         num_images_per_prompt: int = 1,
+        official_guidance: bool = False,
     ):
         r"""Decode token ids into images.
 
@@ -379,7 +414,8 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
             token_ids (`torch.LongTensor` of shape `(B, K)`): ids in AR order (as `encode` returns them).
             num_inference_steps (`int`, defaults to 50): Euler steps of the decoder, 1 to 1000 (ignored with the renderer).
             guidance_scale (`float`, defaults to 1.0): classifier-free guidance against the all-tokens-dropped
-                branch (how the decoder was trained to be unconditional); 1 disables it; finite, >= 1.
+                branch (how the decoder was trained to be unconditional), which runs without a token stream; 1
+                disables it; finite, >= 1.
             generator: `torch.Generator`(s) for the initial noise (a list: exactly one per image, ``B * num_images_per_prompt``).
             latents (`torch.Tensor` of shape `(B * num_images_per_prompt, C, h, w)`, *optional*): the initial noise at τ = 1
                 (finite).
@@ -394,6 +430,12 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
             num_images_per_prompt (`int`, defaults to 1): images decoded from each row of ``token_ids``, each from
                 its own noise; the output holds all images of row 0 first, then row 1's, ... (as in diffusers). The
                 renderer is deterministic: its copies are equal.
+            official_guidance (`bool`, defaults to False): with ``guidance_scale > 1``, reproduce the official sampler's
+                guided step (``RectifiedFlow.sample_one_step`` with ``MMDiT.cfg_inference``; the official ``decoding``
+                itself never guides) instead of the training-consistent one: the conditional branch's token queries do
+                not attend to the image (the official call omits ``context_see_xt``), and the unconditional branch is
+                embedded at the integer time ``min(floor(1000 τ), 999)`` instead of ``1000 τ``. Without guidance the two
+                are the same call.
         Returns:
             [`ImagePipelineOutput`] (or a tuple) with `images`.
 
@@ -407,6 +449,8 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         self.check_inputs(
             token_ids, num_inference_steps, guidance_scale, latents, use_renderer, output_type, prefix_length, num_images_per_prompt, generator
         )
+        if not isinstance(official_guidance, (bool, np.bool_)):
+            raise ValueError(f"official_guidance must be a bool, got {official_guidance!r}")
         # NumPy scalars are accepted; the loop works with Python numbers.
         num_images_per_prompt, guidance_scale = int(num_images_per_prompt), float(guidance_scale)
         num_inference_steps = int(num_inference_steps) if _is_integer(num_inference_steps) else num_inference_steps
@@ -434,16 +478,32 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
             # A private copy of the scheduler: its step index is per call, so threads can share this pipeline.
             scheduler = copy.deepcopy(self.scheduler)
             scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
-            # Everything that does not change inside the loop is computed once, on the host: the number of
-            # visible tokens k(τ_i) + 1 for every step, and the model dtype (a module walk in diffusers).
+            # Everything that does not change inside the loop is decided once, on the host, so that the loop makes no
+            # host syncs and branches on no tensor: the number of visible tokens k(τ_i) + 1 for every step, the model
+            # dtype (a module walk in diffusers), the token masks.
             visible_counts = self.token_schedule.visible_count(scheduler.sigmas[:-1].cpu()).tolist()
             model_dtype = self.transformer.dtype
             codes = codes.to(model_dtype)
             do_cfg = guidance_scale > 1.0
+            num_rows = 2 * batch_size if do_cfg else batch_size
             # A prefix of p tokens in AR order is code indices >= K - p: the finest K - p are hidden.
             num_hidden = 0 if prefix_length is None else self.image_tokenizer.config.num_tokens - prefix_length
+            full_mask = None
+            if num_hidden > 0:
+                # Conditional rows see code indices num_hidden..k(τ_i) (sliced per step); the unconditional CFG half
+                # sees no token (every token dropped, as in training's CFG dropout).
+                full_mask = (torch.arange(codes.shape[1], device=device) >= num_hidden).expand(num_rows, -1).clone()
+                full_mask[batch_size:] = False
             if do_cfg:
+                # The unconditional half needs no codes: the decoder skips its token stream (`unconditional_rows`).
                 codes = torch.cat([codes, torch.zeros_like(codes)])
+            sigmas = scheduler.sigmas[:-1].to(device=device, dtype=torch.float32)
+            timesteps = sigmas[:, None].expand(-1, num_rows)
+            official = do_cfg and bool(official_guidance)
+            if official:
+                # MMDiT.cfg_inference: t = floor(1000 τ).int().clamp(0, 999); the decoder embeds 1000 * timestep.
+                unconditional_time = torch.floor(sigmas * 1000).clamp(0, 999) / 1000
+                timesteps = torch.cat([timesteps[:, :batch_size], unconditional_time[:, None].expand(-1, batch_size)], dim=1)
 
             # 3. Denoising loop: at τ_i the decoder sees tokens 0..k(τ_i) (code order) and nothing else.
             #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
@@ -451,20 +511,15 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                 for i, t in enumerate(scheduler.timesteps):
                     if self.interrupt:
                         continue
-                    sigma, num_visible = scheduler.sigmas[i], visible_counts[i]
+                    num_visible = visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
-                    token_mask = None
-                    if do_cfg or num_hidden > 0:
-                        # Conditional rows see code indices num_hidden..k(τ_i); the unconditional CFG half sees
-                        # no token (every token dropped, as in training's CFG dropout).
-                        token_mask = (torch.arange(num_visible, device=device) >= num_hidden).expand(batch_size, -1)
-                        if do_cfg:
-                            token_mask = torch.cat([token_mask, torch.zeros_like(token_mask)])
                     velocity = self.transformer(
                         hidden_states=model_input.to(model_dtype),
-                        timestep=sigma.expand(model_input.shape[0]).to(device),
+                        timestep=timesteps[i],
                         token_codes=codes[:, :num_visible],
-                        token_mask=token_mask,
+                        token_mask=None if full_mask is None else full_mask[:, :num_visible],
+                        unconditional_rows=batch_size if do_cfg else 0,
+                        context_sees_image=False if official else None,
                     ).sample.float()
                     if do_cfg:
                         cond, uncond = velocity.chunk(2)
