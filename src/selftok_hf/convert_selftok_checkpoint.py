@@ -16,6 +16,12 @@ never leaves a folder that mixes two conversions; a non-empty ``OUT`` is refused
 ``--overwrite``, which replaces it whole once the new one is complete. Config errors (YAML syntax, a missing ``k``,
 a bad ``k_per_stage``) and unreadable checkpoints exit with code 2 and a message naming the file and the key.
 
+Memory: the checkpoint is memory-mapped (``torch.load(..., mmap=True)``; safetensors files are mapped by
+safetensors), the decoder and renderer are built without weights (meta device) and take the mapped tensors
+themselves, and the folder is written as sharded safetensors (``--max-shard-size``, default 5GB) straight from the
+mapping: no second copy of the 2B-parameter decoder is made. Peak RSS is about the checkpoint's size
+(``benchmarks/convert_memory.py`` measures it); loading the folder maps its shards the same way.
+
 Conversion is strict: every official key is either mapped or listed in a documented "dropped" set;
 anything else, and anything our model expects but the checkpoint lacks, raises ``ValueError`` naming
 the keys. Official token order (index 0 = finest) is kept inside the weights; the public API flips
@@ -28,7 +34,8 @@ import argparse
 import os
 import re
 import sys
-from typing import Any, Mapping, Optional
+import zipfile
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
@@ -177,7 +184,12 @@ def _check_token_schedule(params: dict, where: str) -> None:
 
 
 def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Load a flat official ``ImageTokenizer.state_dict()`` from ``.pth``/``.pt``/``.bin`` or ``.safetensors``."""
+    """Load a flat official ``ImageTokenizer.state_dict()`` from ``.pth``/``.pt``/``.bin`` or ``.safetensors``.
+
+    The tensors are memory-mapped from the file (read as they are used, by the page cache), not read into memory:
+    ``torch.load(..., mmap=True, weights_only=True)``, and safetensors' own mapping. A ``.pth`` in torch's pre-1.6
+    (non-zip) format cannot be mapped and is read whole.
+    """
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
@@ -186,7 +198,7 @@ def load_official_state_dict(path: str) -> dict[str, torch.Tensor]:
 
             sd = load_file(path)
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except Exception as e:  # corrupt or truncated files surface here
         raise ValueError(f"could not read checkpoint {path}: {type(e).__name__}: {e}") from e
     # Some training wrappers nest the weights or prefix them with `module.`.
@@ -360,9 +372,25 @@ def build_tokenizer_from_official(params: dict, official: Mapping[str, torch.Ten
 
     config = selftok_config_from_official(params, official)
     state_dict, _ = convert_official_tokenizer_state_dict(official, config)
-    model = SelftokModel(config)
-    _check_against_model(state_dict, model, "image_tokenizer")
-    model.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True)
+    return _model_holding(lambda: SelftokModel(config), state_dict, "image_tokenizer")
+
+
+def _model_holding(make_model, state_dict: Mapping[str, torch.Tensor], what: str):
+    """``make_model()`` (eval mode) whose weights are ``state_dict``'s tensors themselves, not a copy.
+
+    Built under accelerate's ``init_empty_weights`` (parameters on the meta device, buffers real), checked key by
+    key and shape by shape (``ValueError`` naming ``what``), then filled with ``load_state_dict(strict=True,
+    assign=True)``: the 2B-parameter decoder never exists twice (a random init plus the checkpoint), and the
+    tensors of a memory-mapped checkpoint stay mapped. Tensors are cast to the model's dtype (float32) where they
+    differ, as a copying ``load_state_dict`` would.
+    """
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        model = make_model()
+    _check_against_model(state_dict, model, what)
+    expected = model.state_dict()
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True, assign=True)
     return model.eval()
 
 
@@ -380,9 +408,7 @@ def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tenso
         model_sd, sample_size=int(params["image_size"]) // 8, context_see_xt=bool(params.get("context_see_xt", False))
     )
     state_dict, _ = convert_official_decoder_state_dict(model_sd, config)
-    model = SelftokDecoderTransformer(**config)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return _model_holding(lambda: SelftokDecoderTransformer(**config), state_dict, "transformer")
 
 
 def build_renderer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
@@ -401,9 +427,7 @@ def build_renderer_from_official(params: dict, official: Mapping[str, torch.Tens
     if config["sample_size"] != int(params["image_size"]) // 8:
         raise ValueError(f"renderer checkpoint is for {config['sample_size']}x{config['sample_size']} latents, config says image_size {params['image_size']}")
     state_dict, _ = convert_official_renderer_state_dict(model_sd, config)
-    model = SelftokRenderer(**config)
-    model.load_state_dict(state_dict, strict=True)
-    return model.eval()
+    return _model_holding(lambda: SelftokRenderer(**config), state_dict, "renderer")
 
 
 def _model_keys(official: Mapping[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
@@ -436,11 +460,7 @@ def build_pipeline_from_official(
     transformer = build_decoder_from_official(params, official)
     renderer = None
     if renderer_official is not None:
-        renderer_tokenizer = build_tokenizer_from_official(renderer_params, renderer_official)
-        for name in ("quantizer.embed", "quantizer.post_norm.weight", "quantizer.post_norm.bias"):
-            a, b = dict(tokenizer.state_dict())[name], dict(renderer_tokenizer.state_dict())[name]
-            if a.shape != b.shape or not torch.equal(a, b):
-                raise ValueError(f"renderer checkpoint's {name} differs from the tokenizer's: they were not trained together")
+        _check_same_codebook(tokenizer, renderer_params, renderer_official)
         renderer = build_renderer_from_official(renderer_params, renderer_official)
     if vae is None:
         vae = random_sd3_vae(seed=0)
@@ -455,6 +475,26 @@ def build_pipeline_from_official(
     )
 
 
+def _check_same_codebook(tokenizer, renderer_params: dict, renderer_official: Mapping[str, torch.Tensor]) -> None:
+    """The renderer checkpoint's encoder must map to the tokenizer's model (keys and shapes, checked on the meta
+    device), and its codebook and post-quantizer norm, all that decoding reads, must equal the tokenizer's."""
+    from .modeling_selftok import SelftokModel
+
+    config = selftok_config_from_official(renderer_params, renderer_official)
+    state_dict, _ = convert_official_tokenizer_state_dict(renderer_official, config)
+    with torch.device("meta"):
+        _check_against_model(state_dict, SelftokModel(config), "renderer checkpoint's image_tokenizer")
+    ours = tokenizer.state_dict()
+    for name in ("quantizer.embed", "quantizer.post_norm.weight", "quantizer.post_norm.bias"):
+        a, b = ours[name], state_dict[name].to(ours[name].dtype)
+        if a.shape != b.shape or not torch.equal(a, b):
+            raise ValueError(f"renderer checkpoint's {name} differs from the tokenizer's: they were not trained together")
+
+
+#: Shards of at most this size: the 2B-parameter decoder (8 GB in float32) is written as two files.
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+
+
 def convert_official_checkpoint(
     config_path: str,
     checkpoint_path: str,
@@ -463,8 +503,12 @@ def convert_official_checkpoint(
     renderer_checkpoint_path: Optional[str] = None,
     vae_path: Optional[str] = None,
     overwrite: bool = False,
+    max_shard_size: Union[int, str] = DEFAULT_MAX_SHARD_SIZE,
 ) -> str:
     """Convert official config + checkpoint(s) into ``output_dir`` (see the module docstring). Returns ``output_dir``.
+
+    Weights are written as safetensors shards of at most ``max_shard_size`` (``"5GB"``, or bytes), from the
+    memory-mapped checkpoint (see the module docstring on memory).
 
     The folder is written beside ``output_dir`` and renamed into place when complete (:func:`~selftok_hf.atomic.atomic_folder`):
     a conversion that fails leaves no folder, or the previous one intact. A non-empty ``output_dir`` raises
@@ -487,8 +531,17 @@ def convert_official_checkpoint(
             except (OSError, ValueError) as e:
                 raise ValueError(f"could not load an AutoencoderKL from {vae_path}: {e}") from e
         pipe = build_pipeline_from_official(params, official, renderer_params, renderer_official, vae)
-        pipe.save_pretrained(staged)
+        pipe.save_pretrained(staged, max_shard_size=max_shard_size)
     return output_dir
+
+
+def _shard_size(text: str) -> int:
+    """``--max-shard-size``: a number of bytes, or of KB / MB / GB (powers of 1000, as huggingface_hub counts)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]B)?\s*", text, re.IGNORECASE)
+    size = int(float(match.group(1)) * 1000 ** " KMG".index((match.group(2) or " ")[0].upper())) if match else 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 5GB, 500MB or a number of bytes, got {text!r}")
+    return size
 
 
 def main(argv: Optional[list[str]] = None, prog: str = "selftok-convert") -> int:
@@ -506,6 +559,10 @@ def main(argv: Optional[list[str]] = None, prog: str = "selftok-convert") -> int
         "--overwrite", action="store_true",
         help="replace an existing output folder, once the new one is complete (default: refuse a non-empty one, before any work)",
     )
+    parser.add_argument(
+        "--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, type=_shard_size,
+        help=f"largest safetensors shard, e.g. 5GB or 500MB (default {DEFAULT_MAX_SHARD_SIZE}: the decoder is written in two files)",
+    )
     args = parser.parse_args(argv)
     if (args.renderer_config is None) != (args.renderer_checkpoint is None):
         parser.error("--renderer-config and --renderer-checkpoint go together")
@@ -515,7 +572,8 @@ def main(argv: Optional[list[str]] = None, prog: str = "selftok-convert") -> int
         parser.error(f"--output {args.output}: the folder exists and is not empty; pass --overwrite to replace it")
     try:
         convert_official_checkpoint(
-            args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae, args.overwrite
+            args.config, args.checkpoint, args.output, args.renderer_config, args.renderer_checkpoint, args.vae, args.overwrite,
+            max_shard_size=args.max_shard_size,
         )
     except ValueError as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

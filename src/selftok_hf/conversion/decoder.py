@@ -56,8 +56,19 @@ def _swap_halves(t: torch.Tensor) -> torch.Tensor:
 
 
 def _split3(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Rows of a fused qkv projection -> separate q, k, v (cloned, so they can be saved independently)."""
-    return tuple(x.clone() for x in t.chunk(3, dim=0))
+    """Rows of a fused qkv projection -> separate q, k, v, each on its own storage so that safetensors saves them
+    as independent tensors (it refuses tensors that share one)."""
+    return tuple(_on_own_storage(x) for x in t.chunk(3, dim=0))
+
+
+def _on_own_storage(t: torch.Tensor) -> torch.Tensor:
+    """``t`` on a storage of its own: a slice of its storage (the same memory, no copy) when ``t`` is contiguous,
+    so a memory-mapped checkpoint is not read into memory to be split; a clone otherwise."""
+    if t.is_meta or not t.is_contiguous():
+        return t.clone()
+    start = t.storage_offset() * t.element_size()
+    storage = t.untyped_storage()[start : start + t.numel() * t.element_size()]
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(storage, 0, t.shape)
 
 
 # Official suffixes inside `joint_blocks.{i}.` -> ours inside `transformer_blocks.{i}.`; qkv handled separately.
@@ -153,7 +164,9 @@ def convert_official_decoder_state_dict(
 
     Fused ``qkv`` projections are split, and the (shift, scale) halves of the final and pre-only
     modulations are swapped into diffusers' (scale, shift) order. Strict: anything neither mapped nor
-    known to be unused, and any key or shape the model for ``config`` lacks, raises ``ValueError``.
+    known to be unused, and any key or shape the model for ``config`` lacks, raises ``ValueError``. No weight is
+    copied: the returned tensors share memory with ``official`` (split ``qkv`` rows are slices of its storage),
+    so a memory-mapped checkpoint converts without being read into memory.
 
     Returns:
         ``(state_dict, dropped)``: ``dropped`` lists the official keys (or ``key[query rows]`` slices)
