@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import socket
 
@@ -8,12 +9,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from selftok_hf.quantizer import CosineVectorQuantizer
+from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
+from selftok_hf.quantizer import CosineVectorQuantizer, QuantizerSettings
 
 
 def make(C=8, D=4, K=4, **kw):
     torch.manual_seed(0)
-    return CosineVectorQuantizer(input_dim=6, codebook_size=C, code_dim=D, token_dim=D, num_positions=K, **kw)
+    return CosineVectorQuantizer(input_dim=6, num_positions=K, settings=QuantizerSettings(codebook_size=C, code_dim=D, token_dim=D, **kw))
 
 
 def test_eval_is_nearest_cosine_and_stateless():
@@ -94,6 +96,41 @@ def test_position_weights_favour_low_perplexity_positions():
     assert torch.allclose(w.sum(), torch.tensor(1.0)) and w[1] > w[0]
 
 
+def test_settings_are_the_config_fields_with_the_same_defaults():
+    config = SelftokConfig(**SELFTOK_TINY_CONFIG, ema_decay=0.9, diversity_schedule=[0.2, 0.4])
+    settings = QuantizerSettings.from_config(config)
+    assert settings == QuantizerSettings(**{k: getattr(config, k) for k in dataclasses.asdict(settings)})
+    assert settings.ema_decay == 0.9 and settings.diversity_schedule == (0.2, 0.4) and settings.codebook_size == 64
+    assert QuantizerSettings.from_config(SelftokConfig()) == QuantizerSettings()  # one set of release defaults
+    q = CosineVectorQuantizer(config.query_dim, num_positions=config.num_tokens, settings=settings)
+    assert q.settings == settings and q.ema_decay == 0.9 and q.dead_code_threshold == 0.2
+    assert isinstance(q.post_norm, torch.nn.LayerNorm) and q.position_code_usage.shape == (32, 64)
+    assert not isinstance(make(post_norm=False).post_norm, torch.nn.LayerNorm) and make(post_norm=False).settings.post_norm is False
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.ema_decay = 0.5
+
+
+def test_separate_settings_arguments_are_deprecated_and_build_the_same_quantizer():
+    torch.manual_seed(0)
+    new = CosineVectorQuantizer(6, num_positions=4, settings=QuantizerSettings(codebook_size=16, code_dim=4, token_dim=4, ema_decay=0.9))
+    for args, kwargs in [
+        ((6, 16, 4, 4, 4), {"ema_decay": 0.9}),
+        ((6, 16, 4, 4, 4, True, 0.9), {}),
+        ((), {"input_dim": 6, "codebook_size": 16, "code_dim": 4, "token_dim": 4, "num_positions": 4, "ema_decay": 0.9}),
+    ]:
+        torch.manual_seed(0)
+        with pytest.warns(FutureWarning, match=r"num_positions=4, settings=QuantizerSettings\(codebook_size=16, code_dim=4, token_dim=4, ema_decay=0.9\)"):
+            old = CosineVectorQuantizer(*args, **kwargs)
+        assert old.settings == new.settings
+        assert all(torch.equal(v, new.state_dict()[k]) for k, v in old.state_dict().items())
+    with pytest.raises(TypeError, match="token_dim"):  # the old signature's errors
+        CosineVectorQuantizer(6, 16, 4)
+    with pytest.raises(TypeError, match="not both"):
+        CosineVectorQuantizer(6, 16, 4, 4, 4, settings=QuantizerSettings())
+    with pytest.raises(TypeError, match="num_positions"):
+        CosineVectorQuantizer(6, settings=QuantizerSettings())
+
+
 def _free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -106,7 +143,7 @@ def _ddp_worker(rank, world, port, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)  # same initial weights everywhere
-    q = CosineVectorQuantizer(6, 16, 4, 4, 4).train()
+    q = CosineVectorQuantizer(6, num_positions=4, settings=QuantizerSettings(codebook_size=16, code_dim=4, token_dim=4)).train()
     torch.manual_seed(100 + rank)  # different data (and different local RNG) on each rank
     for _ in range(3):
         q(torch.randn(2, 4, 6))

@@ -5,9 +5,12 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .quantizer import QuantizerSettings
 from .token_schedule import TokenSchedule
 
 __all__ = ["SelftokConfig", "SELFTOK_RELEASE_CONFIG", "SELFTOK_TINY_CONFIG"]
+
+_QUANTIZER = QuantizerSettings()  # the release's quantizer settings
 
 
 @strict
@@ -39,21 +42,11 @@ class SelftokConfig(PreTrainedConfig):
             projection of the image stream, while the image stream attends only to itself; ``True``
             makes query k see only queries <= k (in code order).
     Quantizer:
-        codebook_size (`int`, 32768), code_dim (`int`, 16): codebook entry width,
-        token_dim (`int`, 16): width of the vectors handed to the decoder / LM (`encoder_hidden_size` in
-            the official YAML); a Linear projects codes to it when it differs from ``code_dim``,
-        post_norm (`bool`, True): LayerNorm(token_dim, eps 1e-6) on the code vectors,
-        ema_decay (`float`, 0.99), ema_eps (`float`, 1e-5): EMA codebook with Laplace smoothing,
-        kmeans_iters (`int`, 10): k-means initialisation on the first training batch,
-        commitment_weight (`float`, 1.0), diversity_weight (`float`, 1.0),
-        diversity_temperature (`float`, 10.0): cosine logits are scaled by it before the softmax,
-        ema_entropy_ratio (`float`, 0.8): mix of EMA usage vs batch probabilities in the diversity entropy,
-        diversity_schedule (`list[float]`, [0.1, 0.3]): diversity weight 0.5 below this fraction of the
-            codebook in use, linearly decaying to 0 at the upper bound,
-        dead_code_threshold (`float`, 0.2) / reset_cluster_size (`float`, 0.2): relative to the expected
-            usage ``batch * K * world / codebook_size``,
-        smart_reactivation (`bool`, True): dead codes are re-seeded from positions weighted by their
-            inverse perplexity.
+        codebook_size, code_dim, token_dim, post_norm, ema_decay, ema_eps, kmeans_iters, commitment_weight,
+        diversity_weight, diversity_temperature, ema_entropy_ratio, diversity_schedule, dead_code_threshold,
+        reset_cluster_size, smart_reactivation: the fields of [`QuantizerSettings`], which holds their defaults and
+        meanings (``token_dim`` is ``encoder_hidden_size`` in the official YAML); ``QuantizerSettings.from_config``
+        reads them from a config.
     Token schedule:
         schedule_stages (`list[int]`, [200, 400, 600, 800, 1000]) and
         schedule_tokens_per_stage (`list[int]`, [192, 184, 72, 48, 16]); see [`TokenSchedule`].
@@ -80,21 +73,22 @@ class SelftokConfig(PreTrainedConfig):
     query_adaln: bool = True
     causal_queries: bool = False
 
-    codebook_size: int = 32768
-    code_dim: int = 16
-    token_dim: int = 16
-    post_norm: bool = True
-    ema_decay: float = 0.99
-    ema_eps: float = 1e-5
-    kmeans_iters: int = 10
-    commitment_weight: float = 1.0
-    diversity_weight: float = 1.0
-    diversity_temperature: float = 10.0
-    ema_entropy_ratio: float = 0.8
-    diversity_schedule: list[float] | tuple[float, ...] = (0.1, 0.3)
-    dead_code_threshold: float = 0.2
-    reset_cluster_size: float = 0.2
-    smart_reactivation: bool = True
+    # The quantizer's settings: defaults from QuantizerSettings, where they are written.
+    codebook_size: int = _QUANTIZER.codebook_size
+    code_dim: int = _QUANTIZER.code_dim
+    token_dim: int = _QUANTIZER.token_dim
+    post_norm: bool = _QUANTIZER.post_norm
+    ema_decay: float = _QUANTIZER.ema_decay
+    ema_eps: float = _QUANTIZER.ema_eps
+    kmeans_iters: int = _QUANTIZER.kmeans_iters
+    commitment_weight: float = _QUANTIZER.commitment_weight
+    diversity_weight: float = _QUANTIZER.diversity_weight
+    diversity_temperature: float = _QUANTIZER.diversity_temperature
+    ema_entropy_ratio: float = _QUANTIZER.ema_entropy_ratio
+    diversity_schedule: list[float] | tuple[float, ...] = _QUANTIZER.diversity_schedule
+    dead_code_threshold: float = _QUANTIZER.dead_code_threshold
+    reset_cluster_size: float = _QUANTIZER.reset_cluster_size
+    smart_reactivation: bool = _QUANTIZER.smart_reactivation
 
     schedule_stages: list[int] | tuple[int, ...] = (200, 400, 600, 800, 1000)
     schedule_tokens_per_stage: list[int] | tuple[int, ...] = (192, 184, 72, 48, 16)

@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers import initialization as init
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 
 from .configuration_selftok import SelftokConfig
 from .embeddings import TimestepEmbedder, sincos_2d
 from .hub import SelftokHubMixin
 from .loading import check_loading_info
-from .quantizer import CosineVectorQuantizer
+from .quantizer import CosineVectorQuantizer, QuantizerSettings
 from .token_schedule import to_ar_order, to_code_order, token_positions
 from .vae import pixels_to_latents
 
@@ -385,25 +385,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     def __init__(self, config: SelftokConfig) -> None:
         super().__init__(config)
         self.encoder = SelftokEncoder(config)
-        self.quantizer = CosineVectorQuantizer(
-            config.query_dim,
-            config.codebook_size,
-            config.code_dim,
-            config.token_dim,
-            config.num_tokens,
-            post_norm=config.post_norm,
-            ema_decay=config.ema_decay,
-            ema_eps=config.ema_eps,
-            kmeans_iters=config.kmeans_iters,
-            commitment_weight=config.commitment_weight,
-            diversity_weight=config.diversity_weight,
-            diversity_temperature=config.diversity_temperature,
-            ema_entropy_ratio=config.ema_entropy_ratio,
-            diversity_schedule=tuple(config.diversity_schedule),
-            dead_code_threshold=config.dead_code_threshold,
-            reset_cluster_size=config.reset_cluster_size,
-            smart_reactivation=config.smart_reactivation,
-        )
+        self.quantizer = CosineVectorQuantizer(config.query_dim, num_positions=config.num_tokens, settings=QuantizerSettings.from_config(config))
         self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
         self.__dict__["_vae_source"] = None  # (folder or repo id, subfolder, hub kwargs) of a VAE to load on first use
         self.post_init()

@@ -23,6 +23,7 @@ this file holds the models only, and is what a saved folder ships as remote code
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from typing import Any, Iterator, Optional, Union
 
@@ -55,63 +56,6 @@ __all__ = [
     "SELFTOK_RENDERER_RELEASE_CONFIG",
     "SELFTOK_RENDERER_TINY_CONFIG",
 ]
-
-#: The released 256-px decoder (official ``MMDiT_XL`` with the ``256-eval.yml`` settings).
-SELFTOK_DECODER_RELEASE_CONFIG: dict[str, Any] = dict(
-    sample_size=32,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    pos_embed_max_size=192,
-    num_tokens=512,
-    code_dim=16,
-    context_see_xt=True,
-    mlp_ratio=4.0,
-    qkv_bias=True,
-)
-
-#: A few-kB decoder with the release structure, sized to pair with ``SELFTOK_TINY_CONFIG`` (8x8x16 latents,
-#: 32 tokens of width 8), for tests and the embedded default.
-SELFTOK_DECODER_TINY_CONFIG: dict[str, Any] = {
-    **SELFTOK_DECODER_RELEASE_CONFIG,
-    "sample_size": 8,
-    "num_layers": 2,
-    "attention_head_dim": 8,
-    "num_attention_heads": 2,
-    "pos_embed_max_size": 6,
-    "num_tokens": 32,
-    "code_dim": 8,
-}
-
-_RENDERER_SHARED_KEYS = (
-    "sample_size",
-    "patch_size",
-    "out_channels",
-    "num_layers",
-    "attention_head_dim",
-    "num_attention_heads",
-    "num_tokens",
-    "code_dim",
-    "mlp_ratio",
-    "qkv_bias",
-)
-
-#: The released one-step renderer (official ``MMDiT_XL_Renderer``, ``renderer-eval.yml``): the decoder's
-#: backbone with a shared canvas token instead of a patch input.
-SELFTOK_RENDERER_RELEASE_CONFIG: dict[str, Any] = {
-    **{k: SELFTOK_DECODER_RELEASE_CONFIG[k] for k in _RENDERER_SHARED_KEYS},
-    "shared_canvas_token": True,
-}
-
-#: A tiny renderer with the release structure, for tests.
-SELFTOK_RENDERER_TINY_CONFIG: dict[str, Any] = {
-    **{k: SELFTOK_DECODER_TINY_CONFIG[k] for k in _RENDERER_SHARED_KEYS},
-    "shared_canvas_token": True,
-}
-
 
 # ----------------------------------------------------------------------------------------- blocks
 class SelftokTokenAdaLayerNormZero(nn.Module):
@@ -730,3 +674,41 @@ class SelftokRenderer(_SelftokMMDiTBase):
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
+
+
+# ------------------------------------------------------------------------------ release and tiny configs
+def _init_defaults(model_class: type) -> dict[str, Any]:
+    """The keyword defaults of ``model_class.__init__``, in order: the config of ``model_class()``."""
+    parameters = inspect.signature(model_class.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if p.default is not inspect.Parameter.empty}
+
+
+#: The released 256-px decoder (official ``MMDiT_XL`` with the ``256-eval.yml`` settings): the defaults of
+#: `SelftokDecoderTransformer`, read from its signature (where they are written).
+SELFTOK_DECODER_RELEASE_CONFIG: dict[str, Any] = _init_defaults(SelftokDecoderTransformer)
+
+#: A few-kB decoder with the release structure, sized to pair with ``SELFTOK_TINY_CONFIG`` (8x8x16 latents,
+#: 32 tokens of width 8), for tests and the embedded default.
+SELFTOK_DECODER_TINY_CONFIG: dict[str, Any] = {
+    **SELFTOK_DECODER_RELEASE_CONFIG,
+    "sample_size": 8,
+    "num_layers": 2,
+    "attention_head_dim": 8,
+    "num_attention_heads": 2,
+    "pos_embed_max_size": 6,
+    "num_tokens": 32,
+    "code_dim": 8,
+}
+
+#: The released one-step renderer (official ``MMDiT_XL_Renderer``, ``renderer-eval.yml``): the decoder's
+#: backbone with a shared canvas token instead of a patch input; the defaults of `SelftokRenderer`.
+SELFTOK_RENDERER_RELEASE_CONFIG: dict[str, Any] = _init_defaults(SelftokRenderer)
+
+# The renderer's settings that are the decoder's too (sizes of the shared backbone).
+_RENDERER_SHARED_KEYS = tuple(k for k in SELFTOK_RENDERER_RELEASE_CONFIG if k in SELFTOK_DECODER_RELEASE_CONFIG)
+
+#: A tiny renderer with the release structure, for tests.
+SELFTOK_RENDERER_TINY_CONFIG: dict[str, Any] = {
+    **{k: SELFTOK_DECODER_TINY_CONFIG[k] for k in _RENDERER_SHARED_KEYS},
+    "shared_canvas_token": True,
+}

@@ -23,14 +23,17 @@ drawn on rank 0 and broadcast, so every rank holds the same codebook.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
+from inspect import Parameter, Signature
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CosineVectorQuantizer", "QuantizerOutput"]
+__all__ = ["CosineVectorQuantizer", "QuantizerOutput", "QuantizerSettings"]
 
 
 def _world_size() -> int:
@@ -71,50 +74,105 @@ class QuantizerOutput:
     stats: dict
 
 
+@dataclass(frozen=True)
+class QuantizerSettings:
+    """The settings of a [`CosineVectorQuantizer`], written here once: [`SelftokConfig`] has a field of the same
+    name and default for each (its quantizer section), and :meth:`from_config` reads them back from a config.
+    The defaults are the official release (``256-eval.yml``).
+
+    Attributes:
+        codebook_size: number of codes C.
+        code_dim: width D of a code.
+        token_dim: width of the vectors handed downstream (the decoder / LM); a Linear maps codes to it when it
+            differs from ``code_dim``.
+        post_norm: apply LayerNorm(token_dim, eps=1e-6) to the output vectors.
+        ema_decay, ema_eps: EMA codebook with Laplace smoothing.
+        kmeans_iters: k-means initialisation on the first training batch.
+        commitment_weight: weight of the commitment loss ``mean((sg(q) - z)^2)``.
+        diversity_weight: weight of the diversity term.
+        diversity_temperature: cosine logits are scaled by it before the softmax of the diversity entropy.
+        ema_entropy_ratio: mix of EMA usage vs batch probabilities in the diversity entropy.
+        diversity_schedule: ``(low, high)``: diversity weight 0.5 below ``low`` of the codebook in use (usage
+            perplexity / C), linearly decaying to 0 at ``high``.
+        dead_code_threshold, reset_cluster_size: relative to the expected usage ``batch * K * world / C``: codes
+            whose EMA count falls below ``dead_code_threshold`` of it are re-seeded with a count of
+            ``reset_cluster_size`` of it (0 threshold: never).
+        smart_reactivation: dead codes are re-seeded from positions weighted by their inverse perplexity (else
+            uniformly from the batch).
+    """
+
+    codebook_size: int = 32768
+    code_dim: int = 16
+    token_dim: int = 16
+    post_norm: bool = True
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    kmeans_iters: int = 10
+    commitment_weight: float = 1.0
+    diversity_weight: float = 1.0
+    diversity_temperature: float = 10.0
+    ema_entropy_ratio: float = 0.8
+    diversity_schedule: tuple[float, float] = (0.1, 0.3)
+    dead_code_threshold: float = 0.2
+    reset_cluster_size: float = 0.2
+    smart_reactivation: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "diversity_schedule", tuple(self.diversity_schedule))  # a config holds a list
+
+    @classmethod
+    def from_config(cls, config: Any) -> QuantizerSettings:
+        """The settings of an object with an attribute per field (a [`SelftokConfig`])."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+
+def _parameter(name: str, default: Any = Parameter.empty) -> Parameter:
+    return Parameter(name, Parameter.POSITIONAL_OR_KEYWORD, default=default)
+
+
+# CosineVectorQuantizer's deprecated signature after input_dim: the three sizes, num_positions, then the other
+# settings in field order with their defaults.
+_SIZES = ("codebook_size", "code_dim", "token_dim")
+_DEPRECATED_SIGNATURE = Signature(
+    [_parameter(name) for name in (*_SIZES, "num_positions")]
+    + [_parameter(f.name, f.default) for f in fields(QuantizerSettings) if f.name not in _SIZES]
+)
+
+
 class CosineVectorQuantizer(nn.Module):
     """Cosine VQ with an EMA codebook.
 
     Args:
         input_dim: width of the encoder outputs (the query width).
-        codebook_size: number of codes C.
-        code_dim: width D of a code.
-        token_dim: width of the vectors handed downstream; a Linear maps codes to it if ``!= code_dim``.
         num_positions: K, token positions per image (for the per-position usage statistics).
-        post_norm: apply LayerNorm(token_dim, eps=1e-6) to the output vectors.
+        settings: the codebook and training settings (default: the release's); ``QuantizerSettings.from_config``
+            builds them from a [`SelftokConfig`].
+
+    The settings' fields are also attributes of the module (``quantizer.codebook_size``, ``quantizer.ema_decay``,
+    ...); :attr:`settings` reads them back.
+
+    Deprecated: the settings as separate arguments, ``CosineVectorQuantizer(input_dim, codebook_size, code_dim,
+    token_dim, num_positions, post_norm=True, ema_decay=0.99, ...)`` (FutureWarning).
     """
 
     def __init__(
-        self,
-        input_dim: int,
-        codebook_size: int,
-        code_dim: int,
-        token_dim: int,
-        num_positions: int,
-        post_norm: bool = True,
-        ema_decay: float = 0.99,
-        ema_eps: float = 1e-5,
-        kmeans_iters: int = 10,
-        commitment_weight: float = 1.0,
-        diversity_weight: float = 1.0,
-        diversity_temperature: float = 10.0,
-        ema_entropy_ratio: float = 0.8,
-        diversity_schedule: tuple = (0.1, 0.3),
-        dead_code_threshold: float = 0.2,
-        reset_cluster_size: float = 0.2,
-        smart_reactivation: bool = True,
+        self, input_dim: int, *deprecated_args: Any, num_positions: int | None = None, settings: QuantizerSettings | None = None, **deprecated_kwargs: Any
     ) -> None:
         super().__init__()
-        self.codebook_size = codebook_size
-        self.code_dim = code_dim
-        self.ema_decay, self.ema_eps, self.kmeans_iters = ema_decay, ema_eps, kmeans_iters
-        self.commitment_weight, self.diversity_weight = commitment_weight, diversity_weight
-        self.diversity_temperature, self.ema_entropy_ratio = diversity_temperature, ema_entropy_ratio
-        self.diversity_schedule = tuple(diversity_schedule)
-        self.dead_code_threshold, self.reset_cluster_size = dead_code_threshold, reset_cluster_size
-        self.smart_reactivation = smart_reactivation
+        if deprecated_args or deprecated_kwargs:
+            num_positions, settings = self._deprecated_arguments(deprecated_args, deprecated_kwargs, num_positions, settings)
+        if num_positions is None:
+            raise TypeError("CosineVectorQuantizer needs num_positions")
+        settings = QuantizerSettings() if settings is None else settings
+        if not isinstance(settings, QuantizerSettings):
+            raise TypeError(f"settings must be a QuantizerSettings, got {type(settings).__name__}")
+        for f in fields(settings):
+            if f.name != "post_norm":  # that name is the LayerNorm (or Identity) module below
+                setattr(self, f.name, getattr(settings, f.name))
+        codebook_size, code_dim, token_dim = settings.codebook_size, settings.code_dim, settings.token_dim
         self.project_in = nn.Linear(input_dim, code_dim) if input_dim != code_dim else nn.Identity()
         self.project_out = nn.Linear(code_dim, token_dim) if token_dim != code_dim else nn.Identity()
-        self.post_norm = nn.LayerNorm(token_dim, eps=1e-6) if post_norm else nn.Identity()
+        self.post_norm = nn.LayerNorm(token_dim, eps=1e-6) if settings.post_norm else nn.Identity()
 
         # EMA codebook state. `embed` rows are unit vectors; `initted` is 0 until k-means has run.
         self.register_buffer("embed", F.normalize(torch.randn(codebook_size, code_dim), dim=-1))
@@ -124,6 +182,33 @@ class CosineVectorQuantizer(nn.Module):
         # EMA of p(code | token position): drives smart dead-code reactivation and the diversity loss.
         self.register_buffer("position_code_usage", torch.full((num_positions, codebook_size), 1.0 / codebook_size))
         self.register_buffer("position_usage_initted", torch.zeros(()))
+
+    @staticmethod
+    def _deprecated_arguments(args: tuple, kwargs: dict, num_positions: int | None, settings: QuantizerSettings | None) -> tuple[int, QuantizerSettings]:
+        """``(num_positions, settings)`` from a call with the settings as separate arguments (the old signature),
+        with a FutureWarning that spells the call with ``settings``."""
+        if settings is not None:
+            raise TypeError("pass the quantizer settings either as settings=QuantizerSettings(...) or as separate arguments, not both")
+        if num_positions is not None:
+            kwargs = {**kwargs, "num_positions": num_positions}
+        values = _DEPRECATED_SIGNATURE.bind(*args, **kwargs).arguments  # the old signature's TypeErrors
+        num_positions = values.pop("num_positions")
+        settings = QuantizerSettings(**values)
+        defaults = QuantizerSettings()
+        spelled = ", ".join(f"{f.name}={getattr(settings, f.name)!r}" for f in fields(settings) if f.name in _SIZES or getattr(settings, f.name) != getattr(defaults, f.name))
+        warnings.warn(
+            "passing the quantizer settings to CosineVectorQuantizer as separate arguments is deprecated; use "
+            f"CosineVectorQuantizer(input_dim, num_positions={num_positions}, settings=QuantizerSettings({spelled}))",
+            FutureWarning,
+            stacklevel=3,
+        )
+        return num_positions, settings
+
+    @property
+    def settings(self) -> QuantizerSettings:
+        """The module's settings (its attributes of those names; ``post_norm``: whether it has the LayerNorm)."""
+        values = {f.name: getattr(self, f.name) for f in fields(QuantizerSettings) if f.name != "post_norm"}
+        return QuantizerSettings(**values, post_norm=isinstance(self.post_norm, nn.LayerNorm))
 
     def project(self, features: torch.Tensor) -> torch.Tensor:
         """Encoder outputs ``(B, K, input_dim)`` -> unit-norm code-space vectors ``(B, K, code_dim)``, fp32.

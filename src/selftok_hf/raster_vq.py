@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .quantizer import CosineVectorQuantizer
+from .quantizer import CosineVectorQuantizer, QuantizerSettings
 
 __all__ = ["RasterVQAutoencoder", "train_raster_vq"]
 
@@ -59,7 +59,8 @@ class RasterVQAutoencoder(ModelMixin, ConfigMixin):
         encoder += [nn.GroupNorm(8, width), nn.SiLU(), nn.Conv2d(width, width, 1)]
         self.encoder = nn.Sequential(*encoder)
         self.grid = image_size // downsample
-        self.quantizer = CosineVectorQuantizer(width, codebook_size, code_dim, width, self.grid * self.grid)
+        settings = QuantizerSettings(codebook_size=codebook_size, code_dim=code_dim, token_dim=width)
+        self.quantizer = CosineVectorQuantizer(width, num_positions=self.grid * self.grid, settings=settings)
         decoder: list[nn.Module] = [nn.Conv2d(width, width, 3, padding=1), _ResBlock(width)]
         c = width
         for level in range(levels):
