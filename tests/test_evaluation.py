@@ -12,7 +12,12 @@ import pytest
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
-from selftok_hf.evaluation import evaluate_reconstruction, main
+from selftok_hf.evaluation import (
+    EvaluationMetrics,
+    EvaluationOutputs,
+    evaluate_reconstruction,
+    main,
+)
 from selftok_hf.metrics import (
     LPIPS,
     FIDAccumulator,
@@ -23,6 +28,7 @@ from selftok_hf.metrics import (
     ssim,
 )
 from selftok_hf.quickstart import bundled_images
+from selftok_hf.vae import latents_to_images, latents_to_pixels, to_unit_range
 
 SIZE = 64  # the tiny tokenizer's image size
 SETTINGS = ["decoder_2_steps", "decoder_1_steps", "renderer"]
@@ -171,8 +177,8 @@ def test_api_with_pluggable_fid_extractor_and_dataset_input(steering_pipeline, p
     extractor = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 8, stride=8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     images = [photos[name] for name in sorted(photos)]
     from_list = evaluate_reconstruction(
-        steering_pipeline, images, steps=[1], renderer=True, feature_extractor=extractor, batch_size=3,
-        output_dir=tmp_path, save_images=True, coarse_to_fine_images=0, show_progress=False,
+        steering_pipeline, images, steps=[1], renderer=True, metrics=EvaluationMetrics(feature_extractor=extractor), batch_size=3,
+        outputs=EvaluationOutputs(output_dir=tmp_path, save_images=True, coarse_to_fine_images=0), show_progress=False,
     )  # fmt: skip
     summary = from_list.summary
     assert json.loads((tmp_path / "summary.json").read_text())["settings"] == summary["settings"]
@@ -196,7 +202,7 @@ def test_api_with_pluggable_fid_extractor_and_dataset_input(steering_pipeline, p
     dataset = datasets.Dataset.from_dict({"picture": images}).cast_column("picture", datasets.Image())
     from_dataset = evaluate_reconstruction(
         steering_pipeline, dataset, image_column="picture", steps=[1], renderer=True, batch_size=3,
-        coarse_to_fine_images=0, show_progress=False,
+        outputs=EvaluationOutputs(coarse_to_fine_images=0), show_progress=False,
     )  # fmt: skip
     strip = lambda rows: [{k: v for k, v in r.items() if k != "image"} for r in rows]
     assert strip(from_dataset.rows) == strip(from_list.rows)
@@ -264,6 +270,60 @@ def test_bad_inputs_exit_with_code_2(pipeline_dir, image_dir, tmp_path, capsys, 
         main([replace.get(a, a) for a in argv])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_former_keyword_arguments_are_deprecated_and_give_the_same_results(steering_pipeline, photos, lpips_file, tmp_path):
+    images = [photos[name] for name in sorted(photos)]
+    lpips = LPIPS.from_pretrained(lpips_file)
+    common = dict(steps=[1], renderer=True, batch_size=2, max_images=2, seed=3, show_progress=False)
+    new = evaluate_reconstruction(
+        steering_pipeline, images, **common, metrics=EvaluationMetrics(lpips=lpips, ssim_data_range=1.0),
+        outputs=EvaluationOutputs(output_dir=tmp_path / "new", save_images=True, grid_images=1, coarse_to_fine_images=1, prefix_lengths=[0, 32]),
+    )  # fmt: skip
+    with pytest.warns(FutureWarning, match=r"evaluate_reconstruction\(lpips=..., ssim_data_range=...\) is deprecated; pass metrics=EvaluationMetrics\(lpips=..., ssim_data_range=...\)"):
+        with pytest.warns(FutureWarning, match=r"pass outputs=EvaluationOutputs\(output_dir=..., save_images=..., grid_images=..., coarse_to_fine_images=..., prefix_lengths=...\)"):
+            old = evaluate_reconstruction(
+                steering_pipeline, images, **common, lpips=lpips, ssim_data_range=1.0, output_dir=tmp_path / "old",
+                save_images=True, grid_images=1, coarse_to_fine_images=1, prefix_lengths=[0, 32],
+            )  # fmt: skip
+    assert old.rows == new.rows and old.summary == new.summary
+    assert (tmp_path / "old" / "per_image.csv").read_text() == (tmp_path / "new" / "per_image.csv").read_text()
+    for name in ("reconstructions.png", "coarse_to_fine.png", "images/renderer/000001.png"):
+        assert (tmp_path / "old" / name).read_bytes() == (tmp_path / "new" / name).read_bytes(), name
+    with pytest.raises(TypeError, match="pass lpips inside metrics=EvaluationMetrics"):
+        evaluate_reconstruction(steering_pipeline, images, steps=[1], metrics=EvaluationMetrics(), lpips=lpips)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'lpip'"):
+        evaluate_reconstruction(steering_pipeline, images, steps=[1], lpip=lpips)
+    with pytest.raises(ValueError, match="save_images=True needs an output_dir"):
+        evaluate_reconstruction(steering_pipeline, images, steps=[1], outputs=EvaluationOutputs(save_images=True))
+    with pytest.raises(ValueError, match="ssim_data_range must be 'target' or a number"):
+        evaluate_reconstruction(steering_pipeline, images, steps=[1], metrics=EvaluationMetrics(ssim_data_range="range"))
+
+
+def test_latents_to_images_is_the_pipelines_decode(steering_pipeline):
+    """vae.latents_to_images (what the evaluator's VAE round trip uses) gives the pipeline's images from its latents."""
+    ids = steering_pipeline.encode([bundled_images()[sorted(bundled_images())[0]]])
+    call = lambda output_type: steering_pipeline(ids, num_inference_steps=1, generator=torch.Generator().manual_seed(0), output_type=output_type).images
+    latents = call("latent")
+    cfg = steering_pipeline.image_tokenizer.config
+    images = latents_to_images(steering_pipeline.vae, latents, cfg.vae_scaling_factor, cfg.vae_shift_factor)
+    assert images.shape == (1, 3, SIZE, SIZE) and images.dtype == torch.float32
+    assert torch.equal(images, call("pt"))
+    pixels = latents_to_pixels(steering_pipeline.vae, latents, cfg.vae_scaling_factor, cfg.vae_shift_factor)
+    assert torch.equal(to_unit_range(pixels), images) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(to_unit_range(torch.tensor([-3.0, -1.0, 0.0, 0.5, 2.0])), torch.tensor([0.0, 0.0, 0.5, 0.75, 1.0]))
+
+
+def test_temporary_progress_bar_config_restores_the_settings(steering_pipeline):
+    """What the evaluator hides the pipeline's per-decode bars with: the settings from before come back, also after
+    an error."""
+    before = dict(steering_pipeline._progress_bar_config)
+    with steering_pipeline.temporary_progress_bar_config(desc="x", disable=True) as pipe:
+        assert pipe is steering_pipeline and pipe._progress_bar_config == {"desc": "x", "disable": True}
+    assert steering_pipeline._progress_bar_config == before
+    with pytest.raises(RuntimeError, match="inside"), steering_pipeline.temporary_progress_bar_config(disable=False):
+        raise RuntimeError("inside")
+    assert steering_pipeline._progress_bar_config == before
 
 
 def test_pipeline_without_renderer(pipeline_dir, image_dir, tmp_path, capsys):

@@ -47,8 +47,9 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
@@ -67,12 +68,21 @@ from .metrics import (
 )
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .quickstart import side_by_side
-from .vae import pixels_to_latents
+from .vae import latents_to_images, pixels_to_latents
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DecodeSetting", "EvaluationResult", "decode_settings", "default_prefix_lengths", "evaluate_reconstruction", "main"]
+__all__ = [
+    "DecodeSetting",
+    "EvaluationMetrics",
+    "EvaluationOutputs",
+    "EvaluationResult",
+    "decode_settings",
+    "default_prefix_lengths",
+    "evaluate_reconstruction",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +222,77 @@ def _plot_psnr_vs_steps(summary: dict, settings: list[DecodeSetting], path: Path
     figure.savefig(path)
 
 
+# ------------------------------------------------------------------------------------------------ options
+@dataclass(frozen=True)
+class EvaluationMetrics:
+    """The optional metrics of :func:`evaluate_reconstruction` (PSNR and SSIM are always computed).
+
+    Attributes:
+        lpips: an [`LPIPS`] with loaded weights, or None to skip LPIPS.
+        feature_extractor: ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` for rFID (e.g. an
+            [`InceptionFeatureExtractor`] with the pytorch-fid weights), or None to skip rFID.
+        ssim_data_range: ``"target"`` (max - min of each reference image, Selftok) or a fixed number.
+    """
+
+    lpips: LPIPS | None = None
+    feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ssim_data_range: float | str = "target"
+
+
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    """What :func:`evaluate_reconstruction` writes and shows besides the numbers.
+
+    Attributes:
+        output_dir: where to write the CSV, JSON and PNGs; None writes nothing.
+        save_images: also write every reconstruction and reference as a PNG under ``output_dir/images``.
+        grid_images: images (rows) in ``reconstructions.png``.
+        coarse_to_fine_images: images (rows) in ``coarse_to_fine.png`` and the summary's ``coarse_to_fine``
+            entry; 0 skips them (they need a decoder setting).
+        prefix_lengths: AR prefix lengths of ``coarse_to_fine.png`` (default :func:`default_prefix_lengths`).
+    """
+
+    output_dir: str | os.PathLike | None = None
+    save_images: bool = False
+    grid_images: int = 8
+    coarse_to_fine_images: int = 4
+    prefix_lengths: Sequence[int] | None = None
+
+
+#: evaluate_reconstruction's former keyword arguments (deprecated) -> the option group that holds them now.
+_DEPRECATED_KEYWORDS = {
+    **{f.name: ("metrics", EvaluationMetrics) for f in fields(EvaluationMetrics)},
+    **{f.name: ("outputs", EvaluationOutputs) for f in fields(EvaluationOutputs)},
+}
+
+
+def _options_from_deprecated_keywords(
+    metrics: EvaluationMetrics | None, outputs: EvaluationOutputs | None, kwargs: dict[str, Any]
+) -> tuple[EvaluationMetrics | None, EvaluationOutputs | None]:
+    """``(metrics, outputs)`` with the deprecated keyword arguments ``lpips=...``, ``output_dir=...`` etc. moved
+    into them, with a FutureWarning naming the new spelling; TypeError for unknown keywords or mixed spellings."""
+    unknown = [name for name in kwargs if name not in _DEPRECATED_KEYWORDS]
+    if unknown:
+        raise TypeError(f"evaluate_reconstruction() got an unexpected keyword argument {unknown[0]!r}")
+    groups = {"metrics": metrics, "outputs": outputs}
+    for group, given in list(groups.items()):
+        names = [name for name, (owner, _) in _DEPRECATED_KEYWORDS.items() if owner == group and name in kwargs]
+        if not names:
+            continue
+        cls = _DEPRECATED_KEYWORDS[names[0]][1]
+        if given is not None:
+            raise TypeError(f"evaluate_reconstruction(): pass {', '.join(names)} inside {group}={cls.__name__}(...), not next to it")
+        spelled = ", ".join(f"{name}=..." for name in names)
+        warnings.warn(
+            f"evaluate_reconstruction({spelled}) is deprecated; pass {group}={cls.__name__}({spelled}) instead",
+            FutureWarning,
+            stacklevel=3,
+        )
+        groups[group] = cls(**{name: kwargs[name] for name in names})
+    return groups["metrics"], groups["outputs"]
+
+
 # --------------------------------------------------------------------------------------------- evaluate
-@torch.no_grad()
 def evaluate_reconstruction(
     pipe: SelftokDecoderPipeline,
     images: ImageInput,
@@ -225,15 +304,10 @@ def evaluate_reconstruction(
     batch_size: int = 8,
     max_images: int | None = None,
     image_column: str = "image",
-    lpips: LPIPS | None = None,
-    feature_extractor: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ssim_data_range: float | str = "target",
-    output_dir: str | os.PathLike | None = None,
-    save_images: bool = False,
-    grid_images: int = 8,
-    coarse_to_fine_images: int = 4,
-    prefix_lengths: Sequence[int] | None = None,
+    metrics: EvaluationMetrics | None = None,
+    outputs: EvaluationOutputs | None = None,
     show_progress: bool = True,
+    **deprecated_kwargs: Any,
 ) -> EvaluationResult:
     """Encode, decode and score images with a Selftok pipeline; see the module docstring for the conventions.
 
@@ -247,21 +321,89 @@ def evaluate_reconstruction(
         seed: image ``i`` is decoded from the noise of ``torch.Generator().manual_seed(seed + i)``.
         batch_size: images per batch (also the batch of ``psnr_batch_mse``).
         max_images: evaluate only the first images.
-        lpips: an [`LPIPS`] with loaded weights, or None to skip LPIPS.
-        feature_extractor: ``(B, 3, H, W)`` in [0, 1] -> ``(B, D)`` for rFID (e.g. an
-            [`InceptionFeatureExtractor`] with the pytorch-fid weights), or None to skip rFID.
-        ssim_data_range: ``"target"`` (max - min of each reference image, Selftok) or a fixed number.
-        output_dir: where to write the CSV, JSON and PNGs; None writes nothing.
-        save_images: also write every reconstruction and reference as a PNG under ``output_dir/images``.
-        grid_images: images (rows) in ``reconstructions.png``.
-        coarse_to_fine_images: images (rows) in ``coarse_to_fine.png``; 0 skips it (it needs a decoder setting).
-        prefix_lengths: AR prefix lengths of ``coarse_to_fine.png`` (default :func:`default_prefix_lengths`).
+        image_column: the dataset column with the images.
+        metrics: an [`EvaluationMetrics`]: LPIPS, the rFID feature extractor, SSIM's data range (default: neither
+            LPIPS nor rFID, Selftok's SSIM range).
+        outputs: an [`EvaluationOutputs`]: the output folder, saved PNGs, image grids and the coarse-to-fine strip
+            (default: nothing written; 8 grid rows and 4 coarse-to-fine rows in the summary).
         show_progress: show a progress bar over images.
+
+    The former keyword arguments ``lpips``, ``feature_extractor``, ``ssim_data_range`` (now in ``metrics``) and
+    ``output_dir``, ``save_images``, ``grid_images``, ``coarse_to_fine_images``, ``prefix_lengths`` (now in
+    ``outputs``) still work, with a FutureWarning.
+
     Returns:
         an [`EvaluationResult`].
     """
+    if deprecated_kwargs:
+        metrics, outputs = _options_from_deprecated_keywords(metrics, outputs, deprecated_kwargs)
+    metrics = EvaluationMetrics() if metrics is None else metrics
+    outputs = EvaluationOutputs() if outputs is None else outputs
     settings = decode_settings(steps, renderer)
-    if renderer and pipe.renderer is None:
+    prefix_lengths = _check_arguments(pipe, settings, guidance_scale, batch_size, max_images, metrics, outputs)
+
+    names, load_image = _image_source(images, image_column)
+    names = names[:max_images]
+    if not names:
+        raise ValueError("no images to evaluate")
+    out_dir = _prepare_output_dir(outputs, settings)
+
+    device = pipe._execution_device
+    decoder_settings = [s for s in settings if not s.use_renderer]
+    accumulator = _MetricAccumulator(settings, metrics, device)
+    grid_rows: list[list[torch.Tensor]] = []
+    coarse_inputs: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (index, token ids, VAE round trip)
+    rows: list[dict] = []
+    coarse_to_fine, coarse_rows = None, []
+    # The pipeline's own bars (one per decode) are hidden: the evaluation shows one over images.
+    with torch.no_grad(), pipe.temporary_progress_bar_config(disable=True):
+        progress = tqdm(total=len(names), desc="selftok-eval", unit="img", disable=not show_progress)
+        for start in range(0, len(names), batch_size):
+            indices = list(range(start, min(start + batch_size, len(names))))
+            token_ids, references = _encode_batch(pipe, [load_image(i) for i in indices], device)
+            accumulator.score("vae_round_trip", references["vae"], {"original": references["original"]})
+            decoded = {"original": references["original"], "vae_round_trip": references["vae"]}
+            batch_scores = {}
+            for setting in settings:
+                decoded[setting.name] = _decode(pipe, token_ids, setting, guidance_scale, _noise_generators(seed, indices))
+                batch_scores[setting.name] = accumulator.score(setting.name, decoded[setting.name], references)
+            rows += _per_image_rows(indices, names, settings, batch_scores)
+            for offset, index in enumerate(indices):
+                if index < outputs.grid_images:
+                    grid_rows.append([decoded[name][offset].cpu() for name in ("original", "vae_round_trip", *(s.name for s in settings))])
+                if index < outputs.coarse_to_fine_images and decoder_settings:
+                    coarse_inputs.append((index, token_ids[offset], decoded["vae_round_trip"][offset]))
+                if outputs.save_images:
+                    for folder, batch_images in decoded.items():
+                        _png(batch_images[offset]).save(out_dir / "images" / folder / f"{index:06d}.png")
+            accumulator.add_fid_features({"original": references["original"], "vae": references["vae"], **{s.name: decoded[s.name] for s in settings}})
+            progress.update(len(indices))
+        progress.close()
+        if coarse_inputs:
+            setting = max(decoder_settings, key=lambda s: s.num_inference_steps)
+            coarse_to_fine, coarse_rows = _coarse_to_fine(pipe, coarse_inputs, prefix_lengths, setting, guidance_scale, seed)
+
+    summary = _summary(accumulator, settings, num_images=len(names), config=pipe.image_tokenizer.config, seed=seed, guidance_scale=guidance_scale, batch_size=batch_size, metrics=metrics)
+    if coarse_to_fine is not None:
+        summary["coarse_to_fine"] = coarse_to_fine
+    summary["reconstructions_grid_columns"] = ["original", "VAE round trip"] + [s.name for s in settings]
+    if out_dir is not None:
+        _write_outputs(out_dir, summary, rows, settings, {"reconstructions.png": grid_rows, "coarse_to_fine.png": coarse_rows})
+    return EvaluationResult(summary=summary, rows=rows)
+
+
+def _check_arguments(
+    pipe: SelftokDecoderPipeline,
+    settings: list[DecodeSetting],
+    guidance_scale: float,
+    batch_size: int,
+    max_images: int | None,
+    metrics: EvaluationMetrics,
+    outputs: EvaluationOutputs,
+) -> list[int]:
+    """ValueError for a bad argument of :func:`evaluate_reconstruction`; returns the coarse-to-fine prefix lengths
+    (``outputs.prefix_lengths`` or their default for the tokenizer's K), each in ``[0, K]``."""
+    if any(s.use_renderer for s in settings) and pipe.renderer is None:
         raise ValueError("renderer=True but the pipeline has no renderer component")
     if guidance_scale < 1:
         raise ValueError(f"guidance_scale must be >= 1, got {guidance_scale}")
@@ -269,152 +411,198 @@ def evaluate_reconstruction(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if max_images is not None and max_images < 1:
         raise ValueError(f"max_images must be >= 1 (or None for all), got {max_images}")
-    if grid_images < 0 or coarse_to_fine_images < 0:
-        raise ValueError(f"grid_images and coarse_to_fine_images must be >= 0, got {grid_images} and {coarse_to_fine_images}")
-    if save_images and output_dir is None:
+    if outputs.grid_images < 0 or outputs.coarse_to_fine_images < 0:
+        raise ValueError(
+            f"grid_images and coarse_to_fine_images must be >= 0, got {outputs.grid_images} and {outputs.coarse_to_fine_images}"
+        )
+    if outputs.save_images and outputs.output_dir is None:
         raise ValueError("save_images=True needs an output_dir")
-    if isinstance(ssim_data_range, str) and ssim_data_range != "target":
-        raise ValueError(f"ssim_data_range must be 'target' or a number, got {ssim_data_range!r}")
+    if isinstance(metrics.ssim_data_range, str) and metrics.ssim_data_range != "target":
+        raise ValueError(f"ssim_data_range must be 'target' or a number, got {metrics.ssim_data_range!r}")
     num_tokens = pipe.image_tokenizer.config.num_tokens
-    prefix_lengths = default_prefix_lengths(num_tokens) if prefix_lengths is None else list(prefix_lengths)
+    prefix_lengths = default_prefix_lengths(num_tokens) if outputs.prefix_lengths is None else list(outputs.prefix_lengths)
     if any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= num_tokens for p in prefix_lengths) or not prefix_lengths:
         raise ValueError(f"prefix_lengths must be integers in [0, {num_tokens}], got {prefix_lengths}")
+    return prefix_lengths
 
-    names, load_image = _image_source(images, image_column)
-    names = names[:max_images]
-    if not names:
-        raise ValueError("no images to evaluate")
-    out_dir = None if output_dir is None else Path(output_dir)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if save_images:
-            for folder in ("original", "vae_round_trip", *(s.name for s in settings)):
-                (out_dir / "images" / folder).mkdir(parents=True, exist_ok=True)
 
+def _prepare_output_dir(outputs: EvaluationOutputs, settings: list[DecodeSetting]) -> Path | None:
+    """Create ``outputs.output_dir`` (and, with ``save_images``, its ``images/<folder>`` folders); None without one."""
+    if outputs.output_dir is None:
+        return None
+    out_dir = Path(outputs.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if outputs.save_images:
+        for folder in ("original", "vae_round_trip", *(s.name for s in settings)):
+            (out_dir / "images" / folder).mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _noise_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image: image ``i`` starts from the noise of ``manual_seed(seed + i)``, whatever the batch."""
+    return [torch.Generator().manual_seed(seed + i) for i in indices]
+
+
+def _encode_batch(pipe: SelftokDecoderPipeline, images: list[PIL.Image.Image], device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``B`` RGB images -> ``(token_ids, references)``: AR-order ids ``(B, K)`` and the 8-bit references
+    ``{"original": processor crop, "vae": VAE round trip}``, each ``(B, 3, H, W)`` float32 in [0, 1]."""
     cfg = pipe.image_tokenizer.config
-    device = pipe._execution_device
-    decoder_settings = [s for s in settings if not s.use_renderer]
-    # Per (setting or "vae_round_trip") and reference: per-image metric lists, and batch-MSE PSNR sums.
-    compared = [s.name for s in settings] + ["vae_round_trip"]
-    per_image: dict[str, dict[str, dict[str, list[float]]]] = {c: {r: {} for r in REFERENCES} for c in compared}
-    batch_psnr_sums = {c: dict.fromkeys(REFERENCES, 0.0) for c in compared}
-    fid = None
-    if feature_extractor is not None:
-        fid = {name: FIDAccumulator(feature_extractor) for name in ("original", "vae", *(s.name for s in settings))}
-    grid_rows: list[list[torch.Tensor]] = []
-    coarse_inputs: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (index, token ids, VAE round trip)
-    rows: list[dict] = []
+    pixel_values = pipe.image_processor(images, return_tensors="pt").pixel_values.to(device)
+    latents = pixels_to_latents(pipe.vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor)
+    token_ids = pipe.image_tokenizer.encode(latents=latents.to(pipe.image_tokenizer.dtype)).token_ids
+    references = {
+        "original": _to_8bit((pixel_values.float() + 1) / 2),
+        "vae": _to_8bit(latents_to_images(pipe.vae, latents, cfg.vae_scaling_factor, cfg.vae_shift_factor)),
+    }
+    return token_ids, references
 
-    def noise_generators(indices):
-        return [torch.Generator().manual_seed(seed + i) for i in indices]
 
-    def score(name: str, recon: torch.Tensor, references: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+def _decode(
+    pipe: SelftokDecoderPipeline,
+    token_ids: torch.Tensor,
+    setting: DecodeSetting,
+    guidance_scale: float,
+    generators: list[torch.Generator],
+    prefix_length: int | None = None,
+) -> torch.Tensor:
+    """Token ids ``(B, K)`` -> 8-bit reconstructions ``(B, 3, H, W)`` (float32 in [0, 1]) with one decode setting:
+    the renderer, or the decoder from the given per-image noise (with ``prefix_length``: from the first tokens only)."""
+    if setting.use_renderer:
+        decoded = pipe(token_ids, use_renderer=True, output_type="pt").images
+    else:
+        decoded = pipe(
+            token_ids,
+            num_inference_steps=setting.num_inference_steps,
+            guidance_scale=guidance_scale,
+            generator=generators,
+            output_type="pt",
+            prefix_length=prefix_length,
+        ).images
+    return _to_8bit(decoded)
+
+
+def _per_image_rows(
+    indices: list[int], names: list[str], settings: list[DecodeSetting], batch_scores: dict[str, dict[str, dict[str, torch.Tensor]]]
+) -> list[dict]:
+    """``per_image.csv`` rows of one batch: per image (in order), one row per setting with its metrics against
+    each reference; ``batch_scores[setting][reference][metric]`` is a ``(B,)`` tensor."""
+    rows = []
+    for offset, index in enumerate(indices):
+        for setting in settings:
+            row = {"image_index": index, "image": names[index], "setting": setting.name, "num_inference_steps": setting.num_inference_steps or ""}
+            for reference in REFERENCES:
+                for metric, values in batch_scores[setting.name][reference].items():
+                    row[f"{metric}_{reference}"] = values[offset].item()
+            rows.append(row)
+    return rows
+
+
+class _MetricAccumulator:
+    """Metrics of every compared image set (each decode setting's reconstructions, and ``vae_round_trip``) against
+    the references (``original``, ``vae``), batch by batch: per-image PSNR / SSIM / LPIPS, the batch-MSE PSNR
+    (summed weighted by batch size) and, with a feature extractor, the rFID feature statistics."""
+
+    def __init__(self, settings: list[DecodeSetting], metrics: EvaluationMetrics, device: torch.device) -> None:
+        self.metrics, self.device = metrics, device
+        compared = [s.name for s in settings] + ["vae_round_trip"]
+        self.per_image: dict[str, dict[str, dict[str, list[float]]]] = {c: {r: {} for r in REFERENCES} for c in compared}
+        self.batch_psnr_sums = {c: dict.fromkeys(REFERENCES, 0.0) for c in compared}
+        self.fid = None
+        if metrics.feature_extractor is not None:
+            self.fid = {name: FIDAccumulator(metrics.feature_extractor) for name in ("original", "vae", *(s.name for s in settings))}
+
+    def score(self, name: str, recon: torch.Tensor, references: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """Score the reconstructions ``(B, 3, H, W)`` of set ``name`` against each reference (same shape), all in
+        [0, 1]; record them and return ``{reference: {metric: (B,) tensor}}``."""
         scores = {}
         for reference, target in references.items():
             mse = mean_squared_error(recon, target)
-            values = {"psnr": psnr_from_mse(mse), "ssim": ssim(recon, target, data_range=ssim_data_range)}
-            if lpips is not None:
-                lpips_device = _module_device(lpips, device)
-                values["lpips"] = lpips(recon.to(lpips_device), target.to(lpips_device), normalize=True).double()
+            values = {"psnr": psnr_from_mse(mse), "ssim": ssim(recon, target, data_range=self.metrics.ssim_data_range)}
+            if self.metrics.lpips is not None:
+                lpips_device = _module_device(self.metrics.lpips, self.device)
+                values["lpips"] = self.metrics.lpips(recon.to(lpips_device), target.to(lpips_device), normalize=True).double()
             for metric, tensor in values.items():
-                per_image[name][reference].setdefault(metric, []).extend(tensor.tolist())
-            batch_psnr_sums[name][reference] += psnr_from_mse(mse.mean()).item() * recon.shape[0]
+                self.per_image[name][reference].setdefault(metric, []).extend(tensor.tolist())
+            self.batch_psnr_sums[name][reference] += psnr_from_mse(mse.mean()).item() * recon.shape[0]
             scores[reference] = values
         return scores
 
-    saved_progress_config = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(disable=True)
-    try:
-        progress = tqdm(total=len(names), desc="selftok-eval", unit="img", disable=not show_progress)
-        for start in range(0, len(names), batch_size):
-            indices = list(range(start, min(start + batch_size, len(names))))
-            pixel_values = pipe.image_processor([load_image(i) for i in indices], return_tensors="pt").pixel_values.to(device)
-            latents = pixels_to_latents(pipe.vae, pixel_values, cfg.vae_scaling_factor, cfg.vae_shift_factor)
-            token_ids = pipe.image_tokenizer.encode(latents=latents.to(pipe.image_tokenizer.dtype)).token_ids
-            references = {"original": _to_8bit((pixel_values.float() + 1) / 2), "vae": _to_8bit(pipe._to_images(latents))}
-            score("vae_round_trip", references["vae"], {"original": references["original"]})
-            outputs = {"original": references["original"], "vae_round_trip": references["vae"]}
-            batch_scores = {}
-            for setting in settings:
-                if setting.use_renderer:
-                    decoded = pipe(token_ids, use_renderer=True, output_type="pt").images
-                else:
-                    decoded = pipe(
-                        token_ids,
-                        num_inference_steps=setting.num_inference_steps,
-                        guidance_scale=guidance_scale,
-                        generator=noise_generators(indices),
-                        output_type="pt",
-                    ).images
-                outputs[setting.name] = _to_8bit(decoded)
-                batch_scores[setting.name] = score(setting.name, outputs[setting.name], references)
+    def add_fid_features(self, images: dict[str, torch.Tensor]) -> None:
+        """Add a batch ``(B, 3, H, W)`` in [0, 1] of each image set (``original``, ``vae``, each setting) to its rFID
+        statistics; nothing without a feature extractor."""
+        if self.fid is None:
+            return
+        device = _module_device(self.metrics.feature_extractor, self.device)
+        for name, batch_images in images.items():
+            self.fid[name].update(batch_images.to(device))
 
-            for offset, index in enumerate(indices):
-                for setting in settings:
-                    row = {"image_index": index, "image": names[index], "setting": setting.name, "num_inference_steps": setting.num_inference_steps or ""}
-                    for reference in REFERENCES:
-                        for metric, values in batch_scores[setting.name][reference].items():
-                            row[f"{metric}_{reference}"] = values[offset].item()
-                    rows.append(row)
-                if index < grid_images:
-                    grid_rows.append([outputs[name][offset].cpu() for name in ("original", "vae_round_trip", *(s.name for s in settings))])
-                if index < coarse_to_fine_images and decoder_settings:
-                    coarse_inputs.append((index, token_ids[offset], outputs["vae_round_trip"][offset]))
-                if save_images:
-                    for folder, batch_images in outputs.items():
-                        _png(batch_images[offset]).save(out_dir / "images" / folder / f"{index:06d}.png")
-            if fid is not None:
-                for name, batch_images in (("original", references["original"]), ("vae", references["vae"]), *((s.name, outputs[s.name]) for s in settings)):
-                    fid[name].update(batch_images.to(_module_device(feature_extractor, device)))
-            progress.update(len(indices))
-        progress.close()
-
-        coarse_to_fine, coarse_rows = None, []
-        if coarse_inputs:
-            coarse_steps = max(s.num_inference_steps for s in decoder_settings)
-            indices = [i for i, _, _ in coarse_inputs]
-            ids = torch.stack([t for _, t, _ in coarse_inputs])
-            vae_images = torch.stack([v for _, _, v in coarse_inputs])
-            columns, psnr_by_prefix = [], []
-            for prefix in prefix_lengths:
-                decoded = _to_8bit(
-                    pipe(
-                        ids,
-                        num_inference_steps=coarse_steps,
-                        guidance_scale=guidance_scale,
-                        generator=noise_generators(indices),
-                        output_type="pt",
-                        prefix_length=prefix,
-                    ).images
-                )
-                columns.append(decoded.cpu())
-                psnr_by_prefix.append(psnr_from_mse(mean_squared_error(decoded, vae_images)).mean().item())
-            coarse_rows = [[column[r] for column in columns] + [vae_images[r].cpu()] for r in range(len(indices))]
-            coarse_to_fine = {
-                "num_inference_steps": coarse_steps,
-                "prefix_lengths": prefix_lengths,
-                "image_indices": indices,
-                "psnr_vae": psnr_by_prefix,
-                "columns": [f"first {p} tokens" for p in prefix_lengths] + ["VAE round trip"],
-            }
-    finally:
-        pipe.set_progress_bar_config(**saved_progress_config)
-
-    # ------------------------------------------------------------------------------------------ summary
-    num_images = len(names)
-
-    def summarize(name: str, references: Sequence[str]) -> dict:
+    def summarize(self, name: str, references: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{reference: {metric: mean over images, "psnr_batch_mse": batch-size-weighted mean}}`` of set ``name``."""
         result = {}
         for reference in references:
-            metrics = {metric: sum(values) / len(values) for metric, values in per_image[name][reference].items()}
-            metrics["psnr_batch_mse"] = batch_psnr_sums[name][reference] / num_images
+            metrics = {metric: sum(values) / len(values) for metric, values in self.per_image[name][reference].items()}
+            metrics["psnr_batch_mse"] = self.batch_psnr_sums[name][reference] / len(self.per_image[name][reference]["psnr"])
             result[reference] = metrics
         return result
 
+    def rfid(self, name: str, reference: str) -> float:
+        """Fréchet distance of the features of image set ``name`` to those of ``reference`` (``original``, ``vae``)."""
+        return self.fid[name].frechet_distance(self.fid[reference])
+
+
+def _coarse_to_fine(
+    pipe: SelftokDecoderPipeline,
+    inputs: list[tuple[int, torch.Tensor, torch.Tensor]],
+    prefix_lengths: list[int],
+    setting: DecodeSetting,
+    guidance_scale: float,
+    seed: int,
+) -> tuple[dict, list[list[torch.Tensor]]]:
+    """Decodes from AR token prefixes of growing length, with the decoder setting ``setting``.
+
+    Args:
+        inputs: per image, ``(image index, token ids (K,), VAE round trip (3, H, W))``.
+    Returns:
+        ``(entry, grid_rows)``: the summary's ``coarse_to_fine`` entry (per prefix, the mean PSNR against the VAE
+        round trip) and, per image, its row of ``(3, H, W)`` images: one per prefix, then the VAE round trip.
+    """
+    indices = [i for i, _, _ in inputs]
+    ids = torch.stack([t for _, t, _ in inputs])
+    vae_images = torch.stack([v for _, _, v in inputs])
+    columns, psnr_by_prefix = [], []
+    for prefix in prefix_lengths:
+        decoded = _decode(pipe, ids, setting, guidance_scale, _noise_generators(seed, indices), prefix_length=prefix)
+        columns.append(decoded.cpu())
+        psnr_by_prefix.append(psnr_from_mse(mean_squared_error(decoded, vae_images)).mean().item())
+    grid_rows = [[column[r] for column in columns] + [vae_images[r].cpu()] for r in range(len(indices))]
+    entry = {
+        "num_inference_steps": setting.num_inference_steps,
+        "prefix_lengths": prefix_lengths,
+        "image_indices": indices,
+        "psnr_vae": psnr_by_prefix,
+        "columns": [f"first {p} tokens" for p in prefix_lengths] + ["VAE round trip"],
+    }
+    return entry, grid_rows
+
+
+def _summary(
+    accumulator: _MetricAccumulator,
+    settings: list[DecodeSetting],
+    *,
+    num_images: int,
+    config: Any,
+    seed: int,
+    guidance_scale: float,
+    batch_size: int,
+    metrics: EvaluationMetrics,
+) -> dict[str, Any]:
+    """What ``summary.json`` holds (before the coarse-to-fine entry and the file list): the run's settings and
+    conventions, the VAE round trip against the original and, per setting and reference, the mean metrics."""
+    ssim_data_range = metrics.ssim_data_range
     summary: dict[str, Any] = {
         "num_images": num_images,
-        "image_size": cfg.image_size,
-        "num_tokens": num_tokens,
+        "image_size": config.image_size,
+        "num_tokens": config.num_tokens,
         "seed": seed,
         "guidance_scale": guidance_scale,
         "batch_size": batch_size,
@@ -427,34 +615,28 @@ def evaluate_reconstruction(
             "psnr_batch_mse": f"PSNR of each batch's mean MSE (batch size {batch_size}), averaged weighted by batch size",
             "ssim": "skimage structural_similarity, 7x7 uniform window, channel_axis=0, data_range "
             + ("max-min of each reference image" if ssim_data_range == "target" else str(ssim_data_range)),
-            "lpips": "LPIPS v0.1 AlexNet on [-1, 1]" if lpips is not None else "not computed (no LPIPS weights)",
+            "lpips": "LPIPS v0.1 AlexNet on [-1, 1]" if metrics.lpips is not None else "not computed (no LPIPS weights)",
             "rfid": "Frechet distance of the feature extractor's features (pytorch-fid Inception pool3 with its weights)"
-            if fid is not None
+            if accumulator.fid is not None
             else "not computed (no Inception weights / feature extractor)",
         },
         "settings": {},
-        "vae_round_trip": summarize("vae_round_trip", ["original"]),
+        "vae_round_trip": accumulator.summarize("vae_round_trip", ["original"]),
     }
     for setting in settings:
         entry = {"num_inference_steps": setting.num_inference_steps, "use_renderer": setting.use_renderer}
-        entry.update(summarize(setting.name, REFERENCES))
+        entry.update(accumulator.summarize(setting.name, REFERENCES))
         summary["settings"][setting.name] = entry
-    if fid is not None:
+    if accumulator.fid is not None:
         if num_images < 2:
             logger.warning("rFID needs at least 2 images; skipped")
             summary["conventions"]["rfid"] = "not computed (fewer than 2 images)"
         else:
-            summary["vae_round_trip"]["original"]["rfid"] = fid["vae"].frechet_distance(fid["original"])
+            summary["vae_round_trip"]["original"]["rfid"] = accumulator.rfid("vae", "original")
             for setting in settings:
                 for reference in REFERENCES:
-                    summary["settings"][setting.name][reference]["rfid"] = fid[setting.name].frechet_distance(fid[reference])
-    if coarse_to_fine is not None:
-        summary["coarse_to_fine"] = coarse_to_fine
-    summary["reconstructions_grid_columns"] = ["original", "VAE round trip"] + [s.name for s in settings]
-
-    if out_dir is not None:
-        _write_outputs(out_dir, summary, rows, settings, {"reconstructions.png": grid_rows, "coarse_to_fine.png": coarse_rows})
-    return EvaluationResult(summary=summary, rows=rows)
+                    summary["settings"][setting.name][reference]["rfid"] = accumulator.rfid(setting.name, reference)
+    return summary
 
 
 def _write_outputs(out_dir: Path, summary: dict, rows: list[dict], settings: list[DecodeSetting], grids: dict[str, list[list[torch.Tensor]]]) -> None:
@@ -597,14 +779,14 @@ def main(argv: list[str] | None = None, prog: str = "selftok-eval") -> int:
         batch_size=args.batch_size,
         max_images=args.max_images,
         image_column=args.image_column,
-        lpips=lpips,
-        feature_extractor=inception,
-        ssim_data_range=args.ssim_data_range,
-        output_dir=args.output_dir,
-        save_images=args.save_images,
-        grid_images=args.grid_images,
-        coarse_to_fine_images=args.coarse_to_fine_images,
-        prefix_lengths=args.prefix_lengths,
+        metrics=EvaluationMetrics(lpips=lpips, feature_extractor=inception, ssim_data_range=args.ssim_data_range),
+        outputs=EvaluationOutputs(
+            output_dir=args.output_dir,
+            save_images=args.save_images,
+            grid_images=args.grid_images,
+            coarse_to_fine_images=args.coarse_to_fine_images,
+            prefix_lengths=args.prefix_lengths,
+        ),
         show_progress=not args.no_progress,
     )
     summary = result.summary

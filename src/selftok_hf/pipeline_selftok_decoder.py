@@ -13,6 +13,7 @@ stream at all (the decoder's ``unconditional_rows``). Everything the loop needs 
 no host syncs per step.
 """
 
+import contextlib
 import copy
 import json
 import math
@@ -46,7 +47,7 @@ from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokM
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .pixel_space import PixelSpaceAutoencoder
 from .token_schedule import to_code_order
-from .vae import pixels_to_latents
+from .vae import latents_to_images, latents_to_pixels, pixels_to_latents, to_unit_range
 
 __all__ = ["PerCallState", "SelftokDecoderPipeline", "sampler_sigmas"]
 
@@ -300,17 +301,26 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
 
     def _to_images(self, latents: torch.Tensor) -> torch.Tensor:
         """SD3-normalised latents -> images in [0, 1] (official: clamp to [-1, 1], then rescale)."""
-        return self._to_unit_range(self._decode_latents(latents))
+        cfg = self.image_tokenizer.config
+        return latents_to_images(self.vae, latents, cfg.vae_scaling_factor, cfg.vae_shift_factor)
 
     def _decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """SD3-normalised latents -> the VAE's float images (about [-1, 1], not clamped)."""
         cfg = self.image_tokenizer.config
-        z = latents / cfg.vae_scaling_factor + cfg.vae_shift_factor
-        return self.vae.decode(z.to(self.vae.dtype), return_dict=False)[0].float()
+        return latents_to_pixels(self.vae, latents, cfg.vae_scaling_factor, cfg.vae_shift_factor)
 
-    @staticmethod
-    def _to_unit_range(images: torch.Tensor) -> torch.Tensor:
-        return (images.clamp(-1, 1) + 1) / 2
+    _to_unit_range = staticmethod(to_unit_range)
+
+    @contextlib.contextmanager
+    def temporary_progress_bar_config(self, **kwargs):
+        """``set_progress_bar_config(**kwargs)`` for the ``with`` block only; the settings from before are restored
+        after it. ``with pipe.temporary_progress_bar_config(disable=True): ...`` hides the bars of a loop of calls."""
+        saved = dict(getattr(self, "_progress_bar_config", {}))
+        self.set_progress_bar_config(**kwargs)
+        try:
+            yield self
+        finally:
+            self.set_progress_bar_config(**saved)
 
     def check_inputs(
         self,

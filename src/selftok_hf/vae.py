@@ -14,7 +14,16 @@ import warnings
 import torch
 from diffusers import AutoencoderKL
 
-__all__ = ["SD3_VAE_CONFIG", "TINY_VAE_CONFIG", "random_sd3_vae", "RandomWeightsWarning", "pixels_to_latents"]
+__all__ = [
+    "SD3_VAE_CONFIG",
+    "TINY_VAE_CONFIG",
+    "random_sd3_vae",
+    "RandomWeightsWarning",
+    "pixels_to_latents",
+    "latents_to_pixels",
+    "latents_to_images",
+    "to_unit_range",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,3 +81,22 @@ def pixels_to_latents(vae: AutoencoderKL, pixel_values: torch.Tensor, scaling_fa
     """
     z = vae.encode(pixel_values.to(device=vae.device, dtype=vae.dtype)).latent_dist.mode()
     return (z.float() - shift_factor) * scaling_factor
+
+
+def latents_to_pixels(vae: AutoencoderKL, latents: torch.Tensor, scaling_factor: float, shift_factor: float) -> torch.Tensor:
+    """SD3-normalised latents ``(B, C, h, w)`` -> the VAE's float32 images ``(B, 3, H, W)``, about [-1, 1] and not
+    clamped (the inverse of :func:`pixels_to_latents`: ``z = latents / scale + shift``, decoded in the VAE's dtype).
+    Runs under the caller's grad mode, as the pipeline's decode does."""
+    z = latents / scaling_factor + shift_factor
+    return vae.decode(z.to(vae.dtype), return_dict=False)[0].float()
+
+
+def to_unit_range(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Images about [-1, 1] ``(B, 3, H, W)`` -> [0, 1]: clamped to [-1, 1], then rescaled (the official post-processing)."""
+    return (pixel_values.clamp(-1, 1) + 1) / 2
+
+
+def latents_to_images(vae: AutoencoderKL, latents: torch.Tensor, scaling_factor: float, shift_factor: float) -> torch.Tensor:
+    """SD3-normalised latents ``(B, C, h, w)`` -> float32 images in [0, 1] ``(B, 3, H, W)``: :func:`latents_to_pixels`,
+    then :func:`to_unit_range` (what ``SelftokDecoderPipeline`` does to its latents)."""
+    return to_unit_range(latents_to_pixels(vae, latents, scaling_factor, shift_factor))
