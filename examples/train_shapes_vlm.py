@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--sft-steps", type=int, default=3000)
     parser.add_argument("--sft-batch-size", type=int, default=32)
     parser.add_argument("--sft-lr", type=float, default=1e-3)
+    parser.add_argument("--sft-decay-steps", type=int, default=0, help="cosine LR decay over the last N SFT steps (0: constant)")
     parser.add_argument("--lm-hidden-size", type=int, default=256)
     parser.add_argument("--lm-layers", type=int, default=4)
     parser.add_argument("--rl-steps", type=int, default=300)
@@ -255,6 +256,7 @@ def main() -> None:
             write_sft_pairs(pairs, pipe, world, split, args.sft_pairs)
         sft_args = SFTArguments(
             output_dir=str(out / "sft"), max_steps=args.sft_steps, batch_size=args.sft_batch_size, learning_rate=args.sft_lr,
+            decay_steps=args.sft_decay_steps,
             warmup_steps=min(100, args.sft_steps), task_mix="t2i=0.5,i2t=0.5", answer_column="answer", question=QUESTION,
             caption_dropout=0.1, log_every=max(min(50, args.sft_steps // 4), 1), checkpoint_every=max(args.sft_steps // 6, 1),
             ema_decay=0.0 if tiny else 0.999, seed=args.seed, resume_from=args.resume_from,
