@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
-from selftok_hf.atomic import is_non_empty_folder
 from selftok_hf.convert_selftok_checkpoint import convert_official_checkpoint
 from selftok_hf.metrics import psnr
 from selftok_hf.quickstart import bundled_images
+from selftok_hf.utils.atomic import is_non_empty_folder
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_reference"
 

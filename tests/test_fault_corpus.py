@@ -814,11 +814,11 @@ def test_other_checkpoint_write_errors_are_not_called_a_full_disk(image_dir, tmp
 
 
 def test_a_failed_single_file_write_keeps_the_previous_file(tmp_path):
-    """selftok_hf.atomic.atomic_write (the checkpoints' state and ``latest`` pointer, the training log): a write that
+    """selftok_hf.utils.atomic.atomic_write (the checkpoints' state and ``latest`` pointer, the training log): a write that
     fails leaves the previous content and no temporary file; a replaced file keeps its permissions."""
     import os
 
-    from selftok_hf.atomic import atomic_write, atomic_write_text
+    from selftok_hf.utils.atomic import atomic_write, atomic_write_text
 
     target = tmp_path / "latest"
     atomic_write_text(target, "step-00000001")

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_write
+from .utils.atomic import atomic_write
 
 __all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_token_ids", "write_token_ids"]
 

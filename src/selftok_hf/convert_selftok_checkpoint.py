@@ -39,10 +39,10 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .atomic import atomic_folder, is_non_empty_folder
 from .configuration_selftok import SelftokConfig
 from .embeddings import sincos_2d
 from .token_schedule import TokenSchedule
+from .utils.atomic import atomic_folder, is_non_empty_folder
 
 __all__ = [
     "load_official_config",
@@ -510,7 +510,7 @@ def convert_official_checkpoint(
     Weights are written as safetensors shards of at most ``max_shard_size`` (``"5GB"``, or bytes), from the
     memory-mapped checkpoint (see the module docstring on memory).
 
-    The folder is written beside ``output_dir`` and renamed into place when complete (:func:`~selftok_hf.atomic.atomic_folder`):
+    The folder is written beside ``output_dir`` and renamed into place when complete (:func:`~selftok_hf.utils.atomic.atomic_folder`):
     a conversion that fails leaves no folder, or the previous one intact. A non-empty ``output_dir`` raises
     ``FileExistsError`` before any work unless ``overwrite``, which replaces it whole (no stale files of the old
     conversion are kept).

@@ -17,7 +17,7 @@ or from Python, :func:`tokenize_dataset` (the "extract codes" step of LlamaGen /
   ``datasets.distributed.split_dataset_by_node`` and each process writes its own chunks in order; the merged
   dataset then lists process 0's rows, then process 1's, ... (the rows of 1 process, in another order).
 - **Resume.** Finished chunks are ``save_to_disk`` folders in ``OUTPUT_DIR.chunks/`` renamed into place when
-  complete (:func:`~selftok_hf.atomic.atomic_folder`), so a killed run leaves only whole chunks. Run the same command
+  complete (:func:`~selftok_hf.utils.atomic.atomic_folder`), so a killed run leaves only whole chunks. Run the same command
   again: finished chunks are not encoded again (a streaming process restarts from the iteration state saved with its
   last chunk, so a stream resumes with the same number of processes); the options, the tokenizer and the input are checked against ``OUTPUT_DIR.chunks/manifest.json`` first.
 - **Merge.** When every process is done, the main process concatenates the chunks in order and writes ``OUTPUT_DIR``
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_folder, atomic_write_text, is_non_empty_folder
+from .utils.atomic import atomic_folder, atomic_write_text, is_non_empty_folder
 
 __all__ = [
     "IMAGE_IDS_COLUMN",

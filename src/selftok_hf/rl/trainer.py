@@ -56,7 +56,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import export_folder
 from ..generation_selftok import generate_image_tokens
 from ..pipeline_selftok import SelftokPipeline
 from ..training.loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
@@ -66,6 +65,7 @@ from ..training.loop import (
     parse_training_arguments,
 )
 from ..training.sft import pipeline_or_load
+from ..utils.atomic import export_folder
 from .evaluation import decode_images, prompt_batch
 from .grpo import constrained_logprobs, group_advantages, grpo_loss
 from .rewards import CombinedReward, DetectorJudge, ProgramReward, QAReward
@@ -422,7 +422,7 @@ class GRPOTrainer(DataLoaderTrainingLoop):
     def export(self) -> Path | None:
         """Write the pipeline with the trained LM to ``output_dir/pipeline`` (main process; for a pipeline that is
         not a :class:`SelftokPipeline`, the LM and the processor), renamed into place when complete
-        (:func:`~selftok_hf.atomic.export_folder`); returns the path."""
+        (:func:`~selftok_hf.utils.atomic.export_folder`); returns the path."""
         if not self.accelerator.is_main_process:
             return None
         model = self.accelerator.unwrap_model(self.models["language_model"]).eval()

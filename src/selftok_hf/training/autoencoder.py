@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL
 
-from ..atomic import export_folder
+from ..utils.atomic import export_folder
 from ..vae import SD3_VAE_CONFIG
 from .data import StepBatches, image_source_field, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, load_json_or_preset, run_training_cli
@@ -111,7 +111,7 @@ class AutoencoderTrainer(TrainingLoop):
 
     def export(self, save_directory: str | os.PathLike) -> AutoencoderKL:
         """Measure the latent normalisation on ``statistics_images`` training crops, store it in the config, save
-        (renamed into place when complete: :func:`~selftok_hf.atomic.export_folder`)."""
+        (renamed into place when complete: :func:`~selftok_hf.utils.atomic.export_folder`)."""
         vae = self.accelerator.unwrap_model(self.models["vae"]).eval()
         count = self.args.statistics_images
         crops = StepBatches(self.batches.dataset, count, self.args.image_size, seed=self.args.seed + 1).batch(0)

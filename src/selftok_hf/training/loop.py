@@ -12,7 +12,7 @@ One loop, three guarantees:
   ``latest`` pointer is replaced atomically afterwards; a save killed at any point leaves the previous
   checkpoint and pointer intact. A full disk is reported as such (the partial copy deleted), and resuming from a
   checkpoint with a missing, truncated or unreadable file names the folder and the file (:func:`check_checkpoint`).
-  Exports are written the same way (:func:`selftok_hf.atomic.export_folder`).
+  Exports are written the same way (:func:`selftok_hf.utils.atomic.export_folder`).
 
 Subclasses implement :meth:`TrainingLoop.build` (models, optimizers, data) and :meth:`TrainingLoop.training_step`.
 
@@ -49,7 +49,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
-from ..atomic import (
+from ..utils.atomic import (
     atomic_write_text,
     check_export_target,
     install_folder,

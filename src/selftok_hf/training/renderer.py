@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..atomic import export_folder
 from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
 from .data import StepBatches, image_source_field, load_image_dataset
 from .loop import LoopArguments, TrainingLoop, run_training_cli
@@ -217,7 +217,7 @@ class RendererTrainer(TrainingLoop):
 
     def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
         """Save the decoder pipeline with the trained renderer added (the converter's folder layout), renamed into
-        place when complete (:func:`~selftok_hf.atomic.export_folder`)."""
+        place when complete (:func:`~selftok_hf.utils.atomic.export_folder`)."""
         pipe = self.decoder_pipeline
         pipe.register_modules(renderer=self.accelerator.unwrap_model(self.models["renderer"]))
         if self.accelerator.is_main_process:

@@ -44,7 +44,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import export_folder
 from ..dataset_tokenization import (
     IMAGE_IDS_COLUMN,
     ImageIdsEncoder,
@@ -54,6 +53,7 @@ from ..dataset_tokenization import (
 from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
+from ..utils.atomic import export_folder
 from .data import load_image_dataset
 from .loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
 from .loop import (
@@ -462,7 +462,7 @@ class SFTTrainer(DataLoaderTrainingLoop):
     # --------------------------------------------------------------------------------- export
     def export(self) -> dict[str, Path]:
         """Write ``adapter/`` (LoRA) and/or ``pipeline/`` (full weights) under ``output_dir``, each renamed into place
-        when complete (:func:`~selftok_hf.atomic.export_folder`); returns their paths."""
+        when complete (:func:`~selftok_hf.utils.atomic.export_folder`); returns their paths."""
         written = {}
         if not self.accelerator.is_main_process:
             return written
