@@ -28,7 +28,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from torch import nn
 
-from ..atomic import export_folder
 from ..configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
 from ..conversion import decoder_state_dict_from_sd3
 from ..modeling_selftok import SelftokModel
@@ -39,6 +38,7 @@ from ..modeling_selftok_decoder import (
 )
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..pixel_space import PixelSpaceAutoencoder
+from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
 from .data import (
     StepBatches,
