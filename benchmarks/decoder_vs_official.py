@@ -48,7 +48,7 @@ from selftok_hf.convert_selftok_checkpoint import (  # noqa: E402
     load_official_config,
     load_official_state_dict,
 )
-from selftok_hf.metrics import psnr  # noqa: E402
+from selftok_hf.evaluation.metrics import psnr  # noqa: E402
 from selftok_hf.quickstart import (  # noqa: E402
     EMBEDDED_PIPELINE,
     bundled_fashion_images,

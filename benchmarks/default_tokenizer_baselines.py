@@ -13,7 +13,7 @@ Baselines at Selftok's ``K log2(C)`` bits:
 
 - bicubic: the image stored as an ``s x s`` thumbnail with ``b`` bits per channel, ``3 b s² <= bits``; the best
   (s, b) is reported for each set, chosen on that set itself (an optimistic baseline);
-- a raster-order spatial VQ autoencoder (``selftok_hf.raster_vq``, a ``g x g`` grid of ``bits / g²``-bit codes)
+- a raster-order spatial VQ autoencoder (``selftok_hf.evaluation.raster_vq``, a ``g x g`` grid of ``bits / g²``-bit codes)
   trained on the same data with the same batch and seed for ``--raster-steps`` steps (default: the Selftok run's
   tokenizer + renderer steps, so both see the same number of training images); its and Selftok's CPU seconds are
   reported.
@@ -37,11 +37,17 @@ import numpy as np
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
-from selftok_hf.baselines import best_bicubic_thumbnail
-from selftok_hf.metrics import psnr, ssim
+from selftok_hf.evaluation.baselines import best_bicubic_thumbnail
+from selftok_hf.evaluation.metrics import psnr, ssim
+from selftok_hf.evaluation.raster_vq import RasterVQAutoencoder, train_raster_vq
 from selftok_hf.quickstart import write_grid
-from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
-from selftok_hf.training.data import StepBatches, center_resize_crop, images_to_tensor, load_image_dataset, random_resize_crop
+from selftok_hf.training.data import (
+    StepBatches,
+    center_resize_crop,
+    images_to_tensor,
+    load_image_dataset,
+    random_resize_crop,
+)
 
 
 def held_out_sets(size: int) -> dict[str, torch.Tensor]:

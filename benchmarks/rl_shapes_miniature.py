@@ -13,7 +13,7 @@ token-level MDP satisfy the Bellman equation. This script measures it at a scale
    by :class:`~selftok_hf.training.tokenizer.TokenizerTrainer`) whose ids are decoded either by a few flow steps of
    its diffusion decoder (arm ``selftok``) or by its one-step renderer (arm ``selftok_renderer``, distilled by
    :class:`~selftok_hf.training.renderer.RendererTrainer`; same ids, other decoder), and a raster VQ autoencoder
-   (arm ``raster``: :class:`~selftok_hf.raster_vq.RasterVQAutoencoder`, a sqrt(K) x sqrt(K) grid with the same
+   (arm ``raster``: :class:`~selftok_hf.evaluation.raster_vq.RasterVQAutoencoder`, a sqrt(K) x sqrt(K) grid with the same
    codebook C). All are trained on renders of random scenes of every prompt (an image codec sees no text). Their
    reconstruction accuracy (the detector's verdict on encode -> decode of ground-truth images) says how well each
    codec can express the world at all (a policy may still exceed it: it can emit ids no real image encodes to).
@@ -141,7 +141,7 @@ class RasterCodec:
     """Images in [0, 1] <-> raster-order ids through a trained :class:`RasterVQAutoencoder`."""
 
     def __init__(self, path: Path):
-        from selftok_hf.raster_vq import RasterVQAutoencoder
+        from selftok_hf.evaluation.raster_vq import RasterVQAutoencoder
 
         self.model = RasterVQAutoencoder.from_pretrained(path).eval()
 
@@ -277,7 +277,7 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
         )
         train_renderer(renderer_args, str(root / "selftok" / "pipeline_renderer"))
     else:
-        from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
+        from selftok_hf.evaluation.raster_vq import RasterVQAutoencoder, train_raster_vq
         from selftok_hf.training.data import StepBatches, load_image_dataset
 
         grid = math.isqrt(cfg.num_tokens)

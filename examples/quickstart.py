@@ -15,8 +15,8 @@ import PIL.Image
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.image_processing_selftok import postprocess_images
-from selftok_hf.metrics import psnr
 from selftok_hf.quickstart import (
     bundled_fashion_images,
     bundled_images,

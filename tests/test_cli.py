@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from selftok_hf.cli import DELEGATED_COMMANDS, main
-from selftok_hf.metrics import psnr
+from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.pipeline_selftok_decoder import SelftokDecoderPipeline
 from selftok_hf.tiny_vlm import tiny_selftok_pipeline
 

@@ -24,7 +24,7 @@ from selftok_hf.demo import (
     token_grid,
     zoom,
 )
-from selftok_hf.metrics import psnr
+from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.quickstart import bundled_images, embedded_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -1,5 +1,5 @@
 """selftok-eval end to end on a seeded random tiny pipeline: CSV/JSON/PNG outputs, every number recomputed from the
-saved PNGs with selftok_hf.metrics, seeds independent of batching, pluggable FID extractor, bad arguments."""
+saved PNGs with selftok_hf.evaluation.metrics, seeds independent of batching, pluggable FID extractor, bad arguments."""
 
 import csv
 import json
@@ -18,7 +18,7 @@ from selftok_hf.evaluation import (
     evaluate_reconstruction,
     main,
 )
-from selftok_hf.metrics import (
+from selftok_hf.evaluation.metrics import (
     LPIPS,
     FIDAccumulator,
     InceptionFeatureExtractor,

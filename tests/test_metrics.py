@@ -1,4 +1,4 @@
-"""selftok_hf.metrics against hand-computed values, skimage (test-only dependency) and scipy."""
+"""selftok_hf.evaluation.metrics against hand-computed values, skimage (test-only dependency) and scipy."""
 
 import math
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
-from selftok_hf.metrics import (
+from selftok_hf.evaluation.metrics import (
     LPIPS,
     FIDAccumulator,
     InceptionFeatureExtractor,
@@ -19,7 +19,7 @@ from selftok_hf.metrics import (
     psnr_from_mse,
     ssim,
 )
-from selftok_hf.metrics import _tf_avg_pool as tf_avg_pool
+from selftok_hf.evaluation.metrics import _tf_avg_pool as tf_avg_pool
 from selftok_hf.quickstart import bundled_images
 
 

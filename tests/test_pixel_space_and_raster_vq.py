@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from selftok_hf.evaluation.raster_vq import RasterVQAutoencoder, train_raster_vq
 from selftok_hf.pixel_space import PixelSpaceAutoencoder
-from selftok_hf.raster_vq import RasterVQAutoencoder, train_raster_vq
 from selftok_hf.vae import pixels_to_latents
 
 

@@ -24,6 +24,9 @@ __all__ = ["MOVED_MODULES", "MOVED_NAMES", "install", "moved_names_getattr"]
 #: Old module path -> its new path. Removed in the release after 0.1.
 MOVED_MODULES = {
     "selftok_hf.atomic": "selftok_hf.utils.atomic",
+    "selftok_hf.baselines": "selftok_hf.evaluation.baselines",
+    "selftok_hf.metrics": "selftok_hf.evaluation.metrics",
+    "selftok_hf.raster_vq": "selftok_hf.evaluation.raster_vq",
 }
 
 #: New module -> {name that was importable from its old path -> the module that holds it now}.

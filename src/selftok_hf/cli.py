@@ -47,7 +47,7 @@ DELEGATED_COMMANDS = {
     "train-vae": ("selftok_hf.training.autoencoder:main", "train a small SD3-shaped VAE for a small tokenizer to read"),
     "train-lm": ("selftok_hf.training.sft:main", "fine-tune a language model on Selftok tokens (full or LoRA)"),
     "rl": ("selftok_hf.rl.trainer:main", "GRPO reinforcement learning on visual tokens"),
-    "eval": ("selftok_hf.evaluation:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),
+    "eval": ("selftok_hf.evaluation.reconstruction:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),
     "quickstart": ("selftok_hf.quickstart:main", "tokenize + reconstruct the bundled sample photos (no download)"),
     "tokenize-dataset": ("selftok_hf.dataset_tokenization:main", "a datasets dataset -> its Selftok ids (sharded with accelerate launch, resumable)"),
 }
@@ -415,9 +415,9 @@ def _decode(parser: argparse.ArgumentParser, args) -> int:
 def _reconstruct(parser: argparse.ArgumentParser, args) -> int:
     import PIL.Image
 
+    from .evaluation.metrics import psnr
+    from .evaluation.reconstruction import side_by_side
     from .image_processing_selftok import postprocess_images
-    from .metrics import psnr
-    from .quickstart import side_by_side
 
     if Path(args.output).suffix.lower() not in PIL.Image.registered_extensions():
         parser.error(f"--output must be an image file name such as recon.png, got {args.output!r}")

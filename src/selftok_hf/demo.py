@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import PIL.Image
 import torch
 
+from .evaluation.metrics import psnr
 from .image_processing_selftok import postprocess_images
-from .metrics import psnr
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 
 if TYPE_CHECKING:

@@ -23,10 +23,11 @@ import PIL.Image
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
-from .baselines import best_bicubic_thumbnail
 from .configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
+from .evaluation.baselines import best_bicubic_thumbnail
+from .evaluation.metrics import psnr
+from .evaluation.reconstruction import side_by_side
 from .image_processing_selftok import postprocess_images
-from .metrics import psnr
 from .modeling_selftok import SelftokModel
 from .modeling_selftok_decoder import (
     SELFTOK_DECODER_TINY_CONFIG,
@@ -95,16 +96,6 @@ def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
         torch.random.set_rng_state(state)
     pipe = SelftokDecoderPipeline(tokenizer, transformer, vae, FlowMatchEulerDiscreteScheduler(shift=1.0), renderer)
     return pipe
-
-
-def side_by_side(rows: list[list[PIL.Image.Image]]) -> PIL.Image.Image:
-    """Tile rows of equally sized images into one picture."""
-    w, h = rows[0][0].size
-    canvas = PIL.Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
-    for y, row in enumerate(rows):
-        for x, image in enumerate(row):
-            canvas.paste(image, (x * w, y * h))
-    return canvas
 
 
 def write_grid(path: str, columns: list[torch.Tensor], scale: int) -> None:

@@ -13,7 +13,7 @@ predicts, and the perceptual and adversarial terms are on the decoded pixels (th
 differentiated through). The perceptual network and the discriminator are pluggable: any callable
 ``(images_a, images_b) -> per-image distance`` and any ``nn.Module`` images -> logits. LPIPS weights cannot be
 downloaded here, so the default perceptual term is LPIPS only when ``lpips_weights`` names a user-supplied file
-(see ``selftok_hf.metrics.LPIPS``); without it the perceptual term is off and the trainer says so.
+(see ``selftok_hf.evaluation.metrics.LPIPS``); without it the perceptual term is off and the trainer says so.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class RendererTrainingArguments(LoopArguments):
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW(0.9, 0.99) learning rate of the renderer."})
     discriminator_lr: float = field(default=1e-4, metadata={"help": "AdamW(0.9, 0.99) learning rate of the discriminator."})
     loss_switch_step: int = field(default=30000, metadata={"help": "Step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper)."})
-    lpips_weights: str | None = field(default=None, metadata={"help": "A user-supplied LPIPS state-dict file for the perceptual term (selftok_hf.metrics.LPIPS)."})
+    lpips_weights: str | None = field(default=None, metadata={"help": "A user-supplied LPIPS state-dict file for the perceptual term (selftok_hf.evaluation.metrics.LPIPS)."})
     discriminator_channels: int = field(default=32, metadata={"help": "Width of the default PatchDiscriminator."})
 
     def __post_init__(self) -> None:
@@ -157,7 +157,7 @@ class RendererTrainer(TrainingLoop):
         if args.gradient_checkpointing:
             renderer.enable_gradient_checkpointing()
         if self.perceptual is None and args.lpips_weights:
-            from ..metrics import LPIPS
+            from ..evaluation.metrics import LPIPS
 
             self.perceptual = LPIPS.from_pretrained(args.lpips_weights).to(device).eval().requires_grad_(False)
         if self.perceptual is None:

@@ -57,7 +57,9 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from .image_processing_selftok import postprocess_images, to_rgb
+from ..image_processing_selftok import postprocess_images, to_rgb
+from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..vae import latents_to_images, pixels_to_latents
 from .metrics import (
     LPIPS,
     FIDAccumulator,
@@ -66,9 +68,6 @@ from .metrics import (
     psnr_from_mse,
     ssim,
 )
-from .pipeline_selftok_decoder import SelftokDecoderPipeline
-from .quickstart import side_by_side
-from .vae import latents_to_images, pixels_to_latents
 
 if TYPE_CHECKING:
     import datasets
@@ -82,6 +81,7 @@ __all__ = [
     "default_prefix_lengths",
     "evaluate_reconstruction",
     "main",
+    "side_by_side",
 ]
 
 logger = logging.getLogger(__name__)
@@ -191,6 +191,16 @@ def _module_device(module: Any, default: torch.device) -> torch.device:
 
 def _png(image: torch.Tensor) -> PIL.Image.Image:
     return postprocess_images(image[None], "pil")[0]
+
+
+def side_by_side(rows: list[list[PIL.Image.Image]]) -> PIL.Image.Image:
+    """Tile rows of equally sized images into one picture."""
+    w, h = rows[0][0].size
+    canvas = PIL.Image.new("RGB", (w * max(len(r) for r in rows), h * len(rows)), "white")
+    for y, row in enumerate(rows):
+        for x, image in enumerate(row):
+            canvas.paste(image, (x * w, y * h))
+    return canvas
 
 
 # ------------------------------------------------------------------------------------------------ plots

@@ -17,7 +17,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .quantizer import CosineVectorQuantizer, QuantizerSettings
+from ..quantizer import CosineVectorQuantizer, QuantizerSettings
 
 __all__ = ["RasterVQAutoencoder", "train_raster_vq"]
 
@@ -112,7 +112,7 @@ def train_raster_vq(
 ) -> RasterVQAutoencoder:
     """Train with AdamW(0.9, 0.99) on ``batches.batch(step)`` (a :class:`~selftok_hf.training.data.StepBatches`),
     seeding every step like the Selftok trainers so budgets and randomness are comparable."""
-    from .training.data import step_seed
+    from ..training.data import step_seed
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.99), weight_decay=0.0)
     model.train()
