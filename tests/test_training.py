@@ -18,7 +18,9 @@ from selftok_hf.training.data import StepBatches, random_resize_crop
 from selftok_hf.training.loop import latest_checkpoint
 from selftok_hf.training.renderer import (
     PatchDiscriminator,
+    RendererTrainer,
     RendererTrainingArguments,
+    pixel_loss,
     renderer_from_decoder,
     renderer_loss_weights,
     train_renderer,
@@ -242,6 +244,27 @@ def test_renderer_starts_from_the_decoder_and_trains(tmp_path, image_dir):
     ids = torch.zeros(1, pipe.image_tokenizer.config.num_tokens, dtype=torch.long)
     assert pipe(ids, use_renderer=True, output_type="pt").images.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     shutil.rmtree(tmp_path / "ren")
+
+
+def test_renderer_pixel_loss_term(tmp_path, image_dir):
+    """The optional pixel term: off by default (the paper's loss), and when on it is added to the latent MSE."""
+    a, b = torch.zeros(2, 3, 4, 4), torch.full((2, 3, 4, 4), 0.5)
+    assert pixel_loss(a, b, "l1").item() == pytest.approx(0.5) and pixel_loss(a, b, "mse").item() == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="pixel_loss"):
+        RendererTrainingArguments(pipeline="x", pixel_loss="l2")
+    train_tokenizer(_args(tmp_path, image_dir, max_steps=1), export_dir=str(tmp_path / "tok"))
+    runs = {}
+    for weight in (0.0, 2.0):
+        args = RendererTrainingArguments(
+            output_dir=str(tmp_path / f"ren{weight}"), pipeline=str(tmp_path / "tok"), dataset=image_dir, max_steps=1,
+            batch_size=2, log_every=1, checkpoint_every=0, loss_switch_step=2, pixel_loss="mse", pixel_loss_weight=weight,
+        )
+        runs[weight] = RendererTrainer(args).run()[0]
+    assert "pixel_loss" not in runs[0.0] and runs[0.0]["loss"] == pytest.approx(runs[0.0]["mse"])
+    # Same seed, same batch, same start: the same latent MSE, plus twice the pixel MSE.
+    assert runs[2.0]["mse"] == pytest.approx(runs[0.0]["mse"], rel=1e-6)
+    assert runs[2.0]["loss"] == pytest.approx(runs[2.0]["mse"] + 2.0 * runs[2.0]["pixel_loss"], rel=1e-6)
+    assert runs[2.0]["pixel_loss"] > 0
 
 
 def test_training_options_accumulation_bf16_checkpointing_cached_latents(tmp_path, image_dir):

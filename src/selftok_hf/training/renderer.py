@@ -10,7 +10,10 @@ The renderer is the decoder's MMDiT run once, from a learned canvas instead of a
 
 The paper does not say in which space the MSE is taken; here it is on the (normalised) latents the renderer
 predicts, and the perceptual and adversarial terms are on the decoded pixels (the VAE is frozen but
-differentiated through). The perceptual network and the discriminator are pluggable: any callable
+differentiated through). An optional pixel term (``pixel_loss`` = ``"l1"`` or ``"mse"`` on the decoded pixels,
+weight ``pixel_loss_weight``) is not in the paper: the latent MSE weighs every latent channel alike, while PSNR
+and the shapes detector read pixels, and at 8 x 8 latents a small latent error can move a whole edge.
+The perceptual network and the discriminator are pluggable: any callable
 ``(images_a, images_b) -> per-image distance`` and any ``nn.Module`` images -> logits. LPIPS weights cannot be
 downloaded here, so the default perceptual term is LPIPS only when ``lpips_weights`` names a user-supplied file
 (see ``selftok_hf.evaluation.metrics.LPIPS``); without it the perceptual term is off and the trainer says so.
@@ -41,6 +44,7 @@ __all__ = [
     "RendererTrainingArguments",
     "main",
     "renderer_from_decoder",
+    "pixel_loss",
     "renderer_loss_weights",
     "train_renderer",
 ]
@@ -73,6 +77,15 @@ class PatchDiscriminator(nn.Module):
 def renderer_loss_weights(step: int, switch_step: int, warmup: tuple[float, float] = (0.1, 0.0), after: tuple[float, float] = (0.5, 0.5)) -> tuple[float, float]:
     """(perceptual, GAN) weights at ``step``: the paper's (0.1, 0) before ``switch_step``, (0.5, 0.5) from it on."""
     return warmup if step < switch_step else after
+
+
+def pixel_loss(predicted: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean ``"l1"`` or ``"mse"`` distance of decoded pixels ``(B, 3, H, W)`` in [-1, 1] -> scalar."""
+    if kind == "l1":
+        return F.l1_loss(predicted, target)
+    if kind == "mse":
+        return F.mse_loss(predicted, target)
+    raise ValueError(f"pixel_loss must be 'l1' or 'mse', got {kind!r}")
 
 
 def renderer_from_decoder(decoder, **overrides) -> SelftokRenderer:
@@ -118,9 +131,15 @@ class RendererTrainingArguments(LoopArguments):
     loss_switch_step: int = field(default=30000, metadata={"help": "Step at which (λ1, λ2) go from (0.1, 0) to (0.5, 0.5) (30000 in the paper)."})
     lpips_weights: str | None = field(default=None, metadata={"help": "A user-supplied LPIPS state-dict file for the perceptual term (selftok_hf.evaluation.metrics.LPIPS)."})
     discriminator_channels: int = field(default=32, metadata={"help": "Width of the default PatchDiscriminator."})
+    pixel_loss: str = field(default="l1", metadata={"help": "'l1' or 'mse': the distance of the optional pixel term (decoded renders vs the images)."})
+    pixel_loss_weight: float = field(default=0.0, metadata={"help": "Weight of the pixel term added to the latent MSE (0: off, the paper's loss)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.pixel_loss not in ("l1", "mse"):
+            raise ValueError(f"pixel_loss must be 'l1' or 'mse', got {self.pixel_loss!r}")
+        if self.pixel_loss_weight < 0:
+            raise ValueError(f"pixel_loss_weight must be >= 0, got {self.pixel_loss_weight}")
         if not self.pipeline:
             raise ValueError("pipeline (a SelftokDecoderPipeline folder with the trained tokenizer and decoder) is required")
 
@@ -196,8 +215,12 @@ class RendererTrainer(TrainingLoop):
         mse = F.mse_loss(predicted, latents)
         loss = mse
         logs = {"mse": mse.item(), "perceptual_weight": perceptual_weight, "gan_weight": gan_weight}
-        if (self.perceptual is not None and perceptual_weight > 0) or gan_weight > 0:
+        if (self.perceptual is not None and perceptual_weight > 0) or gan_weight > 0 or self.args.pixel_loss_weight > 0:
             images = self._decode(predicted)
+            if self.args.pixel_loss_weight > 0:
+                pixel = pixel_loss(images, pixels, self.args.pixel_loss)
+                loss = loss + self.args.pixel_loss_weight * pixel
+                logs["pixel_loss"] = pixel.item()
             if self.perceptual is not None and perceptual_weight > 0:
                 perceptual = self.perceptual(images, pixels).mean()
                 loss = loss + perceptual_weight * perceptual
