@@ -23,6 +23,7 @@ CLIS = {
 ADDED = {
     "selftok-train-lm": {"--dataloader-num-workers", "--streaming", "--no-streaming"},
     "selftok-rl": {"--dataloader-num-workers", "--streaming", "--no-streaming"},
+    "selftok-train-renderer": {"--pixel-loss", "--pixel-loss-weight"},
 }
 
 
