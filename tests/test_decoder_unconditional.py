@@ -2,8 +2,8 @@
 
 A row that sees no token (every token masked) computes image-only attention: masked keys get exactly zero weight,
 and nothing else of the token stream reaches the image (no pooled vector; the time embedding is the image's own).
-So skipping the token stream for such rows must give the fully masked result, and the guided decode loop, which
-now skips it, must make no host syncs per step.
+So skipping the token stream for such rows must give the fully masked result, and the decode loop (guided, or from a
+``prefix_length``) must make no host syncs per step.
 """
 
 import collections
@@ -125,14 +125,17 @@ def _count_host_syncs(fn):
     return counts
 
 
-@pytest.mark.parametrize("guidance_scale, official_guidance", [(1.0, False), (2.0, False), (2.0, True)])
-def test_decode_loop_makes_no_per_step_host_syncs(steering_pipeline, guidance_scale, official_guidance):
+@pytest.mark.parametrize(
+    "guidance_scale, official_guidance, prefix_length",
+    [(1.0, False, None), (2.0, False, None), (2.0, True, None), (1.0, False, 12), (2.0, False, 12)],
+)
+def test_decode_loop_makes_no_per_step_host_syncs(steering_pipeline, guidance_scale, official_guidance, prefix_length):
     pipe = steering_pipeline
     ids = torch.randint(0, pipe.image_tokenizer.config.codebook_size, (2, pipe.image_tokenizer.config.num_tokens), generator=torch.Generator().manual_seed(0))
 
     def decode(steps):
         return lambda: pipe(ids, num_inference_steps=steps, guidance_scale=guidance_scale, official_guidance=official_guidance,
-                            generator=torch.Generator().manual_seed(0), output_type="latent")
+                            prefix_length=prefix_length, generator=torch.Generator().manual_seed(0), output_type="latent")
 
     few, many = _count_host_syncs(decode(2)), _count_host_syncs(decode(7))
     assert sum(few.values()) > 0  # the counter works: the call's one-off checks are seen

@@ -15,8 +15,8 @@ from selftok_hf.convert_selftok_checkpoint import (
     build_pipeline_from_official,
     load_official_config,
     load_official_state_dict,
-    main as convert_main,
 )
+from selftok_hf.convert_selftok_checkpoint import main as convert_main
 from selftok_hf.vae import RandomWeightsWarning
 
 
@@ -44,7 +44,7 @@ def test_sampler_matches_official(pipe, cases, steps):
     seen = []
     hook = pipe.transformer.register_forward_hook(
         lambda m, args, kwargs, out: seen.append(
-            (kwargs["hidden_states"].clone(), kwargs["token_codes"].shape[1], out.sample.clone(), kwargs["timestep"][0].item())
+            (kwargs["hidden_states"].clone(), kwargs["visibility"], out.sample.clone(), kwargs["timestep"][0].item())
         ),
         with_kwargs=True,
     )
@@ -54,7 +54,9 @@ def test_sampler_matches_official(pipe, cases, steps):
         hook.remove()
     assert len(seen) == steps
     # k(τ_i) recomputed at every step: the decoder saw exactly tokens 0..k_i.
-    assert [n for _, n, _, _ in seen] == (cases[f"sample{steps}.k"] + 1).tolist()
+    visibilities = [visibility for _, visibility, _, _ in seen]
+    assert [v.stop for v in visibilities] == (cases[f"sample{steps}.k"] + 1).tolist()
+    assert all(v.start == 0 and v.mask is None and v.unconditional_rows == 0 for v in visibilities)
     # The code times the decoder was called with are the official τ_i, bitwise.
     assert torch.equal(torch.tensor([tau for *_, tau in seen]), cases[f"sample{steps}.tau"])
     x_in = torch.stack([x for x, *_ in seen])

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from selftok_hf.quickstart import bundled_images
+from selftok_hf.assets import bundled_images
 from selftok_hf.token_schedule import to_code_order
 
 STEPS = 4
@@ -29,10 +29,10 @@ def decode(pipe, ids, noise, **kwargs):
 
 
 def record_transformer_inputs(pipe):
-    """Forward hook collecting the (token_codes, token_mask) of every transformer call."""
+    """Forward hook collecting the (token_codes, visibility) of every transformer call."""
     seen = []
     hook = pipe.transformer.register_forward_hook(
-        lambda module, args, kwargs, out: seen.append((kwargs["token_codes"].clone(), kwargs["token_mask"])), with_kwargs=True
+        lambda module, args, kwargs, out: seen.append((kwargs["token_codes"].clone(), kwargs["visibility"])), with_kwargs=True
     )
     return seen, hook
 
@@ -63,7 +63,7 @@ def test_empty_prefix_is_the_unconditional_decode(pipe, ids, noise):
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
 def test_decoder_sees_exactly_the_prefix(pipe, ids, noise, guidance_scale):
-    num_tokens, prefix = pipe.image_tokenizer.config.num_tokens, 20
+    num_tokens, prefix = pipe.image_tokenizer.config.num_tokens, 10
     batch = ids.shape[0]
     seen, hook = record_transformer_inputs(pipe)
     try:
@@ -72,16 +72,16 @@ def test_decoder_sees_exactly_the_prefix(pipe, ids, noise, guidance_scale):
         hook.remove()
     counts = pipe.token_schedule.visible_count(torch.linspace(1, 0, STEPS + 1)[:-1]).tolist()
     assert len(seen) == STEPS
+    assert counts[-1] <= num_tokens - prefix < counts[0]  # steps with and without visible tokens
     codes = to_code_order(pipe.image_tokenizer.embed_tokens(ids))
-    for (token_codes, token_mask), count in zip(seen, counts):
-        # Code index j is visible iff j <= k(τ_i) (the schedule) and j >= K - prefix (AR position < prefix).
-        expected = torch.tensor([num_tokens - prefix <= j < count for j in range(count)])
-        assert token_codes.shape[1] == count
-        assert torch.equal(token_codes[:batch], codes[:, :count])
-        assert token_mask.shape == (batch * (2 if guidance_scale > 1 else 1), count)
-        assert torch.equal(token_mask[:batch], expected.expand(batch, -1))
-        if guidance_scale > 1:
-            assert not token_mask[batch:].any()  # the unconditional half sees nothing
+    rows = batch * (2 if guidance_scale > 1 else 1)
+    for (token_codes, visibility), count in zip(seen, counts):
+        # Code index j is visible iff j <= k(τ_i) (the schedule) and j >= K - prefix (AR position < prefix); the
+        # unconditional half sees nothing.
+        expected = torch.tensor([[b < batch and num_tokens - prefix <= j < count for j in range(num_tokens)] for b in range(rows)])
+        assert torch.equal(visibility.as_mask(rows, num_tokens), expected)
+        assert visibility.mask is None  # a window: no masked attention, decided without a host sync
+        assert torch.equal(token_codes[:batch], codes)
 
 
 def test_tokens_outside_the_prefix_are_ignored(pipe, ids, noise):

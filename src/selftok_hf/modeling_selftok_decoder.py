@@ -42,7 +42,7 @@ from torch import nn
 from .embeddings import TimestepEmbedder, sincos_1d
 from .loading import StrictFromPretrainedMixin
 from .portable_config import PortableConfigMixin
-from .token_schedule import token_positions
+from .token_schedule import TokenVisibility, token_positions
 
 __all__ = [
     "SelftokDecoderTransformer",
@@ -98,8 +98,8 @@ class SelftokJointAttnProcessor:
     ``ModelMixin.set_attention_backend`` sets ``_attention_backend``; None is diffusers' active backend
     (``DIFFUSERS_ATTN_BACKEND``, default ``"native"``: ``F.scaled_dot_product_attention``). The key mask is
     boolean; backends that take no mask (flash) raise diffusers' error when one is needed: different visible tokens
-    within the conditional rows (a ``prefix_length`` decode). Sampling, with or without guidance, slices off the
-    hidden tokens and passes no mask.
+    within the conditional rows (training). Sampling, with or without guidance or ``prefix_length``, passes only the
+    visible tokens and no mask (the token schedule's [`~selftok_hf.token_schedule.TokenVisibility`] windows).
     """
 
     _attention_backend = None
@@ -269,12 +269,12 @@ class SelftokJointBlock(nn.Module):
         """
         Args:
             hidden_states: image stream ``(B, N, dim)``.
-            encoder_hidden_states: token stream ``(B_c, n, dim)``, the first ``n`` tokens in code order, of the first
+            encoder_hidden_states: token stream ``(B_c, n, dim)``, the visible window's ``n`` tokens in code order, of the first
                 ``B_c <= B`` rows. The other rows (all of them when None) see no token: their image stream runs alone,
                 exactly what a row with every token masked computes.
             temb: diffusion-time embedding ``(B, dim)``.
-            token_modulation: precomputed ``(n, 6 * dim)`` table of this block's token modulation; computed
-                here from the token positions when None (ignored by the pre-only block).
+            token_modulation: this block's ``(n, 6 * dim)`` token modulation table for the ``n`` tokens' positions
+                (``SelftokTokenAdaLayerNormZero.modulation``); None in the pre-only block and without tokens.
             attention_mask: boolean key mask ``(B_c, 1, 1, n + N)`` or None.
             context_sees_image: whether token queries attend to image keys.
         Returns:
@@ -287,9 +287,6 @@ class SelftokJointBlock(nn.Module):
         elif self.context_pre_only:
             norm_context = self.norm1_context(encoder_hidden_states, temb[: encoder_hidden_states.shape[0]])
         else:
-            if token_modulation is None:
-                positions = token_positions(encoder_hidden_states.shape[1], device=encoder_hidden_states.device)
-                token_modulation = self.norm1_context.modulation(positions, encoder_hidden_states.dtype)
             norm_context, *context_mods = self.norm1_context(encoder_hidden_states, token_modulation)
 
         image_attn, token_attn = self.attn(norm_hidden, norm_context, attention_mask, context_sees_image)
@@ -390,49 +387,56 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
             else:
                 self._token_modulation_caches[thread] = previous
 
-    def _cached_token_modulation(self, index: int, block: SelftokJointBlock, context: torch.Tensor):
-        """The ``(n, 6 * dim)`` table of block ``index`` for the embedded tokens ``context`` ``(B, n, dim)`` from the
-        cache, or None to compute it in the block."""
-        cache = self._token_modulation_caches.get(threading.get_ident())
-        if block.context_pre_only or cache is None or torch.is_grad_enabled():
+    def _token_modulation(self, index: int, block: SelftokJointBlock, context: torch.Tensor, start: int) -> Optional[torch.Tensor]:
+        """The ``(n, 6 * dim)`` table of block ``index`` for the embedded tokens ``context`` ``(B, n, dim)``, code-order
+        tokens ``start..start + n - 1``: from the cache inside :meth:`cached_token_modulations` (no grad), else
+        computed; None for the pre-only block."""
+        if block.context_pre_only:
             return None
-        device = context.device
+        device, stop = context.device, start + context.shape[1]
+        cache = self._token_modulation_caches.get(threading.get_ident())
+        if cache is None or torch.is_grad_enabled():
+            return block.norm1_context.modulation(token_positions(stop, device=device)[start:], context.dtype)
         autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         key = (index, device, context.dtype, autocast_dtype)
         if key not in cache:
             positions = token_positions(self.config.num_tokens, device=device)
             cache[key] = block.norm1_context.modulation(positions, context.dtype)
-        return cache[key][: context.shape[1]]
+        return cache[key][start:stop]
 
     def _run_backbone(
         self,
         hidden_states: torch.Tensor,
-        token_codes: Optional[torch.Tensor],
-        token_mask: Optional[torch.Tensor],
+        token_codes: torch.Tensor,
+        visibility: TokenVisibility,
         temb: torch.Tensor,
         context_sees_image: bool,
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: embedded image stream ``(B, N, dim)``.
-            token_codes: the first ``n`` code vectors ``(B_c, n, code_dim)`` of the first ``B_c <= B`` rows; the
-                other rows (all of them when None) see no token, and the token stream is not run for them.
-            token_mask: ``(B_c, n)`` visibility, or None when all ``n`` tokens are visible.
+            token_codes: code vectors ``(B, n, code_dim)`` in code order; only ``visibility``'s window of its
+                conditional rows is read.
+            visibility: which tokens each row sees (checked by the caller).
             temb: diffusion-time embedding ``(B, dim)``.
             context_sees_image: whether token queries attend to image keys.
         Returns:
             per-patch outputs ``(B, N, patch_size**2 * out_channels)``.
         """
+        # The token stream runs on the visible window of the rows that see tokens (TokenVisibility: exact cuts), and
+        # this is the one place where visibility becomes an attention key mask: [window tokens ; every image key].
+        num_conditional = hidden_states.shape[0] - visibility.unconditional_rows
+        start, stop = visibility.start, visibility.stop
         context = attention_mask = None
-        if token_codes is not None and token_codes.shape[0] > 0:
-            context = self.context_embedder(token_codes)
-            context = context + self.context_pos_embed[: token_codes.shape[1]].to(context.dtype)
-        if context is not None and token_mask is not None:
-            image_keys = token_mask.new_ones(token_mask.shape[0], hidden_states.shape[1])
-            attention_mask = torch.cat([token_mask, image_keys], dim=1)[:, None, None, :]
+        if num_conditional > 0 and not visibility.sees_no_token:
+            context = self.context_embedder(token_codes[:num_conditional, start:stop])
+            context = context + self.context_pos_embed[start:stop].to(context.dtype)
+            if visibility.mask is not None:
+                image_keys = visibility.mask.new_ones(num_conditional, hidden_states.shape[1])
+                attention_mask = torch.cat([visibility.mask, image_keys], dim=1)[:, None, None, :]
 
         for index, block in enumerate(self.transformer_blocks):
-            token_modulation = None if context is None else self._cached_token_modulation(index, block, context)
+            token_modulation = None if context is None else self._token_modulation(index, block, context, start)
             args = (hidden_states, context, temb, token_modulation, attention_mask, context_sees_image)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden_states = self._gradient_checkpointing_func(block, *args)
@@ -462,27 +466,6 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
             or (not allow_prefix and token_codes.shape[1] != num_tokens)
         ):
             raise ValueError(f"token_codes must have shape {expected}, got {tuple(token_codes.shape)}")
-
-
-def _visible_prefix(token_codes: torch.Tensor, token_mask: Optional[torch.Tensor]):
-    """Drop masking where it can be replaced by slicing.
-
-    When every sample sees exactly its first ``n`` tokens (the sampling case), the invisible tokens
-    can be removed: as keys they are masked anyway, and their own outputs only ever feed later blocks
-    as masked keys, never the image. Slicing is exact and lets SDPA run without a mask.
-
-    Returns ``(token_codes, token_mask)`` with ``token_mask`` None when no masking is needed.
-    """
-    if token_mask is None or token_codes.shape[0] == 0:
-        return token_codes, None
-    token_mask = token_mask.bool()
-    counts = token_mask.sum(dim=1)
-    prefix = torch.arange(token_mask.shape[1], device=token_mask.device) < counts[:, None]
-    uniform_prefix = bool(((counts == counts[0]).all() & (token_mask == prefix).all()).item())
-    num_visible = int(counts[0].item())
-    if uniform_prefix and num_visible > 0:
-        return token_codes[:, :num_visible], None
-    return token_codes, token_mask
 
 
 class SelftokDecoderTransformer(_SelftokMMDiTBase):
@@ -555,8 +538,14 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         return_dict: bool = True,
         unconditional_rows: int = 0,
         context_sees_image: Optional[bool] = None,
+        visibility: Optional[TokenVisibility] = None,
     ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
         """Velocity ``v = ε - x0`` of the noisy latent ``x_τ = τ ε + (1 - τ) x0``.
+
+        Which tokens each row sees is a [`~selftok_hf.token_schedule.TokenVisibility`]: ``visibility``, as the token
+        schedule builds it (``training_visibility`` / ``sampling_visibility``: what the trainer and the pipeline pass),
+        or else ``TokenVisibility.from_mask(token_mask, unconditional_rows)`` (all tokens when ``token_mask`` is None).
+        Invisible tokens are hidden from both streams; their code vectors need not be zeroed.
 
         Args:
             hidden_states: noisy latent ``(B, in_channels, H, W)``.
@@ -564,50 +553,69 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
             token_codes: post-normed code vectors in code order, ``(B, K, code_dim)``. Passing only the
                 first ``n <= K`` tokens ``(B, n, code_dim)`` is the same as masking the others.
             token_mask: ``(B, n)`` boolean, True for visible tokens (``j <= k(τ)``); None = all visible.
-                Invisible tokens are hidden from both streams; their code vectors need not be zeroed.
+                Not with ``visibility``.
             return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
             unconditional_rows: the last ``unconditional_rows`` rows see no token at all (classifier-free guidance's
-                unconditional half, training's all-tokens-dropped branch): their ``token_codes`` and ``token_mask``
-                rows are not read, and the token stream is not run for them; their image queries attend to the image
-                alone. The same as an all-False ``token_mask`` row (masked keys get exactly zero weight, and no
-                token-stream output reaches the image otherwise), up to float rounding, and decided without looking
-                at tensor values.
+                unconditional half): their ``token_codes`` and ``token_mask`` rows are not read, and the token stream
+                is not run for them; their image queries attend to the image alone. The same as an all-False
+                ``token_mask`` row up to float rounding (see ``TokenVisibility``). Not with ``visibility``, which
+                carries its own.
             context_sees_image: whether token queries attend to image keys; None (default) follows
                 ``config.context_see_xt``. The official sampler's guided conditional branch calls its model without
                 that flag, i.e. with False.
+            visibility: which tokens each row sees; its window must lie within the ``n`` tokens passed.
         Returns:
             the velocity ``(B, out_channels, H, W)`` as ``.sample`` (or the first tuple element).
         """
         self._check_latents(hidden_states)
         batch_size, _, height, width = hidden_states.shape
         self._check_token_codes(token_codes, batch_size, allow_prefix=True)
-        if token_mask is not None and tuple(token_mask.shape) != tuple(token_codes.shape[:2]):
-            raise ValueError(
-                f"token_mask must have shape {tuple(token_codes.shape[:2])} (batch, tokens), got {tuple(token_mask.shape)}"
-            )
-        if not isinstance(unconditional_rows, int) or isinstance(unconditional_rows, bool) or not 0 <= unconditional_rows <= batch_size:
-            raise ValueError(f"unconditional_rows must be an integer in [0, {batch_size}] (the batch size), got {unconditional_rows!r}")
+        visibility = self._visibility(token_codes, token_mask, unconditional_rows, visibility, batch_size)
         timestep = torch.as_tensor(timestep, device=hidden_states.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch_size)
         if timestep.shape != (batch_size,):
             raise ValueError(f"timestep must be a scalar or have shape ({batch_size},), got {tuple(timestep.shape)}")
 
-        num_conditional = batch_size - unconditional_rows
-        token_codes = token_codes[:num_conditional]
-        token_mask = None if token_mask is None else token_mask[:num_conditional]
-        token_codes, token_mask = _visible_prefix(token_codes, token_mask)
         hidden = self.pos_embed(hidden_states)
         # The sinusoidal features of 1000 τ need float32: bf16 cannot resolve the angles.
         temb = self.time_embedder(timestep.to(torch.float32) * 1000.0, hidden.dtype)
         if context_sees_image is None:
             context_sees_image = self.config.context_see_xt
-        out = self._run_backbone(hidden, token_codes, token_mask, temb, context_sees_image=bool(context_sees_image))
+        out = self._run_backbone(hidden, token_codes, visibility, temb, context_sees_image=bool(context_sees_image))
         p = self.config.patch_size
         out = self._unpatchify(out, height // p, width // p)
         if not return_dict:
             return (out,)
         return Transformer2DModelOutput(sample=out)
+
+    @staticmethod
+    def _visibility(token_codes, token_mask, unconditional_rows, visibility, batch_size: int) -> TokenVisibility:
+        """The checked [`TokenVisibility`] of a forward call (see :meth:`forward`)."""
+        num_tokens = token_codes.shape[1]
+        if visibility is None:
+            if token_mask is not None and tuple(token_mask.shape) != tuple(token_codes.shape[:2]):
+                raise ValueError(
+                    f"token_mask must have shape {tuple(token_codes.shape[:2])} (batch, tokens), got {tuple(token_mask.shape)}"
+                )
+            if not isinstance(unconditional_rows, int) or isinstance(unconditional_rows, bool) or not 0 <= unconditional_rows <= batch_size:
+                raise ValueError(f"unconditional_rows must be an integer in [0, {batch_size}] (the batch size), got {unconditional_rows!r}")
+            if token_mask is None:
+                return TokenVisibility(0, num_tokens, None, unconditional_rows)
+            return TokenVisibility.from_mask(token_mask, unconditional_rows)
+        if token_mask is not None or unconditional_rows:
+            raise ValueError("pass either visibility or token_mask / unconditional_rows (visibility carries both)")
+        if not isinstance(visibility, TokenVisibility):
+            raise ValueError(f"visibility must be a TokenVisibility, got {type(visibility).__name__}")
+        num_conditional = batch_size - visibility.unconditional_rows
+        if visibility.stop > num_tokens or num_conditional < 0:
+            raise ValueError(
+                f"visibility (tokens {visibility.start}..{visibility.stop - 1}, {visibility.unconditional_rows} unconditional "
+                f"rows) does not fit {batch_size} rows of {num_tokens} tokens"
+            )
+        if visibility.mask is not None and visibility.mask.shape[0] != num_conditional:
+            raise ValueError(f"visibility.mask must have {num_conditional} rows (the conditional ones), got {visibility.mask.shape[0]}")
+        return visibility
 
 
 class SelftokRenderer(_SelftokMMDiTBase):
@@ -668,7 +676,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
         hidden = canvas.expand(batch_size, *canvas.shape[1:])
         timestep = torch.full((batch_size,), self.render_time, device=token_codes.device)
         temb = self.time_embedder(timestep, hidden.dtype)
-        out = self._run_backbone(hidden, token_codes, None, temb, context_sees_image=False)
+        out = self._run_backbone(hidden, token_codes, TokenVisibility(0, token_codes.shape[1]), temb, context_sees_image=False)
         grid = self.config.sample_size // self.config.patch_size
         out = self._unpatchify(out, grid, grid)
         if not return_dict:

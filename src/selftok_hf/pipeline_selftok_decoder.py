@@ -6,11 +6,11 @@ The sampler is the official one, exactly: code time τ runs uniformly from 1 dow
 decoder sees only the tokens the token schedule allows at τ_i. diffusers'
 ``FlowMatchEulerDiscreteScheduler`` (shift 1, explicit sigmas) reproduces that update bit for bit.
 
-Unlike the official loop, no encoder is re-run to build masks: visibility comes from k(τ) directly,
-and the invisible tail of the token sequence is dropped instead of masked (exact: masked tokens
-influence nothing). With classifier-free guidance the unconditional half, which sees no token, runs no token
-stream at all (the decoder's ``unconditional_rows``). Everything the loop needs is decided once per call, so it makes
-no host syncs per step.
+Unlike the official loop, no encoder is re-run to build masks: what the decoder sees at every step comes from k(τ)
+directly (``TokenSchedule.sampling_visibility``), as a window of visible tokens that the decoder runs alone, with no
+masked attention (exact: masked tokens influence nothing); with ``prefix_length`` too. With classifier-free guidance
+the unconditional half, which sees no token, runs no token stream at all. Everything the loop needs is decided once
+per call, so it makes no host syncs per step.
 """
 
 import contextlib
@@ -489,23 +489,18 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
             scheduler = copy.deepcopy(self.scheduler)
             scheduler.set_timesteps(sigmas=sampler_sigmas(num_inference_steps), device=device)
             # Everything that does not change inside the loop is decided once, on the host, so that the loop makes no
-            # host syncs and branches on no tensor: the number of visible tokens k(τ_i) + 1 for every step, the model
-            # dtype (a module walk in diffusers), the token masks.
-            visible_counts = self.token_schedule.visible_count(scheduler.sigmas[:-1].cpu()).tolist()
+            # host syncs and branches on no tensor: what the decoder sees at every step (the conditional rows: code
+            # tokens K - prefix_length..k(τ_i); the unconditional CFG half: none, as training's CFG dropout), the model
+            # dtype (a module walk in diffusers).
+            do_cfg = guidance_scale > 1.0
+            visibilities = self.token_schedule.sampling_visibility(
+                scheduler.sigmas[:-1], prefix_length=prefix_length, unconditional_rows=batch_size if do_cfg else 0
+            )
             model_dtype = self.transformer.dtype
             codes = codes.to(model_dtype)
-            do_cfg = guidance_scale > 1.0
             num_rows = 2 * batch_size if do_cfg else batch_size
-            # A prefix of p tokens in AR order is code indices >= K - p: the finest K - p are hidden.
-            num_hidden = 0 if prefix_length is None else self.image_tokenizer.config.num_tokens - prefix_length
-            full_mask = None
-            if num_hidden > 0:
-                # Conditional rows see code indices num_hidden..k(τ_i) (sliced per step); the unconditional CFG half
-                # sees no token (every token dropped, as in training's CFG dropout).
-                full_mask = (torch.arange(codes.shape[1], device=device) >= num_hidden).expand(num_rows, -1).clone()
-                full_mask[batch_size:] = False
             if do_cfg:
-                # The unconditional half needs no codes: the decoder skips its token stream (`unconditional_rows`).
+                # The unconditional half's codes are never read (the decoder skips its token stream).
                 codes = torch.cat([codes, torch.zeros_like(codes)])
             sigmas = scheduler.sigmas[:-1].to(device=device, dtype=torch.float32)
             timesteps = sigmas[:, None].expand(-1, num_rows)
@@ -515,20 +510,18 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                 unconditional_time = torch.floor(sigmas * 1000).clamp(0, 999) / 1000
                 timesteps = torch.cat([timesteps[:, :batch_size], unconditional_time[:, None].expand(-1, batch_size)], dim=1)
 
-            # 3. Denoising loop: at τ_i the decoder sees tokens 0..k(τ_i) (code order) and nothing else.
+            # 3. Denoising loop: at τ_i the decoder sees visibilities[i] (tokens ..k(τ_i) in code order) and nothing else.
             #    The token stream's adaLN tables depend only on the weights: computed once for the loop.
             with self.progress_bar(total=num_inference_steps) as progress_bar, self.transformer.cached_token_modulations():
                 for i, t in enumerate(scheduler.timesteps):
                     if self.interrupt:
                         continue
-                    num_visible = visible_counts[i]
                     model_input = torch.cat([latents, latents]) if do_cfg else latents
                     velocity = self.transformer(
                         hidden_states=model_input.to(model_dtype),
                         timestep=timesteps[i],
-                        token_codes=codes[:, :num_visible],
-                        token_mask=None if full_mask is None else full_mask[:, :num_visible],
-                        unconditional_rows=batch_size if do_cfg else 0,
+                        token_codes=codes,
+                        visibility=visibilities[i],
                         context_sees_image=False if official else None,
                     ).sample.float()
                     if do_cfg:

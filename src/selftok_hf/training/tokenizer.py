@@ -6,8 +6,8 @@ training repository), written out in :class:`SelftokTokenizerObjective`:
 1. the encoder reads the normalised latent ``x0`` and the EMA quantizer turns its K queries into code vectors
    (commitment + diversity losses, k-means initialisation, dead-code reactivation: see ``quantizer.py``);
 2. a code time ``τ ~ U[0, 1)`` per image (shift 1, as the release runs), noise ``ε``, ``x_τ = τ ε + (1 - τ) x0``;
-3. the decoder sees only code-order tokens ``j <= k(τ)`` (the token schedule), and with probability 0.1 none at all
-   (classifier-free-guidance dropout, never at τ = 1);
+3. the decoder sees only code-order tokens ``j <= k(τ)``, and with probability 0.1 none at all (classifier-free-guidance
+   dropout, never at τ = 1): ``TokenSchedule.training_visibility``;
 4. loss = per-image mean of ``(v - (ε - x0))²`` averaged over the batch, plus the quantizer loss;
 5. token ``j``'s gradient is scaled by ``K / (K - j)``: token ``j`` is visible for a fraction ``(K - j) / K`` of
    the time axis, so this gives every token the same expected gradient (the forward value is unchanged).
@@ -118,15 +118,14 @@ class SelftokTokenizerObjective(nn.Module):
         quantized = self.tokenizer.quantizer(features)
 
         tau = torch.rand(B, device=device)
-        visible = self.schedule.visible_mask(self.schedule.token_index(tau * 1000.0))
         dropped = torch.rand(B, device=device) < self.cfg_dropout
-        visible = visible & ~dropped[:, None]
+        visibility = self.schedule.training_visibility(tau, dropped)
         codes = scale_token_gradients(quantized.quantized)
 
         noise = torch.randn_like(latents)
         t = tau.view(B, 1, 1, 1)
         noisy = t * noise + (1 - t) * latents
-        velocity = self.decoder(hidden_states=noisy, timestep=tau, token_codes=codes.to(noisy.dtype), token_mask=visible).sample
+        velocity = self.decoder(hidden_states=noisy, timestep=tau, token_codes=codes.to(noisy.dtype), visibility=visibility).sample
         per_image = (velocity.float() - (noise - latents).float()).pow(2).flatten(1).mean(1)
         mse = per_image.mean()
         loss = mse + quantized.loss
