@@ -7,12 +7,13 @@ HERE = Path(__file__).resolve().parent
 
 def _asset_files() -> list[str]:
     """Every file under src/selftok_hf/assets, recursively (sample images, the tokenizer JSON, the embedded pipeline
-    folder whatever its name, with its subfolders), relative to the package: a fixed glob list silently drops new files."""
+    folder whatever its name, with its subfolders), relative to the package: a fixed glob list silently drops new files.
+    Not assets/__init__.py (the accessors), which ships as the module selftok_hf.assets."""
     package = HERE / "src" / "selftok_hf"
     return sorted(
         path.relative_to(package).as_posix()
         for path in (package / "assets").rglob("*")
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc" and path != package / "assets" / "__init__.py"
     )
 
 
@@ -54,18 +55,18 @@ setup(
         # scikit-image: the SSIM reference in tests; both: offline:photos in the examples' tests; trl: that example's
         # test and tests/test_trl_recipe.py
         "dev": ["pytest", "matplotlib", "scikit-image", "scikit-learn", "trl"],
-        "demo": ["gradio>=6.0"],  # selftok demo (selftok_hf.demo); 6.0: the theme is an argument of launch()
+        "demo": ["gradio>=6.0"],  # selftok demo (selftok_hf.apps.demo); 6.0: the theme is an argument of launch()
     },
     entry_points={
         "console_scripts": [
-            "selftok=selftok_hf.cli:main",
+            "selftok=selftok_hf.apps.cli:main",
             "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
-            "selftok-quickstart=selftok_hf.quickstart:main",
+            "selftok-quickstart=selftok_hf.apps.quickstart:main",
             "selftok-train-tokenizer=selftok_hf.training.tokenizer:main",
             "selftok-train-renderer=selftok_hf.training.renderer:main",
             "selftok-train-vae=selftok_hf.training.autoencoder:main",
             "selftok-train-lm=selftok_hf.training.sft:main",
-            "selftok-eval=selftok_hf.evaluation:main",
+            "selftok-eval=selftok_hf.evaluation.reconstruction:main",
             "selftok-rl=selftok_hf.rl.trainer:main",
         ]
     },

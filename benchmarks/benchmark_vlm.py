@@ -30,7 +30,7 @@ from selftok_hf import (
     generate_image_tokens,
 )
 from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG
-from selftok_hf.tiny_vlm import (
+from selftok_hf.testing.tiny_vlm import (
     tiny_language_model,
     tiny_selftok_pipeline,
     tiny_text_tokenizer,

@@ -43,17 +43,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from official_selftok import build_official_tokenizer, official_decode_latents  # noqa: E402
 
 from selftok_hf import SelftokDecoderPipeline  # noqa: E402
+from selftok_hf.assets import EMBEDDED_PIPELINE, bundled_fashion_images, bundled_images  # noqa: E402
 from selftok_hf.convert_selftok_checkpoint import (  # noqa: E402
     build_pipeline_from_official,
     load_official_config,
     load_official_state_dict,
 )
 from selftok_hf.evaluation.metrics import psnr  # noqa: E402
-from selftok_hf.quickstart import (  # noqa: E402
-    EMBEDDED_PIPELINE,
-    bundled_fashion_images,
-    bundled_images,
-)
 from selftok_hf.vae import RandomWeightsWarning  # noqa: E402
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "official_reference"

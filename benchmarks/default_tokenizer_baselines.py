@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.apps.quickstart import write_grid
 from selftok_hf.evaluation.baselines import best_bicubic_thumbnail
 from selftok_hf.evaluation.metrics import psnr, ssim
 from selftok_hf.evaluation.raster_vq import RasterVQAutoencoder, train_raster_vq
-from selftok_hf.quickstart import write_grid
 from selftok_hf.training.data import (
     StepBatches,
     center_resize_crop,

@@ -185,7 +185,7 @@ def build_lm(cfg: Config, seed: int) -> TokenLM:
     from selftok_hf.image_processing_selftok import SelftokImageProcessorPil
     from selftok_hf.modeling_selftok_lm import add_visual_tokens
     from selftok_hf.processing_selftok import SelftokProcessor
-    from selftok_hf.tiny_vlm import tiny_text_tokenizer
+    from selftok_hf.testing.tiny_vlm import tiny_text_tokenizer
 
     tokenizer = tiny_text_tokenizer()
     config = LlamaConfig(

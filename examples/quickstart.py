@@ -15,14 +15,10 @@ import PIL.Image
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.assets import bundled_fashion_images, bundled_images, embedded_pipeline
+from selftok_hf.evaluation import side_by_side
 from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.image_processing_selftok import postprocess_images
-from selftok_hf.quickstart import (
-    bundled_fashion_images,
-    bundled_images,
-    embedded_pipeline,
-    side_by_side,
-)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from selftok_hf import SelftokPipeline, SelftokProcessor, add_visual_tokens
-from selftok_hf.quickstart import embedded_pipeline
+from selftok_hf.assets import embedded_pipeline
 from selftok_hf.rl import (
     COLORS,
     CombinedReward,
@@ -26,7 +26,7 @@ from selftok_hf.rl import (
     ShapesWorld,
     shapes_geneval,
 )
-from selftok_hf.tiny_vlm import tiny_language_model, tiny_text_tokenizer
+from selftok_hf.testing.tiny_vlm import tiny_language_model, tiny_text_tokenizer
 
 
 def tiny_vlm() -> SelftokPipeline:

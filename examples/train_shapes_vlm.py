@@ -89,7 +89,7 @@ def sample_training_pairs(world: ShapesWorld, split: PromptSplit, count: int, se
 
 def train_text_tokenizer(path: Path, world: ShapesWorld, split: PromptSplit, tiny: bool):
     """A byte-level BPE on held-in sentences and answers and the chat tags: one token per word of the world."""
-    from selftok_hf.tiny_vlm import train_byte_level_bpe
+    from selftok_hf.testing.tiny_vlm import train_byte_level_bpe
 
     if not (path / "tokenizer.json").exists():
         pairs = sample_training_pairs(world, split, 200 if tiny else 4000, seed=3)

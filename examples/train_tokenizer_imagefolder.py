@@ -18,8 +18,8 @@ from pathlib import Path
 import PIL.Image
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.assets import bundled_fashion_images, bundled_images
 from selftok_hf.evaluation.metrics import psnr
-from selftok_hf.quickstart import bundled_fashion_images, bundled_images
 from selftok_hf.training.renderer import RendererTrainingArguments, train_renderer
 from selftok_hf.training.tokenizer import TokenizerTrainingArguments, train_tokenizer
 

@@ -36,12 +36,19 @@ from peft import get_peft_model
 from trl import SFTConfig, SFTTrainer
 
 from selftok_hf import SelftokPipeline
+from selftok_hf.assets import bundled_images
 from selftok_hf.generation_selftok import context_length
-from selftok_hf.modeling_selftok_lm import expose_trainable_tokens_head_bias, visual_lora_config
-from selftok_hf.quickstart import bundled_images
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.modeling_selftok_lm import (
+    expose_trainable_tokens_head_bias,
+    visual_lora_config,
+)
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.data import load_image_dataset
-from selftok_hf.training.sft import SFTExampleBuilder, collate_examples, pretokenize_images
+from selftok_hf.training.sft import (
+    SFTExampleBuilder,
+    collate_examples,
+    pretokenize_images,
+)
 
 # transformers 5.24 renamed TrainingArguments.gradient_checkpointing (the old name warns); older 5.x has the old one only.
 CHECKPOINTING = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(SFTConfig)} else "gradient_checkpointing"

@@ -17,8 +17,8 @@ import datasets
 import torch
 
 from selftok_hf import SelftokPipeline
-from selftok_hf.quickstart import bundled_images
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.assets import bundled_images
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.sft import main as train_lm
 
 CAPTIONS = {"astronaut.jpg": "an astronaut in a white suit", "coffee.jpg": "a cup of coffee", "chelsea.jpg": "a tabby cat"}

@@ -9,8 +9,8 @@ import argparse
 import torch
 
 from selftok_hf import SelftokPipeline
-from selftok_hf.quickstart import side_by_side
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.evaluation import side_by_side
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 
 def main() -> None:

@@ -9,9 +9,9 @@ import argparse
 import PIL.Image
 
 from selftok_hf import SelftokPipeline
+from selftok_hf.assets import bundled_images
 from selftok_hf.processing_selftok import DEFAULT_QUESTION
-from selftok_hf.quickstart import bundled_images
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 
 def main() -> None:

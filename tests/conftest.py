@@ -14,6 +14,9 @@ import PIL.Image
 import pytest
 import torch
 
+# The tiny random pipeline fixtures (tiny_pipeline, tiny_pipeline_dir) are the ones users get for their own tests.
+pytest_plugins = ["selftok_hf.testing.pytest_fixtures"]
+
 REFERENCE_DIR = Path(os.environ.get("SELFTOK_REFERENCE_DIR", Path(__file__).parent / "fixtures" / "official_reference"))
 
 
@@ -80,7 +83,7 @@ def steering_pipeline():
     """The seeded random tiny default pipeline, with its zero-initialised adaLN modulations (the official init, which
     makes every MMDiT block the identity, so that tokens cannot steer the image) set to seeded random values.
     Session-scoped: tests must not modify it."""
-    from selftok_hf.quickstart import random_tiny_pipeline
+    from selftok_hf.testing import random_tiny_pipeline
 
     pipe = random_tiny_pipeline(seed=0)
     generator = torch.Generator().manual_seed(0)
@@ -270,28 +273,3 @@ def image_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "images"
     datasets.Dataset.from_dict({"image": images}).save_to_disk(str(path))
     return str(path)
-
-
-# ------------------------------------------------------------------------------ tiny random decoder pipelines
-# Module-scoped: every test module gets its own instance (a module's tests may change its per-call state).
-@pytest.fixture(scope="module")
-def tiny_pipeline():
-    """The seeded random tiny decoder pipeline (``random_tiny_pipeline(seed=0)``), progress bars off."""
-    from selftok_hf.quickstart import random_tiny_pipeline
-
-    pipe = random_tiny_pipeline(seed=0)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline_dir(tmp_path_factory):
-    """``random_tiny_pipeline(seed=0)`` saved with ``save_pretrained`` (for the CLI and loading tests)."""
-    from selftok_hf.quickstart import random_tiny_pipeline
-    from selftok_hf.vae import RandomWeightsWarning
-
-    path = tmp_path_factory.mktemp("tiny_pipeline")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RandomWeightsWarning)
-        random_tiny_pipeline(seed=0).save_pretrained(path)
-    return path

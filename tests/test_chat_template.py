@@ -10,7 +10,7 @@ from transformers import AutoProcessor
 
 from selftok_hf import SelftokProcessor
 from selftok_hf.processing_selftok import IGNORE_INDEX, selftok_chat_template
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

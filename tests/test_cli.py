@@ -11,10 +11,10 @@ import PIL.Image
 import pytest
 import torch
 
-from selftok_hf.cli import DELEGATED_COMMANDS, main
+from selftok_hf.apps.cli import DELEGATED_COMMANDS, main
 from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.pipeline_selftok_decoder import SelftokDecoderPipeline
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 ASSETS = os.path.join(os.path.dirname(sys.modules["selftok_hf"].__file__), "assets")
 PHOTOS = [os.path.join(ASSETS, name) for name in ("astronaut.jpg", "coffee.jpg")]
@@ -22,7 +22,7 @@ PHOTOS = [os.path.join(ASSETS, name) for name in ("astronaut.jpg", "coffee.jpg")
 
 def run_selftok(*args, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "selftok_hf.cli", *map(str, args)], check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "selftok_hf.apps.cli", *map(str, args)], check=False, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_bad_arguments_exit_2(tiny_pipeline_dir, tmp_path, capsys):
 
 
 def test_default_is_the_embedded_pipeline(tmp_path):
-    from selftok_hf.quickstart import embedded_pipeline
+    from selftok_hf.assets import embedded_pipeline
 
     pipe = embedded_pipeline()
     assert main(["encode", *PHOTOS, "-o", str(tmp_path / "ids.npy")]) == 0

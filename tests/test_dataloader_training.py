@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from selftok_hf import SelftokPipeline
-from selftok_hf.quickstart import bundled_images
+from selftok_hf.assets import bundled_images
 from selftok_hf.rl.trainer import GRPOArguments, GRPOTrainer, load_prompt_stream
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.loader import stream_batches
 from selftok_hf.training.loop import latest_checkpoint
 from selftok_hf.training.sft import SFTArguments, SFTTrainer

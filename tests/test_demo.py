@@ -16,7 +16,7 @@ import PIL.Image
 import pytest
 import torch
 
-from selftok_hf.demo import (
+from selftok_hf.apps.demo import (
     coarse_to_fine,
     grid_table,
     prefix_lengths,
@@ -24,8 +24,8 @@ from selftok_hf.demo import (
     token_grid,
     zoom,
 )
+from selftok_hf.assets import bundled_images, embedded_pipeline
 from selftok_hf.evaluation.metrics import psnr
-from selftok_hf.quickstart import bundled_images, embedded_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -102,7 +102,7 @@ def test_demo_page_in_a_real_browser(pipe, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", GRADIO_TEMP_DIR=str(tmp_path / "gradio"))
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "selftok_hf.cli", "demo", "--tiny", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "selftok_hf.apps.cli", "demo", "--tiny", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
     try:
         deadline = time.monotonic() + 180

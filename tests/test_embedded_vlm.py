@@ -5,9 +5,15 @@ import PIL.Image
 import pytest
 import torch
 
-from selftok_hf.cli import main
-from selftok_hf.quickstart import embedded_vlm
-from selftok_hf.rl import ProgramReward, ShapesWorld, describe_scene, parse_prompt, score_description
+from selftok_hf.apps.cli import main
+from selftok_hf.assets import embedded_vlm
+from selftok_hf.rl import (
+    ProgramReward,
+    ShapesWorld,
+    describe_scene,
+    parse_prompt,
+    score_description,
+)
 from selftok_hf.rl.evaluation import shapes_geneval
 
 pytestmark = pytest.mark.usefixtures("single_thread")

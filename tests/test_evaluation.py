@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
+from selftok_hf.assets import bundled_images
 from selftok_hf.evaluation import (
     EvaluationMetrics,
     EvaluationOutputs,
@@ -27,7 +28,6 @@ from selftok_hf.evaluation.metrics import (
     psnr_from_mse,
     ssim,
 )
-from selftok_hf.quickstart import bundled_images
 from selftok_hf.vae import latents_to_images, latents_to_pixels, to_unit_range
 
 SIZE = 64  # the tiny tokenizer's image size

@@ -13,11 +13,7 @@ import PIL.Image
 import pytest
 
 from selftok_hf import SelftokDecoderPipeline, SelftokPipeline
-from selftok_hf.quickstart import (
-    bundled_fashion_images,
-    bundled_images,
-    embedded_pipeline,
-)
+from selftok_hf.assets import bundled_fashion_images, bundled_images, embedded_pipeline
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

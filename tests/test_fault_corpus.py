@@ -11,9 +11,9 @@ import PIL.Image
 import pytest
 import torch
 
-from selftok_hf.cli import main as selftok_main
+from selftok_hf.apps.cli import main as selftok_main
 from selftok_hf.pipeline_selftok_decoder import SelftokDecoderPipeline
-from selftok_hf.quickstart import random_tiny_pipeline
+from selftok_hf.testing import random_tiny_pipeline
 from selftok_hf.vae import RandomWeightsWarning
 
 
@@ -110,8 +110,8 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
     import datasets
 
     from selftok_hf import SelftokPipeline
-    from selftok_hf.quickstart import bundled_images
-    from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+    from selftok_hf.assets import bundled_images
+    from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
     from selftok_hf.training.loop import latest_checkpoint
     from selftok_hf.training.sft import SFTArguments, SFTTrainer
 

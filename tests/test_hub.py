@@ -23,17 +23,24 @@ from pathlib import Path
 import pytest
 import torch
 import transformers.utils.hub
-from huggingface_hub import CommitInfo, CommitOperationAdd, CommitOperationDelete, HfApi, ModelCard, RepoUrl
+from huggingface_hub import (
+    CommitInfo,
+    CommitOperationAdd,
+    CommitOperationDelete,
+    HfApi,
+    ModelCard,
+    RepoUrl,
+)
 from huggingface_hub.errors import EntryNotFoundError
 from peft import LoraConfig, get_peft_model
 
 import selftok_hf.hub
 from selftok_hf import SelftokPipeline
-from selftok_hf.cli import main
+from selftok_hf.apps.cli import main
+from selftok_hf.assets import bundled_images, embedded_pipeline
 from selftok_hf.hub import model_card, write_model_card
 from selftok_hf.modeling_selftok_lm import embedding_module_names, lora_target_modules
-from selftok_hf.quickstart import bundled_images, embedded_pipeline
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.vae import pixels_to_latents
 
 #: The repos whose cards the snippet checks run (artifact -> repo), all pushed by the `hub` fixture.
@@ -471,7 +478,7 @@ def test_reload_and_card_snippets_with_selftok_hf(hub):
         from huggingface_hub import ModelCard
         from transformers import AutoModel
         from selftok_hf import SelftokDecoderPipeline, SelftokModel, SelftokPipeline
-        from selftok_hf.quickstart import bundled_images
+        from selftok_hf.assets import bundled_images
         hub, expected = {str(hub["root"])!r}, torch.load({str(hub["work"] / "expected.pt")!r})
         torch.set_num_threads(1)
         tokenizer = AutoModel.from_pretrained(hub + "/org/tok").eval()

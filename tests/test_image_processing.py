@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from selftok_hf import SelftokImageProcessorPil
+from selftok_hf.assets import bundled_images
 from selftok_hf.image_processing_selftok import postprocess_images, to_rgb
-from selftok_hf.quickstart import bundled_images
 
 
 def official_transform(image: PIL.Image.Image, size: int) -> np.ndarray:

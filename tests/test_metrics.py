@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage.metrics import structural_similarity
 
+from selftok_hf.assets import bundled_images
 from selftok_hf.evaluation.metrics import (
     LPIPS,
     FIDAccumulator,
@@ -20,7 +21,6 @@ from selftok_hf.evaluation.metrics import (
     ssim,
 )
 from selftok_hf.evaluation.metrics import _tf_avg_pool as tf_avg_pool
-from selftok_hf.quickstart import bundled_images
 
 
 def test_psnr_of_known_mse():

@@ -1,4 +1,4 @@
-"""The old import paths of the modules that left the top level (selftok_hf._moved): each gives the moved module
+"""The old import paths of the modules that left the top level (selftok_hf.utils.moved): each gives the moved module
 itself with a FutureWarning naming the new path, attributed to the importing line; no file is left at an old path."""
 
 import importlib
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import selftok_hf
-from selftok_hf._moved import MOVED_MODULES, MOVED_NAMES
+from selftok_hf.utils.moved import MOVED_MODULES, MOVED_NAMES
 
 PACKAGE = Path(selftok_hf.__file__).parent
 

@@ -37,4 +37,4 @@ def test_wheel_contains_every_asset_and_model_card(tmp_path):
     expected = _shipped(PACKAGE / "assets", "selftok_hf/assets") | _shipped(REPO / "model_cards", "selftok_hf/model_cards")
     assert any(name.endswith(".png") for name in expected)  # the Fashion-MNIST samples selftok-quickstart reads
     assert not expected - names, f"missing from the wheel: {sorted(expected - names)}"
-    assert "selftok_hf/quickstart.py" in names
+    assert "selftok_hf/apps/quickstart.py" in names

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers.generation.streamers import BaseStreamer
 
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import sys
 
 import PIL.Image
 
-from selftok_hf.quickstart import embedded_pipeline
+from selftok_hf.assets import embedded_pipeline
 
 
 def test_main_job_runs_offline_and_is_deterministic(tmp_path):
@@ -16,7 +16,7 @@ def test_main_job_runs_offline_and_is_deterministic(tmp_path):
     for run in range(2):
         path = tmp_path / f"tokens{run}.json"
         result = subprocess.run(
-            [sys.executable, "-m", "selftok_hf.quickstart", "--output", str(path), "--png", str(tmp_path / f"r{run}.png"), "--steps", "10",
+            [sys.executable, "-m", "selftok_hf.apps.quickstart", "--output", str(path), "--png", str(tmp_path / f"r{run}.png"), "--steps", "10",
              "--coarse-to-fine-png", str(tmp_path / f"c{run}.png")],
             capture_output=True, text=True, timeout=600, check=False,
             env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
@@ -64,7 +64,7 @@ def test_embedded_pipeline_is_the_documented_model():
 
 def test_bad_image_path_exit_code_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "selftok_hf.quickstart", "--images", str(tmp_path / "nope.png"), "--output", str(tmp_path / "o.json")],
+        [sys.executable, "-m", "selftok_hf.apps.quickstart", "--images", str(tmp_path / "nope.png"), "--output", str(tmp_path / "o.json")],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 2 and "cannot read image" in result.stderr

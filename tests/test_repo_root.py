@@ -10,8 +10,9 @@ from diffusers import DiffusionPipeline
 from transformers import AutoImageProcessor, AutoModel
 
 from selftok_hf import SelftokDecoderPipeline, SelftokModel
+from selftok_hf.assets import bundled_images
 from selftok_hf.modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY
-from selftok_hf.quickstart import bundled_images, embedded_pipeline, random_tiny_pipeline
+from selftok_hf.testing import random_tiny_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -73,7 +74,10 @@ def test_diffusers_loads_the_folder_as_before(saved):
 
 
 def test_pixel_space_pipeline_root(tmp_path, image_dir):
-    from selftok_hf.training.tokenizer import TokenizerTrainingArguments, train_tokenizer
+    from selftok_hf.training.tokenizer import (
+        TokenizerTrainingArguments,
+        train_tokenizer,
+    )
 
     args = TokenizerTrainingArguments(output_dir=str(tmp_path / "run"), dataset=image_dir, max_steps=1, batch_size=2, checkpoint_every=0)
     pipe = train_tokenizer(args, export_dir=str(tmp_path / "pixel")).pipeline()  # a 1-step pixel-space pipeline

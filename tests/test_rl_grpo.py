@@ -23,7 +23,7 @@ from selftok_hf.rl.grpo import (
     grpo_loss,
     k3_kl,
 )
-from selftok_hf.tiny_vlm import tiny_language_model, tiny_text_tokenizer
+from selftok_hf.testing.tiny_vlm import tiny_language_model, tiny_text_tokenizer
 
 K, CODES = 8, 16
 

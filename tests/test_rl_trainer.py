@@ -17,7 +17,7 @@ from selftok_hf.rl.trainer import (
     load_prompts,
     main,
 )
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

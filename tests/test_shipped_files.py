@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from selftok_hf import SelftokDecoderTransformer
+from selftok_hf.assets import embedded_pipeline
 from selftok_hf.pixel_space import PixelSpaceAutoencoder
-from selftok_hf.quickstart import embedded_pipeline, random_tiny_pipeline
+from selftok_hf.testing import random_tiny_pipeline
 from selftok_hf.vae import RandomWeightsWarning
 
 REPO = Path(__file__).resolve().parents[1]

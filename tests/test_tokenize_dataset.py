@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from selftok_hf import tokenize_dataset
-from selftok_hf.cli import main as selftok_main
+from selftok_hf.apps.cli import main as selftok_main
 from selftok_hf.dataset_tokenization import (
     IMAGE_IDS_COLUMN,
     chunks_folder,
@@ -139,8 +139,8 @@ def test_cli_tokenize_dataset(pairs, tiny_pipeline_dir, expected_ids, tmp_path, 
 
 
 def test_output_feeds_selftok_train_lm(pairs, tmp_path, caplog):
-    from selftok_hf.quickstart import random_tiny_pipeline
-    from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+    from selftok_hf.testing import random_tiny_pipeline
+    from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
     from selftok_hf.training import sft
 
     vlm = tiny_selftok_pipeline("llama")

@@ -7,8 +7,11 @@ import pytest
 import torch
 from peft import get_peft_model
 
-from selftok_hf.modeling_selftok_lm import expose_trainable_tokens_head_bias, visual_lora_config
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.modeling_selftok_lm import (
+    expose_trainable_tokens_head_bias,
+    visual_lora_config,
+)
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.sft import SFTExampleBuilder, collate_examples
 
 trl_utils = pytest.importorskip("trl.trainer.utils")

@@ -15,8 +15,8 @@ from selftok_hf import (
 )
 from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
 from selftok_hf.modeling_selftok_lm import visual_embedding_init
-from selftok_hf.quickstart import random_tiny_pipeline
-from selftok_hf.tiny_vlm import tiny_language_model, tiny_text_tokenizer
+from selftok_hf.testing import random_tiny_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_language_model, tiny_text_tokenizer
 from selftok_hf.vae import RandomWeightsWarning
 
 ARCHITECTURES = ["llama", "qwen2", "gpt2"]

@@ -10,9 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from selftok_hf import SelftokPipeline, SelftokProcessor, generate_image_tokens
+from selftok_hf.assets import bundled_images
 from selftok_hf.generation_selftok import classifier_free_guidance
-from selftok_hf.quickstart import bundled_images, random_tiny_pipeline
-from selftok_hf.tiny_vlm import (
+from selftok_hf.testing import random_tiny_pipeline
+from selftok_hf.testing.tiny_vlm import (
     tiny_language_model,
     tiny_selftok_pipeline,
     tiny_text_tokenizer,

@@ -6,9 +6,9 @@ import torch
 from transformers import AutoProcessor
 
 from selftok_hf import SelftokProcessor
+from selftok_hf.assets import bundled_images
 from selftok_hf.processing_selftok import IGNORE_INDEX
-from selftok_hf.quickstart import bundled_images
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -9,9 +9,9 @@ from huggingface_hub import ModelCard
 from safetensors import safe_open
 
 from selftok_hf import SelftokPipeline
+from selftok_hf.assets import bundled_images
 from selftok_hf.processing_selftok import IGNORE_INDEX
-from selftok_hf.quickstart import bundled_images
-from selftok_hf.tiny_vlm import tiny_selftok_pipeline
+from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.sft import (
     SFTArguments,
     SFTExampleBuilder,

@@ -18,13 +18,13 @@ from .processing_selftok import SelftokProcessor
 from .generation_selftok import SelftokVisualGrammarLogitsProcessor, generate_image_tokens
 from .pipeline_selftok import SelftokPipeline, SelftokPipelineOutput
 from .dataset_tokenization import tokenize_dataset
-from . import _moved
+from .utils.moved import install as _install_moved_modules
 
 __version__ = "0.1.0"
 
 # The modules that moved into subpackages (issue 17) stay importable under their old paths for a release, with a
-# FutureWarning (see _moved.py).
-_moved.install()
+# FutureWarning (see utils/moved.py).
+_install_moved_modules()
 
 AutoConfig.register("selftok", SelftokConfig, exist_ok=True)
 AutoModel.register(SelftokConfig, SelftokModel, exist_ok=True)

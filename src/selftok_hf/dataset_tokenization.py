@@ -1,7 +1,7 @@
 """Tokenize a whole ``datasets`` dataset into Selftok ids: sharded across processes, resumable, one output dataset.
 
     selftok tokenize-dataset DATASET OUTPUT_DIR [--pipeline DIR] [--streaming] [--keep-image]
-    accelerate launch --multi_gpu --num_processes 8 -m selftok_hf.cli tokenize-dataset DATASET OUTPUT_DIR ...
+    accelerate launch --multi_gpu --num_processes 8 -m selftok_hf.apps.cli tokenize-dataset DATASET OUTPUT_DIR ...
 
 or from Python, :func:`tokenize_dataset` (the "extract codes" step of LlamaGen / Emu3, for Selftok). The input is any
 ``datasets`` dataset with an image column (a ``Dataset`` or an ``IterableDataset``, or a name / folder opened by
@@ -109,9 +109,9 @@ class ImageIdsEncoder:
 
 def _load_pipeline(pipeline, dtype: torch.dtype | None):
     """A pipeline object as it is; ``None``: the bundled 32-px default; a folder or Hub id: the class it was saved as."""
+    from .assets import embedded_pipeline
     from .pipeline_selftok import SelftokPipeline
     from .pipeline_selftok_decoder import SelftokDecoderPipeline
-    from .quickstart import embedded_pipeline
 
     if pipeline is None:
         return embedded_pipeline(dtype or torch.float32)
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok tokenize-dataset") 
         epilog=(
             "examples:\n"
             "  selftok tokenize-dataset offline:fashion-mnist fmnist-ids --limit 2000\n"
-            "  accelerate launch --multi_gpu --num_processes 8 -m selftok_hf.cli tokenize-dataset my_images/ ids/ --pipeline converted/\n"
+            "  accelerate launch --multi_gpu --num_processes 8 -m selftok_hf.apps.cli tokenize-dataset my_images/ ids/ --pipeline converted/\n"
             "Run the same command again after an interruption: finished chunks are kept."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,

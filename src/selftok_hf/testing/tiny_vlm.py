@@ -1,7 +1,7 @@
 """Seeded random tiny Selftok VLMs for examples, tests and benchmarks: no download needed.
 
 Nothing here carries learned meaning (random LM, random tiny Selftok stack, see
-:func:`selftok_hf.quickstart.random_tiny_pipeline`), but every stage of the real system runs.
+:func:`selftok_hf.testing.random_tiny_pipeline`), but every stage of the real system runs.
 
 The text tokenizer is real: ``assets/tiny_bpe_tokenizer.json`` is a byte-level BPE (1,024 tokens,
 ``<|endoftext|>`` = id 0 used as bos/eos, ``<|pad|>`` = id 1) trained with the ``tokenizers`` library by
@@ -83,11 +83,11 @@ def tiny_language_model(architecture: str = "llama", vocab_size: int = 1024, see
 def tiny_selftok_pipeline(architecture: str = "llama", seed: int = 0, init: str = "codebook"):
     """A complete seeded random tiny :class:`~selftok_hf.SelftokPipeline`: tiny LM + bundled BPE extended with
     the tiny Selftok vocabulary (K = 32 tokens per image, 64 codes), and the quickstart's tiny decoder stack."""
-    from .modeling_selftok_lm import add_visual_tokens
-    from .pipeline_selftok import SelftokPipeline
-    from .processing_selftok import SelftokProcessor
-    from .quickstart import random_tiny_pipeline
-    from .vae import RandomWeightsWarning
+    from ..modeling_selftok_lm import add_visual_tokens
+    from ..pipeline_selftok import SelftokPipeline
+    from ..processing_selftok import SelftokProcessor
+    from ..vae import RandomWeightsWarning
+    from .tiny_pipeline import random_tiny_pipeline
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RandomWeightsWarning)

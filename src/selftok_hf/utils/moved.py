@@ -25,12 +25,24 @@ __all__ = ["MOVED_MODULES", "MOVED_NAMES", "install", "moved_names_getattr"]
 MOVED_MODULES = {
     "selftok_hf.atomic": "selftok_hf.utils.atomic",
     "selftok_hf.baselines": "selftok_hf.evaluation.baselines",
+    "selftok_hf.cli": "selftok_hf.apps.cli",
+    "selftok_hf.demo": "selftok_hf.apps.demo",
     "selftok_hf.metrics": "selftok_hf.evaluation.metrics",
+    "selftok_hf.quickstart": "selftok_hf.apps.quickstart",
     "selftok_hf.raster_vq": "selftok_hf.evaluation.raster_vq",
+    "selftok_hf.tiny_vlm": "selftok_hf.testing.tiny_vlm",
 }
 
 #: New module -> {name that was importable from its old path -> the module that holds it now}.
-MOVED_NAMES: dict[str, dict[str, str]] = {}
+MOVED_NAMES = {
+    # The bundled-asset accessors live beside the files (selftok_hf.assets), the test helper in selftok_hf.testing.
+    "selftok_hf.apps.quickstart": {
+        **dict.fromkeys(
+            ("EMBEDDED_PIPELINE", "EMBEDDED_VLM", "SAMPLE_FASHION", "SAMPLE_PHOTOS", "embedded_vlm"), "selftok_hf.assets"
+        ),
+        "random_tiny_pipeline": "selftok_hf.testing",
+    },
+}
 
 
 def _old_path(new_module: str) -> str:

@@ -13,7 +13,7 @@
 ``encode``, ``decode`` and ``reconstruct`` use the bundled trained 32-pixel pipeline unless ``--pipeline DIR``
 names a ``SelftokDecoderPipeline`` folder (e.g. one written by ``selftok convert``). ``generate``, ``describe`` and
 the demo's prompt tab use the bundled shapes-world VLM (1-3 coloured circles, squares and triangles; see
-``selftok_hf.quickstart.embedded_vlm``) unless ``--pipeline DIR`` names a ``SelftokPipeline`` folder. Images are read exactly as the
+``selftok_hf.assets.embedded_vlm``) unless ``--pipeline DIR`` names a ``SelftokPipeline`` folder. Images are read exactly as the
 Python API reads them (``load_image_file`` + the image processor: transparency on white, 16-bit rescaled), so
 ``selftok encode f`` and ``pipe.encode(PIL.Image.open(f))`` give the same ids. Outputs are checked before any work
 (their folder must exist; an existing file is kept unless ``--overwrite``) and written to a temporary file beside
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils.atomic import atomic_write
+from ..utils.atomic import atomic_write
 
 __all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_token_ids", "write_token_ids"]
 
@@ -48,7 +48,7 @@ DELEGATED_COMMANDS = {
     "train-lm": ("selftok_hf.training.sft:main", "fine-tune a language model on Selftok tokens (full or LoRA)"),
     "rl": ("selftok_hf.rl.trainer:main", "GRPO reinforcement learning on visual tokens"),
     "eval": ("selftok_hf.evaluation.reconstruction:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),
-    "quickstart": ("selftok_hf.quickstart:main", "tokenize + reconstruct the bundled sample photos (no download)"),
+    "quickstart": ("selftok_hf.apps.quickstart:main", "tokenize + reconstruct the bundled sample photos (no download)"),
     "tokenize-dataset": ("selftok_hf.dataset_tokenization:main", "a datasets dataset -> its Selftok ids (sharded with accelerate launch, resumable)"),
 }
 
@@ -78,7 +78,7 @@ def _positive_int(value: str) -> int:
 
 
 def _steps(value: str) -> int:
-    from .pipeline_selftok_decoder import MAX_INFERENCE_STEPS
+    from ..pipeline_selftok_decoder import MAX_INFERENCE_STEPS
 
     number = int(value)
     if not 1 <= number <= MAX_INFERENCE_STEPS:
@@ -229,7 +229,7 @@ def _torch_dtype(name: str):
 
 def _load_images(parser: argparse.ArgumentParser, paths: list[str]):
     """The API's loader (:func:`load_image_file`): each image in its own mode, converted by the image processor."""
-    from .image_processing_selftok import load_image_file
+    from ..image_processing_selftok import load_image_file
 
     images = []
     for path in paths:
@@ -277,8 +277,8 @@ def _save_outputs(parser: argparse.ArgumentParser, writes: list) -> None:
 
 
 def _load_decoder_pipeline(args):
-    from .pipeline_selftok_decoder import SelftokDecoderPipeline
-    from .quickstart import embedded_pipeline
+    from ..assets import embedded_pipeline
+    from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 
     dtype = _torch_dtype(args.dtype)
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=dtype) if args.pipeline else embedded_pipeline(dtype)
@@ -286,8 +286,8 @@ def _load_decoder_pipeline(args):
 
 
 def _load_vlm_pipeline(parser: argparse.ArgumentParser, args, path: str | None):
-    from .pipeline_selftok import SelftokPipeline
-    from .quickstart import embedded_vlm
+    from ..assets import embedded_vlm
+    from ..pipeline_selftok import SelftokPipeline
 
     dtype = _torch_dtype(args.dtype)
     try:
@@ -415,9 +415,9 @@ def _decode(parser: argparse.ArgumentParser, args) -> int:
 def _reconstruct(parser: argparse.ArgumentParser, args) -> int:
     import PIL.Image
 
-    from .evaluation.metrics import psnr
-    from .evaluation.reconstruction import side_by_side
-    from .image_processing_selftok import postprocess_images
+    from ..evaluation.metrics import psnr
+    from ..evaluation.reconstruction import side_by_side
+    from ..image_processing_selftok import postprocess_images
 
     if Path(args.output).suffix.lower() not in PIL.Image.registered_extensions():
         parser.error(f"--output must be an image file name such as recon.png, got {args.output!r}")
@@ -488,7 +488,7 @@ def _describe(parser: argparse.ArgumentParser, args) -> int:
 
 
 def _push(parser: argparse.ArgumentParser, args) -> int:
-    from .hub import artifact_kind, push_folder
+    from ..hub import artifact_kind, push_folder
 
     try:
         kind = artifact_kind(args.folder)
@@ -507,7 +507,7 @@ def _demo(parser: argparse.ArgumentParser, args) -> int:
     from .demo import build_demo, offline_theme
 
     if args.tiny:
-        from .tiny_vlm import tiny_selftok_pipeline
+        from ..testing.tiny_vlm import tiny_selftok_pipeline
 
         vlm = tiny_selftok_pipeline("llama").to(args.device, _torch_dtype(args.dtype))
     else:

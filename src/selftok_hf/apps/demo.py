@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 import PIL.Image
 import torch
 
-from .evaluation.metrics import psnr
-from .image_processing_selftok import postprocess_images
-from .pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..evaluation.metrics import psnr
+from ..image_processing_selftok import postprocess_images
+from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 
 if TYPE_CHECKING:
     import gradio as gr
 
-    from .pipeline_selftok import SelftokPipeline
+    from ..pipeline_selftok import SelftokPipeline
 
 __all__ = ["DISPLAY_SIDE", "build_demo", "coarse_to_fine", "grid_table", "offline_theme", "prefix_lengths", "reconstruct", "token_grid", "zoom"]
 
@@ -128,7 +128,7 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
 
     Args:
         pipeline: the :class:`SelftokDecoderPipeline` of the image tab (default: the bundled trained 32-px pipeline,
-            :func:`selftok_hf.quickstart.embedded_pipeline`).
+            :func:`selftok_hf.assets.embedded_pipeline`).
         vlm: a :class:`~selftok_hf.SelftokPipeline`; adds the text-to-image tab.
     Returns:
         A ``gradio.Blocks``; serve it with ``.launch()`` (e.g. ``launch(theme=offline_theme())``).
@@ -136,7 +136,7 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
     import gradio as gr
 
     if pipeline is None:
-        from .quickstart import embedded_pipeline
+        from ..assets import embedded_pipeline
 
         pipeline = embedded_pipeline()
     pipeline.set_progress_bar_config(disable=True)

@@ -16,86 +16,22 @@ import argparse
 import json
 import math
 import sys
-import warnings
-from importlib import resources
 
 import PIL.Image
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
-from .configuration_selftok import SELFTOK_TINY_CONFIG, SelftokConfig
-from .evaluation.baselines import best_bicubic_thumbnail
-from .evaluation.metrics import psnr
-from .evaluation.reconstruction import side_by_side
-from .image_processing_selftok import postprocess_images
-from .modeling_selftok import SelftokModel
-from .modeling_selftok_decoder import (
-    SELFTOK_DECODER_TINY_CONFIG,
-    SELFTOK_RENDERER_TINY_CONFIG,
-    SelftokDecoderTransformer,
-    SelftokRenderer,
-)
-from .pipeline_selftok_decoder import SelftokDecoderPipeline
-from .vae import RandomWeightsWarning, random_sd3_vae
+from ..assets import bundled_fashion_images, bundled_images, embedded_pipeline
+from ..evaluation.baselines import best_bicubic_thumbnail
+from ..evaluation.metrics import psnr
+from ..evaluation.reconstruction import side_by_side
+from ..image_processing_selftok import postprocess_images
+from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..utils.moved import moved_names_getattr
 
-__all__ = ["bundled_fashion_images", "bundled_images", "embedded_pipeline", "embedded_vlm", "main", "random_tiny_pipeline", "side_by_side"]
+__all__ = ["main", "write_grid"]
 
-SAMPLE_PHOTOS = ("astronaut.jpg", "coffee.jpg", "chelsea.jpg")
-SAMPLE_FASHION = ("fashion_mnist_ankle_boot.png", "fashion_mnist_pullover.png", "fashion_mnist_trouser.png")
-EMBEDDED_PIPELINE = "selftok-small32"
-#: The bundled shapes-world VLM (``examples/train_shapes_vlm.py``): ``selftok generate`` / ``describe`` use it by default.
-EMBEDDED_VLM = "selftok-shapes-vlm"
-
-
-def bundled_images() -> dict[str, PIL.Image.Image]:
-    """The sample photos shipped in ``selftok_hf/assets`` (public domain / CC0, from scikit-image)."""
-    return _assets(SAMPLE_PHOTOS)
-
-
-def bundled_fashion_images() -> dict[str, PIL.Image.Image]:
-    """Three Fashion-MNIST test images shipped in ``selftok_hf/assets`` (MIT), held out of the embedded model's training."""
-    return _assets(SAMPLE_FASHION)
-
-
-def _assets(names: tuple[str, ...]) -> dict[str, PIL.Image.Image]:
-    assets = resources.files("selftok_hf") / "assets"
-    return {name: PIL.Image.open(assets / name).convert("RGB") for name in names}
-
-
-def embedded_pipeline(dtype: torch.dtype = torch.float32) -> SelftokDecoderPipeline:
-    """The bundled trained pipeline (VAE, tokenizer, decoder, renderer; weights stored in float16 to stay small, upcast
-    on load)."""
-    return SelftokDecoderPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_PIPELINE), dtype=dtype)
-
-
-def embedded_vlm(dtype: torch.dtype = torch.float32):
-    """The bundled shapes-world :class:`~selftok_hf.SelftokPipeline`: a small Llama trained here by SFT then GRPO on the
-    ids of its own shapes codec (weights stored in float16, upcast on load). It draws and describes 1-3 coloured
-    circles, squares and triangles (``selftok_hf.rl.shapes_world``'s grammar), nothing else."""
-    from .pipeline_selftok import SelftokPipeline
-
-    return SelftokPipeline.from_pretrained(str(resources.files("selftok_hf") / "assets" / EMBEDDED_VLM), dtype=dtype)
-
-
-def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
-    """Seeded random tiny tokenizer, decoder, renderer and SD3-shaped VAE (for tests: every stage runs, nothing is learned)."""
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        tokenizer = SelftokModel(SelftokConfig(**SELFTOK_TINY_CONFIG)).eval()
-        # The official init zeroes the query adaLN (each block starts as the identity on the queries),
-        # which makes every image give the same ids; randomise it so the demo ids depend on the image.
-        for block in tokenizer.encoder.blocks:
-            torch.nn.init.normal_(block.query_modulation.weight, std=0.5)
-        transformer = SelftokDecoderTransformer(**SELFTOK_DECODER_TINY_CONFIG).eval()
-        renderer = SelftokRenderer(**SELFTOK_RENDERER_TINY_CONFIG).eval()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RandomWeightsWarning)  # announced once, in plain words, by main()
-            vae = random_sd3_vae(seed)
-    finally:
-        torch.random.set_rng_state(state)
-    pipe = SelftokDecoderPipeline(tokenizer, transformer, vae, FlowMatchEulerDiscreteScheduler(shift=1.0), renderer)
-    return pipe
+# The bundled-asset accessors and the random tiny pipeline lived here until issue 17 (selftok_hf.utils.moved).
+__getattr__ = moved_names_getattr(__spec__.name)  # __name__ is "__main__" under python -m
 
 
 def write_grid(path: str, columns: list[torch.Tensor], scale: int) -> None:
