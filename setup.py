@@ -60,7 +60,7 @@ setup(
     entry_points={
         "console_scripts": [
             "selftok=selftok_hf.apps.cli:main",
-            "selftok-convert=selftok_hf.convert_selftok_checkpoint:main",
+            "selftok-convert=selftok_hf.conversion.convert_selftok_checkpoint:main",
             "selftok-quickstart=selftok_hf.apps.quickstart:main",
             "selftok-train-tokenizer=selftok_hf.training.tokenizer:main",
             "selftok-train-renderer=selftok_hf.training.renderer:main",

@@ -6,7 +6,7 @@ tables the converter checks hold their official values), then runs, each in a fr
 `os.wait4` (peak RSS of that process alone, mapped file pages included):
 
 - `import`: `import selftok_hf` (the interpreter, torch, transformers and diffusers: every process pays it);
-- `convert`: `python -m selftok_hf.convert_selftok_checkpoint` on the checkpoint (a random stand-in VAE);
+- `convert`: `python -m selftok_hf.conversion.convert_selftok_checkpoint` on the checkpoint (a random stand-in VAE);
 - `load`: `SelftokDecoderPipeline.from_pretrained(output)`, then every parameter and buffer read once (a sum), so
   that memory-mapped weights count as they would in use.
 
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         results["make"] = run_measured([sys.executable, __file__, "--workdir", str(work), "--decoder-layers", str(args.decoder_layers), "--make-only", str(checkpoint)])
         checkpoint_bytes = checkpoint.stat().st_size
         results["import"] = run_measured([sys.executable, "-c", "import selftok_hf"])
-        convert = [sys.executable, "-m", "selftok_hf.convert_selftok_checkpoint", "--config", str(config), "--checkpoint", str(checkpoint), "--output", str(output)]
+        convert = [sys.executable, "-m", "selftok_hf.conversion.convert_selftok_checkpoint", "--config", str(config), "--checkpoint", str(checkpoint), "--output", str(output)]
         if args.max_shard_size:
             convert += ["--max-shard-size", args.max_shard_size]
         results["convert"] = run_measured(convert)

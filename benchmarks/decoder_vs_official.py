@@ -44,7 +44,7 @@ from official_selftok import build_official_tokenizer, official_decode_latents  
 
 from selftok_hf import SelftokDecoderPipeline  # noqa: E402
 from selftok_hf.assets import EMBEDDED_PIPELINE, bundled_fashion_images, bundled_images  # noqa: E402
-from selftok_hf.convert_selftok_checkpoint import (  # noqa: E402
+from selftok_hf.conversion.convert_selftok_checkpoint import (  # noqa: E402
     build_pipeline_from_official,
     load_official_config,
     load_official_state_dict,

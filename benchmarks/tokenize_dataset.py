@@ -27,7 +27,7 @@ def worker(data: str, output_dir: str, stats: str, pipeline: str | None, batch_s
     import datasets
 
     from selftok_hf import tokenize_dataset
-    from selftok_hf.dataset_tokenization import _load_pipeline, _partial_state
+    from selftok_hf.training.dataset_tokenization import _load_pipeline, _partial_state
 
     state = _partial_state()
     pipe = _load_pipeline(pipeline, None)

@@ -24,7 +24,7 @@ import torch
 
 from selftok_hf import SelftokDecoderPipeline
 from selftok_hf.assets import bundled_images
-from selftok_hf.convert_selftok_checkpoint import convert_official_checkpoint
+from selftok_hf.conversion.convert_selftok_checkpoint import convert_official_checkpoint
 from selftok_hf.evaluation.metrics import psnr
 from selftok_hf.utils.atomic import is_non_empty_folder
 

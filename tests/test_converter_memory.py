@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from selftok_hf import SelftokDecoderPipeline
-from selftok_hf.convert_selftok_checkpoint import (
+from selftok_hf.conversion.convert_selftok_checkpoint import (
     build_decoder_from_official,
     build_pipeline_from_official,
     load_official_config,
     load_official_state_dict,
 )
-from selftok_hf.convert_selftok_checkpoint import (
+from selftok_hf.conversion.convert_selftok_checkpoint import (
     main as convert_main,
 )
 from selftok_hf.vae import RandomWeightsWarning

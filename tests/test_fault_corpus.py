@@ -394,7 +394,7 @@ def photo(tmp_path):
 
 @pytest.mark.parametrize("command", ["encode", "reconstruct", "decode"])
 def test_outputs_into_a_missing_folder_or_onto_an_existing_file_are_refused_before_any_work(command, photo, tiny_pipeline_dir, tmp_path, capsys, monkeypatch):
-    from selftok_hf import cli
+    from selftok_hf.apps import cli
 
     monkeypatch.setattr(cli, "_load_decoder_pipeline", lambda args: pytest.fail("loaded the pipeline before checking the output"))
     np.save(tmp_path / "ids.npy", np.zeros((2, 32), np.int64))
@@ -558,7 +558,7 @@ def _snapshot(folder):
 
 
 def _convert(reference_dir, output, *extra, renderer=False):
-    from selftok_hf.convert_selftok_checkpoint import main as convert_main
+    from selftok_hf.conversion.convert_selftok_checkpoint import main as convert_main
 
     renderer_args = ["--renderer-config", reference_dir / "renderer_config.yaml", "--renderer-checkpoint", reference_dir / "official_renderer_state_dict.safetensors"]
     argv = ["--config", reference_dir / "config.yaml", "--checkpoint", reference_dir / "official_tokenizer_state_dict.safetensors", "--output", output]
@@ -570,7 +570,7 @@ def _convert(reference_dir, output, *extra, renderer=False):
 def test_converting_over_a_conversion_replaces_it_whole_or_not_at_all(reference_dir, tmp_path, capsys, monkeypatch):
     """A conversion that failed half-way left a folder that loaded without error and paired the new tokenizer with
     the old decoder; converting into a folder holding another conversion merged into it, keeping stale files."""
-    from selftok_hf import convert_selftok_checkpoint
+    from selftok_hf.conversion import convert_selftok_checkpoint
     from selftok_hf.modeling_selftok_decoder import SelftokDecoderTransformer
 
     out = tmp_path / "converted"
@@ -627,7 +627,7 @@ def test_bad_official_configs_exit_2_naming_the_file_and_the_key(edit, message, 
     """These gave a traceback (yaml.ScannerError, KeyError: 'k') or a message naming neither the file nor the key."""
     config = tmp_path / "256-eval.yml"
     config.write_text(edit((reference_dir / "config.yaml").read_text()))
-    from selftok_hf.convert_selftok_checkpoint import main as convert_main
+    from selftok_hf.conversion.convert_selftok_checkpoint import main as convert_main
 
     code = convert_main(["--config", str(config), "--checkpoint", str(reference_dir / "official_tokenizer_state_dict.safetensors"), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -15,7 +15,7 @@ import torch
 
 from selftok_hf import tokenize_dataset
 from selftok_hf.apps.cli import main as selftok_main
-from selftok_hf.dataset_tokenization import (
+from selftok_hf.training.dataset_tokenization import (
     IMAGE_IDS_COLUMN,
     chunks_folder,
     tokenization_record,
@@ -177,7 +177,7 @@ import json, sys
 from pathlib import Path
 import datasets
 from selftok_hf import SelftokDecoderPipeline, tokenize_dataset
-from selftok_hf.dataset_tokenization import _partial_state
+from selftok_hf.training.dataset_tokenization import _partial_state
 
 data, pipeline, out = sys.argv[1:4]
 pipe = SelftokDecoderPipeline.from_pretrained(pipeline)

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from selftok_hf.convert_selftok_checkpoint import (
+from selftok_hf.conversion.convert_selftok_checkpoint import (
     build_tokenizer_from_official,
     convert_official_tokenizer_state_dict,
     load_official_config,

@@ -17,7 +17,7 @@ from .modeling_selftok_lm import add_visual_tokens
 from .processing_selftok import SelftokProcessor
 from .generation_selftok import SelftokVisualGrammarLogitsProcessor, generate_image_tokens
 from .pipeline_selftok import SelftokPipeline, SelftokPipelineOutput
-from .dataset_tokenization import tokenize_dataset
+from .training.dataset_tokenization import tokenize_dataset
 from .utils.moved import install as _install_moved_modules
 
 __version__ = "0.1.0"

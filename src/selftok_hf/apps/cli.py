@@ -41,7 +41,7 @@ __all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_t
 
 #: Subcommands that hand their arguments to an existing entry point: name -> (``module:function``, summary).
 DELEGATED_COMMANDS = {
-    "convert": ("selftok_hf.convert_selftok_checkpoint:main", "convert an official Selftok checkpoint into a selftok-hf folder"),
+    "convert": ("selftok_hf.conversion.convert_selftok_checkpoint:main", "convert an official Selftok checkpoint into a selftok-hf folder"),
     "train-tokenizer": ("selftok_hf.training.tokenizer:main", "train the Selftok tokenizer + diffusion decoder on an image folder or dataset"),
     "train-renderer": ("selftok_hf.training.renderer:main", "distil the one-step renderer from a trained decoder"),
     "train-vae": ("selftok_hf.training.autoencoder:main", "train a small SD3-shaped VAE for a small tokenizer to read"),
@@ -49,7 +49,7 @@ DELEGATED_COMMANDS = {
     "rl": ("selftok_hf.rl.trainer:main", "GRPO reinforcement learning on visual tokens"),
     "eval": ("selftok_hf.evaluation.reconstruction:main", "reconstruction metrics (PSNR, SSIM, LPIPS, rFID) of a pipeline"),
     "quickstart": ("selftok_hf.apps.quickstart:main", "tokenize + reconstruct the bundled sample photos (no download)"),
-    "tokenize-dataset": ("selftok_hf.dataset_tokenization:main", "a datasets dataset -> its Selftok ids (sharded with accelerate launch, resumable)"),
+    "tokenize-dataset": ("selftok_hf.training.dataset_tokenization:main", "a datasets dataset -> its Selftok ids (sharded with accelerate launch, resumable)"),
 }
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -1,6 +1,8 @@
 """Weight conversion into selftok-hf models: official Selftok checkpoints and SD3 initialisation.
 
-The model files hold the models only (they ship as remote code); the key and shape mappings live here.
+The model files hold the models only (they ship as remote code); the key and shape mappings live here:
+``decoder`` (the official decoder and renderer, SD3 -> decoder) and ``convert_selftok_checkpoint`` (the tokenizer's
+mapping and ``selftok-convert``, which writes a whole pipeline folder).
 """
 
 from .decoder import (

@@ -44,17 +44,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..dataset_tokenization import (
-    IMAGE_IDS_COLUMN,
-    ImageIdsEncoder,
-    tokenization_record,
-    tokenizer_fingerprint,
-)
 from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
 from ..utils.atomic import export_folder
 from .data import load_image_dataset
+from .dataset_tokenization import (
+    IMAGE_IDS_COLUMN,
+    ImageIdsEncoder,
+    tokenization_record,
+    tokenizer_fingerprint,
+)
 from .loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
 from .loop import (
     TrainingArgumentParser,

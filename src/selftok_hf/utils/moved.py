@@ -26,6 +26,8 @@ MOVED_MODULES = {
     "selftok_hf.atomic": "selftok_hf.utils.atomic",
     "selftok_hf.baselines": "selftok_hf.evaluation.baselines",
     "selftok_hf.cli": "selftok_hf.apps.cli",
+    "selftok_hf.convert_selftok_checkpoint": "selftok_hf.conversion.convert_selftok_checkpoint",
+    "selftok_hf.dataset_tokenization": "selftok_hf.training.dataset_tokenization",
     "selftok_hf.demo": "selftok_hf.apps.demo",
     "selftok_hf.metrics": "selftok_hf.evaluation.metrics",
     "selftok_hf.quickstart": "selftok_hf.apps.quickstart",

@@ -39,10 +39,10 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 
-from .configuration_selftok import SelftokConfig
-from .embeddings import sincos_2d
-from .token_schedule import TokenSchedule
-from .utils.atomic import atomic_folder, is_non_empty_folder
+from ..configuration_selftok import SelftokConfig
+from ..embeddings import sincos_2d
+from ..token_schedule import TokenSchedule
+from ..utils.atomic import atomic_folder, is_non_empty_folder
 
 __all__ = [
     "load_official_config",
@@ -368,7 +368,7 @@ def _check_against_model(state_dict: Mapping[str, torch.Tensor], model: torch.nn
 
 def build_tokenizer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
     """Official config params + state dict -> a loaded [`SelftokModel`] (fp32, eval mode)."""
-    from .modeling_selftok import SelftokModel
+    from ..modeling_selftok import SelftokModel
 
     config = selftok_config_from_official(params, official)
     state_dict, _ = convert_official_tokenizer_state_dict(official, config)
@@ -397,11 +397,11 @@ def _model_holding(make_model, state_dict: Mapping[str, torch.Tensor], what: str
 # ------------------------------------------------------------------------------------------- main
 def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tensor]):
     """Official config params + state dict -> a loaded [`SelftokDecoderTransformer`] (fp32, eval mode)."""
-    from .conversion import (
+    from ..modeling_selftok_decoder import SelftokDecoderTransformer
+    from . import (
         convert_official_decoder_state_dict,
         decoder_config_from_official_state_dict,
     )
-    from .modeling_selftok_decoder import SelftokDecoderTransformer
 
     model_sd = _model_keys(official, "tokenizer checkpoint")
     config = decoder_config_from_official_state_dict(
@@ -413,11 +413,11 @@ def build_decoder_from_official(params: dict, official: Mapping[str, torch.Tenso
 
 def build_renderer_from_official(params: dict, official: Mapping[str, torch.Tensor]):
     """Official renderer config params + state dict -> a loaded [`SelftokRenderer`] (fp32, eval mode)."""
-    from .conversion import (
+    from ..modeling_selftok_decoder import SelftokRenderer
+    from . import (
         convert_official_renderer_state_dict,
         renderer_config_from_official_state_dict,
     )
-    from .modeling_selftok_decoder import SelftokRenderer
 
     model_sd = _model_keys(official, "renderer checkpoint")
     if not (params.get("decoder_config") or {}).get("repeat", False):
@@ -453,8 +453,8 @@ def build_pipeline_from_official(
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from .pipeline_selftok_decoder import SelftokDecoderPipeline
-    from .vae import random_sd3_vae
+    from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+    from ..vae import random_sd3_vae
 
     tokenizer = build_tokenizer_from_official(params, official)
     transformer = build_decoder_from_official(params, official)
@@ -478,7 +478,7 @@ def build_pipeline_from_official(
 def _check_same_codebook(tokenizer, renderer_params: dict, renderer_official: Mapping[str, torch.Tensor]) -> None:
     """The renderer checkpoint's encoder must map to the tokenizer's model (keys and shapes, checked on the meta
     device), and its codebook and post-quantizer norm, all that decoding reads, must equal the tokenizer's."""
-    from .modeling_selftok import SelftokModel
+    from ..modeling_selftok import SelftokModel
 
     config = selftok_config_from_official(renderer_params, renderer_official)
     state_dict, _ = convert_official_tokenizer_state_dict(renderer_official, config)

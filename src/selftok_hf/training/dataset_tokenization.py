@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .utils.atomic import atomic_folder, atomic_write_text, is_non_empty_folder
+from ..utils.atomic import atomic_folder, atomic_write_text, is_non_empty_folder
 
 __all__ = [
     "IMAGE_IDS_COLUMN",
@@ -68,7 +68,7 @@ DONE = "done.json"
 # ------------------------------------------------------------------------------------ the image tokenizer
 def _decoder_pipeline(pipeline):
     """The :class:`SelftokDecoderPipeline` that turns pixels into ids: the pipeline itself or a VLM's ``decoder``."""
-    from .pipeline_selftok import SelftokPipeline
+    from ..pipeline_selftok import SelftokPipeline
 
     return pipeline.decoder if isinstance(pipeline, SelftokPipeline) else pipeline
 
@@ -95,7 +95,7 @@ class ImageIdsEncoder:
     (``encode_images``). Picklable, for ``DataLoader`` workers."""
 
     def __init__(self, pipeline, image_column: str = "image", ids_column: str = IMAGE_IDS_COLUMN) -> None:
-        from .pipeline_selftok import SelftokPipeline
+        from ..pipeline_selftok import SelftokPipeline
 
         # Of a VLM only the processor (its image tokenizer attached) travels to the workers, not the LM.
         self.encoder = pipeline.processor if isinstance(pipeline, SelftokPipeline) else pipeline
@@ -109,9 +109,9 @@ class ImageIdsEncoder:
 
 def _load_pipeline(pipeline, dtype: torch.dtype | None):
     """A pipeline object as it is; ``None``: the bundled 32-px default; a folder or Hub id: the class it was saved as."""
-    from .assets import embedded_pipeline
-    from .pipeline_selftok import SelftokPipeline
-    from .pipeline_selftok_decoder import SelftokDecoderPipeline
+    from ..assets import embedded_pipeline
+    from ..pipeline_selftok import SelftokPipeline
+    from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 
     if pipeline is None:
         return embedded_pipeline(dtype or torch.float32)
@@ -120,7 +120,7 @@ def _load_pipeline(pipeline, dtype: torch.dtype | None):
             raise TypeError(f"pipeline must be a SelftokDecoderPipeline, a SelftokPipeline or a folder, got {type(pipeline).__name__}")
         return pipeline
     if Path(pipeline).is_dir():
-        from .hub import artifact_kind
+        from ..hub import artifact_kind
 
         kind = artifact_kind(pipeline)
         if kind == "SelftokPipeline":
@@ -131,7 +131,7 @@ def _load_pipeline(pipeline, dtype: torch.dtype | None):
 
 
 def _describe_pipeline(pipeline, fingerprint: str) -> dict[str, Any]:
-    from . import __version__
+    from .. import __version__
 
     decoder = _decoder_pipeline(pipeline)
     cfg = decoder.image_tokenizer.config
@@ -165,7 +165,7 @@ def open_dataset(source: str, split: str = "train", data_dir: str | None = None,
     source through ``to_iterable_dataset``)."""
     import datasets
 
-    from .training.data import load_image_dataset
+    from .data import load_image_dataset
 
     if not streaming:
         return load_image_dataset(source, split=split, image_column=image_column, data_dir=data_dir, limit=limit)
