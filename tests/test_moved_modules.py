@@ -2,6 +2,7 @@
 itself with a FutureWarning naming the new path, attributed to the importing line; no file is left at an old path."""
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -56,3 +57,10 @@ def test_unknown_names_still_raise():
     for new in MOVED_NAMES:
         with pytest.raises(AttributeError, match="no_such_name"):
             getattr(importlib.import_module(new), "no_such_name")
+
+
+def test_python_m_old_path_runs_the_moved_module():
+    result = subprocess.run([sys.executable, "-m", "selftok_hf.quickstart", "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: selftok-quickstart")
+    assert "FutureWarning: python -m selftok_hf.quickstart: the module moved to selftok_hf.apps.quickstart" in result.stderr

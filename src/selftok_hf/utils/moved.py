@@ -4,8 +4,9 @@ The top level of ``selftok_hf`` is the code that travels with the weights; the a
 testing helpers and the file utilities moved into subpackages. ``import selftok_hf.quickstart`` (every old path in
 :data:`MOVED_MODULES`) still works: a ``sys.meta_path`` finder answers the old name with the moved module itself (the
 same object, so ``mock.patch("selftok_hf.quickstart.x")`` patches the module the code uses) and a ``FutureWarning``
-naming the new path. No file remains at the old path. A name that left its module for another one
-(:data:`MOVED_NAMES`) resolves through the module's ``__getattr__`` (:func:`moved_names_getattr`), with the same warning.
+naming the new path; ``python -m <old path>`` runs the new module, with the warning. No file remains at the old
+path. A name that left its module for another one (:data:`MOVED_NAMES`) resolves through the module's
+``__getattr__`` (:func:`moved_names_getattr`), with the same warning.
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             stacklevel=_caller_stacklevel(),
         )
         sys.modules[module.__name__] = importlib.import_module(new)
+
+    def get_code(self, fullname: str):
+        """``python -m <old path>`` (runpy asks the loader for the code to run as ``__main__``): code that runs the
+        new module as ``__main__`` instead, after the warning."""
+        new = MOVED_MODULES[fullname]
+        warnings.warn(f"python -m {fullname}: the module moved to {new}; run python -m {new} instead", FutureWarning, stacklevel=2)
+        return compile(f"import runpy\nrunpy.run_module({new!r}, run_name='__main__', alter_sys=True)\n", f"<{fullname}: {new}>", "exec")
 
 
 def install() -> None:
