@@ -8,7 +8,7 @@ from transformers.utils import is_torchvision_available
 
 from .configuration_selftok import SELFTOK_RELEASE_CONFIG, SELFTOK_TINY_CONFIG, SelftokConfig
 from .image_processing_selftok import SelftokImageProcessor, SelftokImageProcessorPil
-from .modeling_selftok import SelftokEncoderOutput, SelftokModel
+from .modeling_selftok import SelftokEncoderOutput, SelftokModel, SelftokModelOutput
 from .modeling_selftok_decoder import SelftokDecoderTransformer, SelftokRenderer
 from .pipeline_selftok_decoder import SelftokDecoderPipeline
 from .token_schedule import TokenSchedule, to_ar_order, to_code_order
@@ -51,6 +51,7 @@ __all__ = [
     "SelftokConfig",
     "SelftokModel",
     "SelftokEncoderOutput",
+    "SelftokModelOutput",
     "SelftokImageProcessor",
     "SelftokDecoderTransformer",
     "SelftokRenderer",

@@ -49,7 +49,7 @@ def _load_vae(root: str, subfolder: str, hub_kwargs: dict):
         raise ValueError(f"{root}/{subfolder} holds a {name!r}; the Selftok tokenizer loads an AutoencoderKL or a PixelSpaceAutoencoder")
     return vae_class.from_pretrained(root, subfolder=subfolder, **hub_kwargs)
 
-__all__ = ["SelftokModel", "SelftokEncoderOutput", "SelftokPreTrainedModel"]
+__all__ = ["SelftokModel", "SelftokEncoderOutput", "SelftokModelOutput", "SelftokPreTrainedModel"]
 
 
 @dataclass
@@ -70,6 +70,26 @@ class SelftokEncoderOutput(ModelOutput):
     token_embeddings: Optional[torch.FloatTensor] = None
     query_features: Optional[torch.FloatTensor] = None
     projected_features: Optional[torch.FloatTensor] = None
+
+
+@dataclass
+class SelftokModelOutput(SelftokEncoderOutput):
+    """Output of [`SelftokModel.forward`]: the fields of [`SelftokEncoderOutput`] (AR order), and in training mode
+    the quantizer's loss. A subclass, and the two extra fields come last and are None in eval mode, so an eval-mode
+    output indexes and unpacks (``to_tuple()``) exactly as ``encode()``'s.
+
+    Args:
+        token_embeddings (`torch.FloatTensor` of shape `(batch, num_tokens, token_dim)`): as in
+            [`SelftokEncoderOutput`]; in training mode with straight-through gradients to the encoder.
+        loss (`torch.FloatTensor` of shape `()`, training mode only): ``commitment_weight * commitment + diversity``
+            (0 when the quantizer alone is in eval mode).
+        quantizer_stats (`dict[str, float]`, training mode only): what the quantizer step logs (``commitment``,
+            ``diversity_entropy``, ``usage_perplexity``, ``reactivated_codes``; empty when the quantizer is in eval
+            mode).
+    """
+
+    loss: Optional[torch.FloatTensor] = None
+    quantizer_stats: Optional[dict] = None
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -542,13 +562,22 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
             raise ValueError(f"token_ids must lie in [0, {C}), got values in [{lo}, {hi}]")
 
     # ------------------------------------------------------------------------------------- public
+    def _input_latents(self, latents: Optional[torch.Tensor], pixel_values: Optional[torch.Tensor]) -> torch.Tensor:
+        """The checked latents ``(B, latent_channels, h, w)`` in the model's dtype, from exactly one of the inputs."""
+        if (latents is None) == (pixel_values is None):
+            raise ValueError("pass exactly one of `latents` or `pixel_values`")
+        if latents is None:
+            latents = self.latents_from_pixels(pixel_values)
+        self._check_latents(latents)
+        return latents.to(self.dtype)
+
     def encode(
         self,
         latents: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         return_dict: bool = True,
     ) -> SelftokEncoderOutput | tuple:
-        """Tokenize images.
+        """Tokenize images (inference: never changes the codebook, in either mode).
 
         Args:
             latents: SD3-normalised latents ``(B, latent_channels, h, w)``.
@@ -557,12 +586,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
         Returns:
             [`SelftokEncoderOutput`] with ``token_ids`` ``(B, K)`` int64 in AR order.
         """
-        if (latents is None) == (pixel_values is None):
-            raise ValueError("pass exactly one of `latents` or `pixel_values`")
-        if latents is None:
-            latents = self.latents_from_pixels(pixel_values)
-        self._check_latents(latents)
-        features = self.encoder(latents.to(self.dtype))
+        features = self.encoder(self._input_latents(latents, pixel_values))
         ids, projected = self.quantizer.quantize(features)
         embeddings = self.quantizer.embed_ids(ids)
         out = SelftokEncoderOutput(
@@ -583,6 +607,38 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
         latents: Optional[torch.Tensor] = None,
         pixel_values: Optional[torch.Tensor] = None,
         return_dict: bool = True,
-    ) -> SelftokEncoderOutput | tuple:
-        """Same as :meth:`encode` (so ``AutoModel`` users can call the model)."""
-        return self.encode(latents=latents, pixel_values=pixel_values, return_dict=return_dict)
+    ) -> SelftokModelOutput | tuple:
+        """The tokenizer's forward; in training mode, its training step (as ``VectorQuantize.forward``).
+
+        - eval mode: :meth:`encode` (``loss`` and ``quantizer_stats`` are None);
+        - training mode: the encoder, then the quantizer's training step (:meth:`CosineVectorQuantizer.forward`:
+          k-means initialisation on the first batch, EMA codebook update, dead-code reactivation), so each call
+          changes the codebook. ``token_embeddings`` carry straight-through gradients and ``loss`` is the
+          quantizer's (commitment + diversity). The decoder's flow-matching loss is not here: it needs the decoder,
+          and :class:`~selftok_hf.training.tokenizer.SelftokTokenizerObjective` adds it.
+
+        So, unlike :meth:`encode`, calling a model in training mode (as a freshly constructed ``SelftokModel(config)``
+        is; ``from_pretrained`` returns it in eval mode) changes its codebook: tokenize with :meth:`encode`, or call
+        ``model.eval()`` first.
+
+        Args:
+            latents: SD3-normalised latents ``(B, latent_channels, h, w)``.
+            pixel_values: alternatively, images in [-1, 1] ``(B, 3, H, W)`` (needs an attached VAE).
+        Returns:
+            [`SelftokModelOutput`], all in AR order; ``token_ids`` ``(B, K)``, ``token_embeddings``
+            ``(B, K, token_dim)``.
+        """
+        if not self.training:
+            out = SelftokModelOutput(**self.encode(latents=latents, pixel_values=pixel_values))
+        else:
+            features = self.encoder(self._input_latents(latents, pixel_values))
+            quantized = self.quantizer(features)
+            out = SelftokModelOutput(
+                token_ids=to_ar_order(quantized.ids),
+                token_embeddings=to_ar_order(quantized.quantized),
+                query_features=to_ar_order(features),
+                projected_features=to_ar_order(quantized.projected),
+                loss=quantized.loss,
+                quantizer_stats=quantized.stats,
+            )
+        return out if return_dict else out.to_tuple()

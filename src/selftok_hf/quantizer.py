@@ -59,19 +59,23 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class QuantizerOutput:
-    """Training-time quantizer output (code order).
+    """Output of :meth:`CosineVectorQuantizer.forward` (code order), as ``VectorQuantize.forward``'s
+    ``(quantized, ids, loss)`` plus what a trainer logs.
 
     Attributes:
         ids: ``(B, K)`` int64.
-        quantized: ``(B, K, token_dim)`` post-normed token vectors with straight-through gradients.
-        loss: scalar, ``commitment_weight * commit + diversity``.
-        stats: floats for logging (commitment, diversity entropy, usage perplexity, reactivated codes).
+        quantized: ``(B, K, token_dim)`` post-normed token vectors; in train mode with straight-through gradients.
+        loss: scalar, ``commitment_weight * commit + diversity`` in train mode, 0 in eval mode.
+        stats: floats for logging in train mode (commitment, diversity entropy, usage perplexity, reactivated
+            codes); empty in eval mode.
+        projected: ``(B, K, code_dim)`` fp32 unit-norm projected features, the vectors compared with the codebook.
     """
 
     ids: torch.Tensor
     quantized: torch.Tensor
     loss: torch.Tensor
     stats: dict
+    projected: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -241,8 +245,16 @@ class CosineVectorQuantizer(nn.Module):
 
     # ------------------------------------------------------------------------------ training
     def forward(self, features: torch.Tensor) -> QuantizerOutput:
-        """Quantize ``(B, K, input_dim)`` features (code order). In train mode, also update the EMA codebook
-        and return the quantizer losses; in eval mode the loss is zero and no state changes."""
+        """Quantize encoder features; in train mode this is the quantizer's training step.
+
+        Args:
+            features: ``(B, K, input_dim)`` encoder outputs in code order.
+        Returns:
+            [`QuantizerOutput`]. In train mode, in this order: k-means initialisation (first batch only), nearest
+            codes against the codebook as it was, then the EMA updates (position usage, codebook), dead-code
+            reactivation, and the losses on the codes chosen before the update. In eval mode the loss is zero and
+            no state changes.
+        """
         with torch.autocast(features.device.type, enabled=False):
             z = self.project(features)
             if self.training:
@@ -266,7 +278,7 @@ class CosineVectorQuantizer(nn.Module):
                     commitment=commit.item(), diversity_entropy=entropy.item(), usage_perplexity=self.usage_perplexity().item()
                 )
                 codes = z + (codes - z).detach()  # straight-through estimator
-        return QuantizerOutput(ids=ids, quantized=self.post_norm(self.project_out(codes)), loss=loss, stats=stats)
+        return QuantizerOutput(ids=ids, quantized=self.post_norm(self.project_out(codes)), loss=loss, stats=stats, projected=z)
 
     def usage_perplexity(self) -> torch.Tensor:
         """Mean over positions of ``exp(H(p(code | position)))`` from the EMA statistics."""

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..token_schedule import to_code_order
 from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
 from .data import StepBatches, image_source_field, load_image_dataset
@@ -196,8 +197,7 @@ class RendererTrainer(TrainingLoop):
     @torch.no_grad()
     def _codes(self, latents: torch.Tensor) -> torch.Tensor:
         """Frozen tokenizer: latents -> post-normed code vectors ``(B, K, D)`` in code order."""
-        ids, _ = self.tokenizer.quantizer.quantize(self.tokenizer.encoder(latents))
-        return self.tokenizer.quantizer.embed_ids(ids)
+        return to_code_order(self.tokenizer.encode(latents=latents).token_embeddings)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         tc = self.tokenizer.config

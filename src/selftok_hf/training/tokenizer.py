@@ -3,8 +3,9 @@
 The objective is the release's (``trainer_selftok_enc.py`` / ``image_tokenizer.py`` / ``rectified_flow.py`` of the
 training repository), written out in :class:`SelftokTokenizerObjective`:
 
-1. the encoder reads the normalised latent ``x0`` and the EMA quantizer turns its K queries into code vectors
-   (commitment + diversity losses, k-means initialisation, dead-code reactivation: see ``quantizer.py``);
+1. the tokenizer's forward (``SelftokModel.forward`` in training mode) reads the normalised latent ``x0``: the encoder's
+   K queries become code vectors through the EMA quantizer's training step (commitment + diversity losses, k-means
+   initialisation, dead-code reactivation: see ``quantizer.py``);
 2. a code time ``τ ~ U[0, 1)`` per image (shift 1, as the release runs), noise ``ε``, ``x_τ = τ ε + (1 - τ) x0``;
 3. the decoder sees only code-order tokens ``j <= k(τ)``, and with probability 0.1 none at all (classifier-free-guidance
    dropout, never at τ = 1): ``TokenSchedule.training_visibility``;
@@ -38,6 +39,7 @@ from ..modeling_selftok_decoder import (
 )
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..pixel_space import PixelSpaceAutoencoder
+from ..token_schedule import to_code_order
 from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
 from .data import (
@@ -114,13 +116,15 @@ class SelftokTokenizerObjective(nn.Module):
             the scalar loss and floats to log (``mse``, per-τ-third MSEs, quantizer statistics).
         """
         B, device = latents.shape[0], latents.device
-        features = self.tokenizer.encoder(latents)
-        quantized = self.tokenizer.quantizer(features)
+        # The tokenizer's own forward: in training mode its quantizer step (EMA codebook, commitment + diversity).
+        tokens = self.tokenizer(latents=latents)
+        # Eval mode is encode(): no quantizer step, so no quantizer loss (as the quantizer's eval forward, 0).
+        quantizer_loss = latents.new_zeros(()) if tokens.loss is None else tokens.loss
 
         tau = torch.rand(B, device=device)
         dropped = torch.rand(B, device=device) < self.cfg_dropout
         visibility = self.schedule.training_visibility(tau, dropped)
-        codes = scale_token_gradients(quantized.quantized)
+        codes = scale_token_gradients(to_code_order(tokens.token_embeddings))
 
         noise = torch.randn_like(latents)
         t = tau.view(B, 1, 1, 1)
@@ -128,14 +132,14 @@ class SelftokTokenizerObjective(nn.Module):
         velocity = self.decoder(hidden_states=noisy, timestep=tau, token_codes=codes.to(noisy.dtype), visibility=visibility).sample
         per_image = (velocity.float() - (noise - latents).float()).pow(2).flatten(1).mean(1)
         mse = per_image.mean()
-        loss = mse + quantized.loss
+        loss = mse + quantizer_loss
 
-        logs = {"loss": loss.detach().item(), "mse": mse.detach().item(), "quantizer_loss": quantized.loss.detach().item()}
+        logs = {"loss": loss.detach().item(), "mse": mse.detach().item(), "quantizer_loss": quantizer_loss.detach().item()}
         for name, lo, hi in (("mse_low_noise", 0.0, 0.35), ("mse_mid_noise", 0.35, 0.7), ("mse_high_noise", 0.7, 1.0)):
             sel = (tau > lo) & (tau <= hi) if lo else tau <= hi
             if sel.any():
                 logs[name] = per_image[sel].detach().mean().item()
-        logs.update({k: float(v) for k, v in quantized.stats.items()})
+        logs.update({k: float(v) for k, v in (tokens.quantizer_stats or {}).items()})
         return loss, logs
 
 
