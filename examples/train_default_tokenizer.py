@@ -78,6 +78,12 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume-from", default=None, help="'latest' continues every stage from its last checkpoint")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="continue a finished pipeline's VAE, tokenizer and decoder instead of training them from scratch "
+        "('embedded': the shipped default); then --steps more tokenizer steps and a new renderer",
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps (smoke test)")
     args = parser.parse_args()
     if args.tiny:
@@ -104,6 +110,13 @@ def main() -> None:
         eval_every=args.eval_every,
         seed=args.seed,
     )
+    init_from = args.init_from
+    if init_from == "embedded":
+        from importlib import resources
+
+        from selftok_hf.assets import EMBEDDED_PIPELINE
+
+        init_from = str(resources.files("selftok_hf.assets") / EMBEDDED_PIPELINE)
     name = "default32_vae" if args.latent_space == "vae" else "default32_pixel"
     pipeline = train_selftok_stack(
         out,
@@ -116,6 +129,7 @@ def main() -> None:
         latent_space=args.latent_space,
         vae_config="tiny" if args.tiny else "small",
         resume_from=args.resume_from,
+        init_from=init_from,
     )
     print(f"trained pipeline: {pipeline.resolve()} (float16 copy: {out / 'pipeline-fp16'})")
 

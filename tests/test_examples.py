@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from selftok_hf import SelftokDecoderPipeline, SelftokPipeline
 from selftok_hf.assets import bundled_fashion_images, bundled_images, embedded_pipeline
@@ -70,6 +71,19 @@ def test_train_default_tokenizer(tmp_path, latent_space):
     again = run_example("train_default_tokenizer.py", "--tiny", "--latent-space", latent_space, "--output-dir", tmp_path / "run",
                         "--resume-from", "latest", cwd=tmp_path)
     assert "trained pipeline:" in again
+    if latent_space == "vae":
+        # --init-from continues the finished pipeline: its VAE is kept (no VAE stage), the tokenizer trains on.
+        run_example("train_default_tokenizer.py", "--tiny", "--init-from", tmp_path / "run" / "pipeline",
+                    "--output-dir", tmp_path / "continued", cwd=tmp_path)
+        assert not (tmp_path / "continued" / "vae-run").exists()
+        start, continued = (SelftokDecoderPipeline.from_pretrained(tmp_path / d / "pipeline") for d in ("run", "continued"))
+        torch.testing.assert_close(continued.vae.state_dict(), start.vae.state_dict(), rtol=0, atol=0)
+        sizes = [{k: v for k, v in p.image_tokenizer.config.to_dict().items() if k != "_name_or_path"} for p in (start, continued)]
+        assert sizes[0] == sizes[1]
+        log = [json.loads(line) for line in (tmp_path / "continued" / "tokenizer" / "log.jsonl").read_text().splitlines()]
+        assert log[-1]["step"] == 2
+        moved = [not torch.equal(a, b) for a, b in zip(continued.transformer.state_dict().values(), start.transformer.state_dict().values())]
+        assert any(moved)
 
 
 def test_train_shapes_vlm(tmp_path):

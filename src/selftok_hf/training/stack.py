@@ -11,7 +11,9 @@ This is the recipe behind the embedded models (``examples/train_default_tokenize
     renderer/ -> pipeline/      the result, and pipeline-fp16/ (its float16 copy, what a package ships)
 
 A stage whose exported folder exists is skipped; with ``resume_from="latest"`` an interrupted stage continues
-exactly from its last checkpoint, so rerunning the same call finishes a killed run.
+exactly from its last checkpoint, so rerunning the same call finishes a killed run. With ``init_from`` (a finished
+pipeline, such as the embedded default) the VAE stage is skipped and the tokenizer stage continues that pipeline's
+tokenizer and decoder on its VAE, with fresh optimiser state: how a shipped run is extended once its run folder is gone.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def train_selftok_stack(
     vae_config: str = "small",
     resume_from: str | None = None,
     until: str = "renderer",
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train (or finish) the stack in ``output_dir`` on ``dataset`` (a ``save_to_disk`` folder of images).
 
@@ -83,6 +86,9 @@ def train_selftok_stack(
         resume_from: ``"latest"`` continues every unfinished stage from its last checkpoint.
         until: the last stage to run: ``"tokenizer"`` stops before the renderer (its ids are final then: the
             renderer only decodes them), ``"renderer"`` runs all.
+        init_from: a pipeline folder whose VAE, tokenizer and decoder the run continues (no VAE stage; the
+            tokenizer and decoder configs are then the folder's). Its renderer is not used: the renderer stage starts
+            from the continued decoder, as it does from scratch.
     Returns:
         The trained pipeline's folder: ``output_dir / "pipeline"`` (with ``pipeline-fp16`` next to it), or
         ``output_dir / "tokenizer-pipeline"`` with ``until="tokenizer"``.
@@ -94,7 +100,9 @@ def train_selftok_stack(
     shared = dict(batch_size=b.batch_size, seed=b.seed, resume_from=resume_from, warmup_steps=b.warmup_steps, ema_decay=b.ema_decay)
 
     latent = {"latent_space": "pixel", "pixel_patch_size": 2}
-    if latent_space == "vae":
+    if init_from is not None:
+        latent = {"latent_space": latent_space, "init_from": str(Path(init_from).expanduser())}
+    elif latent_space == "vae":
         vae_dir = out / "vae"
         if not (vae_dir / "config.json").exists():
             vae_args = AutoencoderTrainingArguments(
