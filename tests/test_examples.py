@@ -72,11 +72,13 @@ def test_train_default_tokenizer(tmp_path, latent_space):
                         "--resume-from", "latest", cwd=tmp_path)
     assert "trained pipeline:" in again
     if latent_space == "vae":
-        # --init-from continues the finished pipeline: its VAE is kept (no VAE stage), the tokenizer trains on.
-        run_example("train_default_tokenizer.py", "--tiny", "--init-from", tmp_path / "run" / "pipeline",
+        # --init-from continues a finished pipeline, here its float16 copy (as the embedded default is shipped), in
+        # float32: its VAE is kept (no VAE stage), the tokenizer trains on.
+        run_example("train_default_tokenizer.py", "--tiny", "--init-from", tmp_path / "run" / "pipeline-fp16",
                     "--output-dir", tmp_path / "continued", cwd=tmp_path)
         assert not (tmp_path / "continued" / "vae-run").exists()
-        start, continued = (SelftokDecoderPipeline.from_pretrained(tmp_path / d / "pipeline") for d in ("run", "continued"))
+        start = SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / "pipeline-fp16", dtype=torch.float32)
+        continued = SelftokDecoderPipeline.from_pretrained(tmp_path / "continued" / "pipeline")
         torch.testing.assert_close(continued.vae.state_dict(), start.vae.state_dict(), rtol=0, atol=0)
         sizes = [{k: v for k, v in p.image_tokenizer.config.to_dict().items() if k != "_name_or_path"} for p in (start, continued)]
         assert sizes[0] == sizes[1]

@@ -168,7 +168,8 @@ class RendererTrainer(TrainingLoop):
 
     def build(self) -> None:
         args = self.args
-        pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline)
+        # Master weights in float32 even from a float16 folder (what a package ships); --mixed-precision sets the compute dtype.
+        pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
         device = self.accelerator.device
         self.tokenizer = pipe.image_tokenizer.to(device).eval().requires_grad_(False)
         self.vae = pipe.vae.to(device).eval().requires_grad_(False)

@@ -255,7 +255,8 @@ def pipeline_or_load(pipeline: SelftokPipeline | None, path: str | None) -> Self
         return pipeline
     if not path:
         raise ValueError("no pipeline: pass --pipeline (a SelftokPipeline folder)")
-    return SelftokPipeline.from_pretrained(path)
+    # Master weights in float32 even from a float16 folder (what a package ships); --mixed-precision sets the compute dtype.
+    return SelftokPipeline.from_pretrained(path, dtype=torch.float32)
 
 
 class SFTBatches:

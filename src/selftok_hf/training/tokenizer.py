@@ -213,7 +213,8 @@ class TokenizerTrainer(TrainingLoop):
     def _build_models(self) -> tuple[SelftokModel, SelftokDecoderTransformer, Any]:
         args = self.args
         if args.init_from:
-            pipe = SelftokDecoderPipeline.from_pretrained(args.init_from)
+            # Master weights in float32 even from a float16 folder (what a package ships); --mixed-precision sets the compute dtype.
+            pipe = SelftokDecoderPipeline.from_pretrained(args.init_from, dtype=torch.float32)
             return pipe.image_tokenizer, pipe.transformer, pipe.vae
         tok_kwargs = load_json_or_preset(args.tokenizer_config, {"tiny": SELFTOK_TINY_CONFIG, "release": {}})
         if args.latent_space == "pixel":
