@@ -6,6 +6,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .quantizer import QuantizerSettings
+from .renamed import renamed_fields, with_new_keys
 from .token_schedule import TokenSchedule
 
 __all__ = ["SelftokConfig", "SELFTOK_RELEASE_CONFIG", "SELFTOK_TINY_CONFIG"]
@@ -13,6 +14,7 @@ __all__ = ["SelftokConfig", "SELFTOK_RELEASE_CONFIG", "SELFTOK_TINY_CONFIG"]
 _QUANTIZER = QuantizerSettings()  # the release's quantizer settings
 
 
+@renamed_fields(num_tokens="num_image_tokens")
 @strict
 class SelftokConfig(PreTrainedConfig):
     r"""Configuration of [`SelftokModel`]: the dual-stream Q-Former encoder, the cosine VQ quantizer
@@ -34,7 +36,8 @@ class SelftokConfig(PreTrainedConfig):
         pos_embed_max_size (`int`, *optional*): side of the 2-D sin-cos grid in patches, centre-cropped
             to the input; defaults to ``2 * latent_size`` as in the official code.
     Encoder, query stream:
-        num_tokens (`int`, 512): K learnable queries = tokens per image,
+        num_image_tokens (`int`, 512): K learnable queries = tokens per image (formerly ``num_tokens``: still
+            accepted, with a FutureWarning; configs saved with it load as they are),
         query_dim (`int`, 512), query_heads (`int`, 8), mlp_ratio (`float`, 4.0),
         query_adaln (`bool`, True): token-aware adaLN from the fake timesteps 1000 + 8k,
         causal_queries (`bool`, False): the official ``attn_mask`` flag. The release ("Uni",
@@ -66,7 +69,7 @@ class SelftokConfig(PreTrainedConfig):
     encoder_depth: int = 16
     pos_embed_max_size: int | None = None
 
-    num_tokens: int = 512
+    num_image_tokens: int = 512
     query_dim: int = 512
     query_heads: int = 8
     mlp_ratio: float = 4.0
@@ -111,12 +114,23 @@ class SelftokConfig(PreTrainedConfig):
             raise ValueError(f"latent_size {self.latent_size} is not divisible by patch_size {self.patch_size}")
         if self.pos_embed_max_size * self.patch_size < self.latent_size:
             raise ValueError(f"pos_embed_max_size {self.pos_embed_max_size} patches cannot cover a {self.latent_size} latent")
-        if sum(self.schedule_tokens_per_stage) != self.num_tokens:
+        if sum(self.schedule_tokens_per_stage) != self.num_image_tokens:
             raise ValueError(
                 f"schedule_tokens_per_stage {list(self.schedule_tokens_per_stage)} sums to "
-                f"{sum(self.schedule_tokens_per_stage)}, not num_tokens={self.num_tokens}"
+                f"{sum(self.schedule_tokens_per_stage)}, not num_image_tokens={self.num_image_tokens}"
             )
         self.token_schedule  # validates the stages
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """transformers' ``from_dict`` (``from_pretrained`` and ``AutoConfig`` load through it); a config saved with
+        an old field name (``num_tokens``) loads as it is."""
+        return super().from_dict(with_new_keys(config_dict, cls._renamed_fields), **kwargs)
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        """transformers' ``from_json_file``; old field names load as in :meth:`from_dict`."""
+        return cls.from_dict(cls._dict_from_json_file(json_file))
 
     @property
     def image_size(self) -> int:
@@ -126,7 +140,7 @@ class SelftokConfig(PreTrainedConfig):
     @property
     def token_schedule(self) -> TokenSchedule:
         """The token schedule k(τ) described by this config."""
-        return TokenSchedule(self.num_tokens, tuple(self.schedule_stages), tuple(self.schedule_tokens_per_stage))
+        return TokenSchedule(self.num_image_tokens, tuple(self.schedule_stages), tuple(self.schedule_tokens_per_stage))
 
 
 #: The released 256 px tokenizer (`256-eval.yml`): the config defaults, so `SelftokConfig(**SELFTOK_RELEASE_CONFIG)` == `SelftokConfig()`.
@@ -138,7 +152,7 @@ SELFTOK_TINY_CONFIG: dict = dict(
     encoder_hidden_size=32,
     encoder_num_heads=2,
     encoder_depth=2,
-    num_tokens=32,
+    num_image_tokens=32,
     query_dim=64,
     query_heads=4,
     codebook_size=64,

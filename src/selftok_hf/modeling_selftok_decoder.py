@@ -5,7 +5,7 @@ Both networks are SD3-medium-shaped MMDiTs with two streams that meet in joint a
 - the **image stream** (patchified noisy latent for the decoder, a learned canvas for the renderer),
   modulated by the diffusion-time embedding exactly like SD3;
 - the **token stream**: the K post-normed Selftok code vectors, in *code order* (index 0 = finest
-  token), embedded by ``Linear(code_dim -> width)`` plus a fixed sin-cos table at the fake timesteps
+  token), embedded by ``Linear(token_dim -> width)`` plus a fixed sin-cos table at the fake timesteps
   ``1000 + 8 j``. Each token-stream block has its own timestep MLP, and token ``j`` is modulated by
   ``t_emb(1000 + 8 j)`` instead of the diffusion time, so this modulation depends on the weights only.
   The last block is "pre-only" (its token outputs are never used), and its token modulation comes
@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.attention import AttentionModuleMixin, FeedForward
 from diffusers.models.attention_dispatch import dispatch_attention_fn
@@ -42,6 +42,7 @@ from torch import nn
 from .embeddings import TimestepEmbedder, sincos_1d
 from .loading import StrictFromPretrainedMixin
 from .portable_config import PortableConfigMixin
+from .renamed import RenamedKeysMixin, renamed_kwargs, with_new_keys
 from .token_schedule import TokenVisibility, token_positions
 
 __all__ = [
@@ -87,7 +88,7 @@ class SelftokJointAttnProcessor:
     """Joint attention of the image and token streams, run by diffusers' attention dispatch.
 
     Keys and values are ``[tokens ; image]``. Image queries attend to every visible key. Token queries
-    do the same when ``context_sees_image``; otherwise they attend to the tokens only. In a pre-only
+    do the same when ``context_see_xt``; otherwise they attend to the tokens only. In a pre-only
     block the token outputs are never used, so no token queries are computed at all.
 
     The token stream may cover only the first rows of the batch (``encoder_hidden_states`` with fewer rows than
@@ -104,13 +105,14 @@ class SelftokJointAttnProcessor:
 
     _attention_backend = None
 
+    @renamed_kwargs(context_sees_image="context_see_xt")
     def __call__(
         self,
         attn: "SelftokJointAttention",
         hidden_states: torch.Tensor,
         encoder_hidden_states: Optional[torch.Tensor],
         attention_mask: Optional[torch.Tensor] = None,
-        context_sees_image: bool = True,
+        context_see_xt: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """As [`SelftokJointAttention.forward`]. Heads are laid out ``(B, L, heads, head_dim)``, diffusers' dispatch layout."""
         image_query = attn.split_heads(attn.to_q(hidden_states))
@@ -127,7 +129,7 @@ class SelftokJointAttnProcessor:
                 image_value[:num_conditional],
                 encoder_hidden_states,
                 attention_mask,
-                context_sees_image,
+                context_see_xt,
             )
         if num_conditional < num_rows:
             # Rows without tokens: image-only attention, no mask.
@@ -136,7 +138,7 @@ class SelftokJointAttnProcessor:
         image_out = attn.to_out[0](image_out.flatten(2))
         return image_out, (None if token_out is None else attn.to_add_out(token_out.flatten(2)))
 
-    def _joint(self, attn, image_query, image_key, image_value, encoder_hidden_states, attention_mask, context_sees_image):
+    def _joint(self, attn, image_query, image_key, image_value, encoder_hidden_states, attention_mask, context_see_xt):
         """Attention of the rows that have a token stream -> image output and token output (None in a pre-only
         block), both ``(B, L, heads, head_dim)``."""
         num_tokens = encoder_hidden_states.shape[1]
@@ -145,7 +147,7 @@ class SelftokJointAttnProcessor:
         if attn.context_pre_only:
             return self._attend(image_query, key, value, attention_mask), None
         token_query = attn.split_heads(attn.add_q_proj(encoder_hidden_states))
-        if context_sees_image:
+        if context_see_xt:
             # Every query sees the same keys: one call over [tokens ; image] queries.
             out = self._attend(torch.cat([token_query, image_query], dim=1), key, value, attention_mask)
             return out[:, num_tokens:], out[:, :num_tokens]
@@ -191,12 +193,13 @@ class SelftokJointAttention(nn.Module, AttentionModuleMixin):
         """``(B, L, heads * head_dim)`` -> ``(B, L, heads, head_dim)``."""
         return x.unflatten(-1, (self.num_heads, -1))
 
+    @renamed_kwargs(context_sees_image="context_see_xt")
     def forward(
         self,
         hidden_states: torch.Tensor,
         encoder_hidden_states: Optional[torch.Tensor],
         attention_mask: Optional[torch.Tensor] = None,
-        context_sees_image: bool = True,
+        context_see_xt: bool = True,
     ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """
         Args:
@@ -204,11 +207,11 @@ class SelftokJointAttention(nn.Module, AttentionModuleMixin):
             encoder_hidden_states: token stream ``(B_c, n, dim)`` of the first ``B_c <= B`` rows; the other rows (all
                 of them when None) see no token.
             attention_mask: boolean key mask ``(B_c, 1, 1, n + N)`` (True = attend), or None for all keys.
-            context_sees_image: whether token queries may attend to image keys.
+            context_see_xt: whether token queries may attend to image keys (formerly ``context_sees_image``).
         Returns:
             image output ``(B, N, dim)`` and token output ``(B_c, n, dim)`` (None in a pre-only block or without tokens).
         """
-        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, context_sees_image)
+        return self.processor(self, hidden_states, encoder_hidden_states, attention_mask, context_see_xt)
 
 
 def _gated_residual(
@@ -257,6 +260,7 @@ class SelftokJointBlock(nn.Module):
             self.norm2_context = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
             self.ff_context = FeedForward(dim, dim_out=dim, mult=mlp_ratio, activation_fn="gelu-approximate")
 
+    @renamed_kwargs(context_sees_image="context_see_xt")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -264,7 +268,7 @@ class SelftokJointBlock(nn.Module):
         temb: torch.Tensor,
         token_modulation: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
-        context_sees_image: bool = True,
+        context_see_xt: bool = True,
     ) -> tuple[Optional[torch.Tensor], torch.Tensor]:
         """
         Args:
@@ -276,7 +280,7 @@ class SelftokJointBlock(nn.Module):
             token_modulation: this block's ``(n, 6 * dim)`` token modulation table for the ``n`` tokens' positions
                 (``SelftokTokenAdaLayerNormZero.modulation``); None in the pre-only block and without tokens.
             attention_mask: boolean key mask ``(B_c, 1, 1, n + N)`` or None.
-            context_sees_image: whether token queries attend to image keys.
+            context_see_xt: whether token queries attend to image keys (formerly ``context_sees_image``).
         Returns:
             ``(encoder_hidden_states, hidden_states)``; the token stream is None after the pre-only block (and stays
             None without tokens).
@@ -289,7 +293,7 @@ class SelftokJointBlock(nn.Module):
         else:
             norm_context, *context_mods = self.norm1_context(encoder_hidden_states, token_modulation)
 
-        image_attn, token_attn = self.attn(norm_hidden, norm_context, attention_mask, context_sees_image)
+        image_attn, token_attn = self.attn(norm_hidden, norm_context, attention_mask, context_see_xt)
 
         hidden_states = _gated_residual(
             hidden_states,
@@ -310,6 +314,17 @@ class SelftokJointBlock(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ models
+#: Config keys of the decoder and the renderer renamed so that each quantity has one name (issue 17): old -> new.
+_RENAMED_CONFIG_KEYS = {"code_dim": "token_dim", "num_tokens": "num_image_tokens"}
+_renamed_config_kwargs = renamed_kwargs(**_RENAMED_CONFIG_KEYS)
+
+
+class _RenamedKeysFrozenDict(RenamedKeysMixin, FrozenDict):
+    """The models' ``config``: ``config.code_dim`` (and ``config["code_dim"]``) still read ``token_dim``, warning."""
+
+    _renamed_keys = _RENAMED_CONFIG_KEYS
+
+
 class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Token stream, transformer blocks and output head shared by the decoder and the renderer.
 
@@ -325,6 +340,16 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
     _no_split_modules = ["SelftokJointBlock"]
     _skip_layerwise_casting_patterns = ["pos_embed", "norm", "canvas"]
 
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        """diffusers' ``extract_init_dict`` (``from_config``, ``from_pretrained``); a config saved before the renames
+        (``code_dim``, ``num_tokens``) loads as it is."""
+        return super().extract_init_dict(with_new_keys(config_dict, _RENAMED_CONFIG_KEYS), **kwargs)
+
+    def register_to_config(self, **kwargs) -> None:
+        super().register_to_config(**kwargs)
+        self._internal_dict = _RenamedKeysFrozenDict(self._internal_dict)
+
     def _build_backbone(self, out_channels: int) -> None:
         """Token stream, blocks and head, sized by ``self.config`` (registered before ``__init__`` runs)."""
         cfg = self.config
@@ -334,9 +359,9 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
         self.inner_dim = dim = cfg.num_attention_heads * cfg.attention_head_dim
         self.out_channels = out_channels
         self.time_embedder = TimestepEmbedder(dim)
-        self.context_embedder = nn.Linear(cfg.code_dim, dim)
+        self.context_embedder = nn.Linear(cfg.token_dim, dim)
         # A fixed function of (K, width), so not saved: recomputed identically at load time.
-        self.register_buffer("context_pos_embed", sincos_1d(dim, token_positions(cfg.num_tokens)), persistent=False)
+        self.register_buffer("context_pos_embed", sincos_1d(dim, token_positions(cfg.num_image_tokens)), persistent=False)
         self.transformer_blocks = nn.ModuleList(
             [
                 SelftokJointBlock(
@@ -400,7 +425,7 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
         autocast_dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         key = (index, device, context.dtype, autocast_dtype)
         if key not in cache:
-            positions = token_positions(self.config.num_tokens, device=device)
+            positions = token_positions(self.config.num_image_tokens, device=device)
             cache[key] = block.norm1_context.modulation(positions, context.dtype)
         return cache[key][start:stop]
 
@@ -410,16 +435,16 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
         token_codes: torch.Tensor,
         visibility: TokenVisibility,
         temb: torch.Tensor,
-        context_sees_image: bool,
+        context_see_xt: bool,
     ) -> torch.Tensor:
         """
         Args:
             hidden_states: embedded image stream ``(B, N, dim)``.
-            token_codes: code vectors ``(B, n, code_dim)`` in code order; only ``visibility``'s window of its
+            token_codes: code vectors ``(B, n, token_dim)`` in code order; only ``visibility``'s window of its
                 conditional rows is read.
             visibility: which tokens each row sees (checked by the caller).
             temb: diffusion-time embedding ``(B, dim)``.
-            context_sees_image: whether token queries attend to image keys.
+            context_see_xt: whether token queries attend to image keys.
         Returns:
             per-patch outputs ``(B, N, patch_size**2 * out_channels)``.
         """
@@ -437,7 +462,7 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
 
         for index, block in enumerate(self.transformer_blocks):
             token_modulation = None if context is None else self._token_modulation(index, block, context, start)
-            args = (hidden_states, context, temb, token_modulation, attention_mask, context_sees_image)
+            args = (hidden_states, context, temb, token_modulation, attention_mask, context_see_xt)
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 context, hidden_states = self._gradient_checkpointing_func(block, *args)
             else:
@@ -454,16 +479,16 @@ class _SelftokMMDiTBase(StrictFromPretrainedMixin, PortableConfigMixin, ModelMix
         return x.reshape(x.shape[0], self.out_channels, height * p, width * p)
 
     def _check_token_codes(self, token_codes: torch.Tensor, batch_size: Optional[int], allow_prefix: bool) -> None:
-        """``token_codes`` must be ``(batch_size, K, code_dim)``, or ``(batch_size, n <= K, code_dim)`` with ``allow_prefix``."""
-        code_dim, num_tokens = self.config.code_dim, self.config.num_tokens
+        """``token_codes`` must be ``(batch_size, K, token_dim)``, or ``(batch_size, n <= K, token_dim)`` with ``allow_prefix``."""
+        token_dim, K = self.config.token_dim, self.config.num_image_tokens
         batch = "batch" if batch_size is None else f"batch={batch_size}"
-        expected = f"({batch}, {'n <= ' if allow_prefix else ''}{num_tokens}, {code_dim})"
+        expected = f"({batch}, {'n <= ' if allow_prefix else ''}{K}, {token_dim})"
         if (
             token_codes.ndim != 3
             or (batch_size is not None and token_codes.shape[0] != batch_size)
-            or token_codes.shape[2] != code_dim
-            or token_codes.shape[1] > num_tokens
-            or (not allow_prefix and token_codes.shape[1] != num_tokens)
+            or token_codes.shape[2] != token_dim
+            or token_codes.shape[1] > K
+            or (not allow_prefix and token_codes.shape[1] != K)
         ):
             raise ValueError(f"token_codes must have shape {expected}, got {tuple(token_codes.shape)}")
 
@@ -479,13 +504,14 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         num_layers: number of joint blocks (the last one is pre-only).
         attention_head_dim, num_attention_heads: attention shape; the width is their product.
         pos_embed_max_size: side of the (SD3) 2-D position-embedding table, centre-cropped to the input.
-        num_tokens: K, tokens per image.
-        code_dim: dimension of the code vectors.
+        num_image_tokens: K, tokens per image (formerly ``num_tokens``).
+        token_dim: width of the token vectors, the image tokenizer's ``token_dim`` (formerly ``code_dim``).
         context_see_xt: whether token queries attend to image keys (True in the release).
         mlp_ratio: MLP hidden width relative to the model width.
         qkv_bias: biases in the query/key/value projections.
     """
 
+    @_renamed_config_kwargs
     @register_to_config
     def __init__(
         self,
@@ -497,8 +523,8 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         attention_head_dim: int = 64,
         num_attention_heads: int = 24,
         pos_embed_max_size: int = 192,
-        num_tokens: int = 512,
-        code_dim: int = 16,
+        num_image_tokens: int = 512,
+        token_dim: int = 16,
         context_see_xt: bool = True,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
@@ -529,6 +555,7 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
                 f"latent size {height}x{width} must be a multiple of patch_size={cfg.patch_size} and at most {max_side}"
             )
 
+    @renamed_kwargs(context_sees_image="context_see_xt")
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -537,7 +564,7 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         token_mask: Optional[torch.Tensor] = None,
         return_dict: bool = True,
         unconditional_rows: int = 0,
-        context_sees_image: Optional[bool] = None,
+        context_see_xt: Optional[bool] = None,
         visibility: Optional[TokenVisibility] = None,
     ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
         """Velocity ``v = ε - x0`` of the noisy latent ``x_τ = τ ε + (1 - τ) x0``.
@@ -550,8 +577,8 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         Args:
             hidden_states: noisy latent ``(B, in_channels, H, W)``.
             timestep: code time τ in [0, 1] (τ = 1 is pure noise), ``(B,)`` or a scalar; embedded as ``1000 τ``.
-            token_codes: post-normed code vectors in code order, ``(B, K, code_dim)``. Passing only the
-                first ``n <= K`` tokens ``(B, n, code_dim)`` is the same as masking the others.
+            token_codes: post-normed code vectors in code order, ``(B, K, token_dim)``. Passing only the
+                first ``n <= K`` tokens ``(B, n, token_dim)`` is the same as masking the others.
             token_mask: ``(B, n)`` boolean, True for visible tokens (``j <= k(τ)``); None = all visible.
                 Not with ``visibility``.
             return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
@@ -560,8 +587,8 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
                 is not run for them; their image queries attend to the image alone. The same as an all-False
                 ``token_mask`` row up to float rounding (see ``TokenVisibility``). Not with ``visibility``, which
                 carries its own.
-            context_sees_image: whether token queries attend to image keys; None (default) follows
-                ``config.context_see_xt``. The official sampler's guided conditional branch calls its model without
+            context_see_xt: whether token queries attend to image keys (formerly ``context_sees_image``); None
+                (default) follows ``config.context_see_xt``. The official sampler's guided conditional branch calls its model without
                 that flag, i.e. with False.
             visibility: which tokens each row sees; its window must lie within the ``n`` tokens passed.
         Returns:
@@ -580,9 +607,9 @@ class SelftokDecoderTransformer(_SelftokMMDiTBase):
         hidden = self.pos_embed(hidden_states)
         # The sinusoidal features of 1000 τ need float32: bf16 cannot resolve the angles.
         temb = self.time_embedder(timestep.to(torch.float32) * 1000.0, hidden.dtype)
-        if context_sees_image is None:
-            context_sees_image = self.config.context_see_xt
-        out = self._run_backbone(hidden, token_codes, visibility, temb, context_sees_image=bool(context_sees_image))
+        if context_see_xt is None:
+            context_see_xt = self.config.context_see_xt
+        out = self._run_backbone(hidden, token_codes, visibility, temb, context_see_xt=bool(context_see_xt))
         p = self.config.patch_size
         out = self._unpatchify(out, height // p, width // p)
         if not return_dict:
@@ -628,7 +655,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
     Args:
         sample_size: side of the output latent (32 for 256-px images); fixed by the learned embeddings.
         patch_size, out_channels: output patch size and latent channels.
-        num_layers, attention_head_dim, num_attention_heads, num_tokens, code_dim, mlp_ratio, qkv_bias:
+        num_layers, attention_head_dim, num_attention_heads, num_image_tokens, token_dim, mlp_ratio, qkv_bias:
             as in [`SelftokDecoderTransformer`].
         shared_canvas_token: one canvas token repeated over the patch grid (True) or one per patch.
     """
@@ -636,6 +663,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
     #: The renderer always sees the sample at the noisiest time.
     render_time = 1000.0
 
+    @_renamed_config_kwargs
     @register_to_config
     def __init__(
         self,
@@ -645,8 +673,8 @@ class SelftokRenderer(_SelftokMMDiTBase):
         num_layers: int = 24,
         attention_head_dim: int = 64,
         num_attention_heads: int = 24,
-        num_tokens: int = 512,
-        code_dim: int = 16,
+        num_image_tokens: int = 512,
+        token_dim: int = 16,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         shared_canvas_token: bool = True,
@@ -665,7 +693,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
     ) -> Union[Transformer2DModelOutput, tuple[torch.Tensor]]:
         """
         Args:
-            token_codes: all K post-normed code vectors in code order, ``(B, K, code_dim)``.
+            token_codes: all K post-normed code vectors in code order, ``(B, K, token_dim)``.
             return_dict: return a [`Transformer2DModelOutput`] instead of a tuple.
         Returns:
             the predicted clean latent ``(B, out_channels, sample_size, sample_size)`` as ``.sample``.
@@ -676,7 +704,7 @@ class SelftokRenderer(_SelftokMMDiTBase):
         hidden = canvas.expand(batch_size, *canvas.shape[1:])
         timestep = torch.full((batch_size,), self.render_time, device=token_codes.device)
         temb = self.time_embedder(timestep, hidden.dtype)
-        out = self._run_backbone(hidden, token_codes, TokenVisibility(0, token_codes.shape[1]), temb, context_sees_image=False)
+        out = self._run_backbone(hidden, token_codes, TokenVisibility(0, token_codes.shape[1]), temb, context_see_xt=False)
         grid = self.config.sample_size // self.config.patch_size
         out = self._unpatchify(out, grid, grid)
         if not return_dict:
@@ -704,8 +732,8 @@ SELFTOK_DECODER_TINY_CONFIG: dict[str, Any] = {
     "attention_head_dim": 8,
     "num_attention_heads": 2,
     "pos_embed_max_size": 6,
-    "num_tokens": 32,
-    "code_dim": 8,
+    "num_image_tokens": 32,
+    "token_dim": 8,
 }
 
 #: The released one-step renderer (official ``MMDiT_XL_Renderer``, ``renderer-eval.yml``): the decoder's

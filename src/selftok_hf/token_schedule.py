@@ -23,6 +23,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .renamed import renamed_fields, renamed_kwargs
+
 __all__ = ["TokenSchedule", "TokenVisibility", "token_positions", "to_ar_order", "to_code_order"]
 
 #: The official code embeds token j at the fake timestep 1000 + 8 j (``DiTi.get_position``).
@@ -129,19 +131,21 @@ class TokenVisibility:
         return full
 
 
+@renamed_fields(num_tokens="num_image_tokens")
 @dataclass(frozen=True)
 class TokenSchedule:
     """Piecewise-linear token schedule.
 
     Args:
-        num_tokens: K, the number of tokens per image.
+        num_image_tokens: K, the number of tokens per image (formerly ``num_tokens``, still accepted with a
+            FutureWarning).
         stages: upper boundaries of the stages on the 0..1000 timestep axis, increasing,
             the last one 1000 (e.g. ``(200, 400, 600, 800, 1000)``).
-        tokens_per_stage: tokens added over each stage; they sum to ``num_tokens``
+        tokens_per_stage: tokens added over each stage; they sum to ``num_image_tokens``
             (e.g. ``(192, 184, 72, 48, 16)`` for the release).
     """
 
-    num_tokens: int
+    num_image_tokens: int
     stages: tuple
     tokens_per_stage: tuple
 
@@ -156,16 +160,18 @@ class TokenSchedule:
         bounds = (0,) + stages
         if any(lo >= hi for lo, hi in zip(bounds[:-1], bounds[1:])):
             raise ValueError(f"stages must be strictly increasing and positive, got {stages}")
-        if self.num_tokens < 1:
-            raise ValueError(f"num_tokens must be >= 1, got {self.num_tokens}")
+        if self.num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {self.num_image_tokens}")
 
     @classmethod
-    def uniform(cls, num_tokens: int) -> "TokenSchedule":
+    @renamed_kwargs(num_tokens="num_image_tokens")
+    def uniform(cls, num_image_tokens: int) -> "TokenSchedule":
         """One stage over [0, 1000]: k(t) = floor(t K / 1000) (the FSQ and renderer configs)."""
-        return cls(num_tokens, (1000,), (num_tokens,))
+        return cls(num_image_tokens, (1000,), (num_image_tokens,))
 
     @classmethod
-    def from_strings(cls, num_tokens: int, stages: Union[str, Sequence[int]], tokens_per_stage: Union[str, Sequence[int]]):
+    @renamed_kwargs(num_tokens="num_image_tokens")
+    def from_strings(cls, num_image_tokens: int, stages: Union[str, Sequence[int]], tokens_per_stage: Union[str, Sequence[int]]):
         """Build from the official YAML's comma-separated strings (``"200,400,..."``) or sequences."""
 
         def parse(v):
@@ -175,7 +181,7 @@ class TokenSchedule:
                 return (v,)
             return tuple(int(x) for x in v)
 
-        return cls(num_tokens, parse(stages), parse(tokens_per_stage))
+        return cls(num_image_tokens, parse(stages), parse(tokens_per_stage))
 
     def token_index(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Largest visible code-order token index k for timesteps on the 0..1000 axis.
@@ -195,7 +201,7 @@ class TokenSchedule:
             step = (float(n) / (high - low) * offset).to(torch.long) + base
             k = torch.where(offset >= 0, step, k)
             base, low = base + n, high
-        return k.clamp(0, self.num_tokens - 1)
+        return k.clamp(0, self.num_image_tokens - 1)
 
     def sampler_timesteps(self, sigmas: torch.Tensor) -> torch.Tensor:
         """The integer timesteps the official sampler feeds the schedule: ``long(float32(σ) * 1000)``."""
@@ -207,7 +213,7 @@ class TokenSchedule:
 
     def visible_mask(self, token_index: torch.Tensor) -> torch.Tensor:
         """Boolean mask ``(..., K)``: code-order token j is visible iff ``j <= token_index``."""
-        j = torch.arange(self.num_tokens, device=token_index.device)
+        j = torch.arange(self.num_image_tokens, device=token_index.device)
         return j <= token_index.unsqueeze(-1)
 
     def training_visibility(self, tau: torch.Tensor, dropped: Optional[torch.Tensor] = None) -> TokenVisibility:
@@ -223,7 +229,7 @@ class TokenSchedule:
         visible = self.visible_mask(self.token_index(tau * 1000.0))
         if dropped is not None:
             visible = visible & ~dropped[:, None]
-        return TokenVisibility(0, self.num_tokens, visible)
+        return TokenVisibility(0, self.num_image_tokens, visible)
 
     def sampling_visibility(
         self, sigmas: torch.Tensor, prefix_length: Optional[int] = None, unconditional_rows: int = 0
@@ -240,7 +246,7 @@ class TokenSchedule:
         Returns:
             one [`TokenVisibility`] per step.
         """
-        start = 0 if prefix_length is None else self.num_tokens - prefix_length
+        start = 0 if prefix_length is None else self.num_image_tokens - prefix_length
         counts = self.visible_count(sigmas.cpu()).tolist()
         return [TokenVisibility(min(start, count), count, None, unconditional_rows) for count in counts]
 
