@@ -52,6 +52,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .portable_config import without_local_name_or_path
+from .renamed import with_new_keys
 from .vae import SD3_VAE_CONFIG
 
 __all__ = [
@@ -214,14 +215,14 @@ def _tokenizer_variables(folder: Path) -> dict[str, Any]:
     """A ``SelftokModel`` folder (its ``config.json``: ``SelftokConfig`` fields, as saved)."""
     from .configuration_selftok import SelftokConfig
 
-    config = _read_json(folder / "config.json")
+    config = with_new_keys(_read_json(folder / "config.json"), SelftokConfig._renamed_fields)  # as SelftokConfig reads it
     # The config's defaults are the official 256 px release; its own fields are the architecture and training
     # settings (the base class's are bookkeeping: auto_map, architectures, versions).
     release, fields = SelftokConfig().to_dict(), SelftokConfig.__annotations__
     return {
         # selftok-hf's and the official Selftok code's license
         "metadata": {"license": "mit"},
-        "num_tokens": config["num_tokens"],
+        "num_image_tokens": config["num_image_tokens"],
         "codebook_size": config["codebook_size"],
         "code_dim": config["code_dim"],
         "token_dim": config["token_dim"],

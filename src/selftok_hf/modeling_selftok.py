@@ -57,12 +57,12 @@ class SelftokEncoderOutput(ModelOutput):
     """Output of [`SelftokModel.encode`], all in AR order (position 0 = coarsest token).
 
     Args:
-        token_ids (`torch.LongTensor` of shape `(batch, num_tokens)`): codebook ids.
-        token_embeddings (`torch.FloatTensor` of shape `(batch, num_tokens, token_dim)`): the dequantized,
+        token_ids (`torch.LongTensor` of shape `(batch, num_image_tokens)`): codebook ids.
+        token_embeddings (`torch.FloatTensor` of shape `(batch, num_image_tokens, token_dim)`): the dequantized,
             post-normed code vectors the decoder and LMs consume (= ``embed_tokens(token_ids)``).
-        query_features (`torch.FloatTensor` of shape `(batch, num_tokens, query_dim)`): the continuous
+        query_features (`torch.FloatTensor` of shape `(batch, num_image_tokens, query_dim)`): the continuous
             encoder outputs fed to the quantizer.
-        projected_features (`torch.FloatTensor` of shape `(batch, num_tokens, code_dim)`): the
+        projected_features (`torch.FloatTensor` of shape `(batch, num_image_tokens, code_dim)`): the
             l2-normalised projections compared with the codebook.
     """
 
@@ -79,7 +79,7 @@ class SelftokModelOutput(SelftokEncoderOutput):
     output indexes and unpacks (``to_tuple()``) exactly as ``encode()``'s.
 
     Args:
-        token_embeddings (`torch.FloatTensor` of shape `(batch, num_tokens, token_dim)`): as in
+        token_embeddings (`torch.FloatTensor` of shape `(batch, num_image_tokens, token_dim)`): as in
             [`SelftokEncoderOutput`]; in training mode with straight-through gradients to the encoder.
         loss (`torch.FloatTensor` of shape `()`, training mode only): ``commitment_weight * commitment + diversity``
             (0 when the quantizer alone is in eval mode).
@@ -259,8 +259,8 @@ class SelftokEncoder(nn.Module):
         self.patch_embed = nn.Conv2d(config.latent_channels, d, kernel_size=p, stride=p)
         # Fixed 2-D sin-cos table over a (pos_embed_max_size)² patch grid, centre-cropped to the input.
         self.register_buffer("pos_embed", sincos_2d(d, config.pos_embed_max_size), persistent=False)
-        self.register_buffer("positions", token_positions(config.num_tokens), persistent=False)
-        self.queries = nn.Parameter(torch.randn(1, config.num_tokens, config.query_dim) * 0.02)
+        self.register_buffer("positions", token_positions(config.num_image_tokens), persistent=False)
+        self.queries = nn.Parameter(torch.randn(1, config.num_image_tokens, config.query_dim) * 0.02)
         self.blocks = nn.ModuleList(SelftokEncoderBlock(config) for _ in range(config.encoder_depth))
         self.gradient_checkpointing = False
 
@@ -336,7 +336,7 @@ class SelftokPreTrainedModel(PreTrainedModel):
             init.normal_(module.queries, std=0.02)
             # Non-persistent tables are not in checkpoints: recompute them on every load.
             init.copy_(module.pos_embed, sincos_2d(module.config.encoder_hidden_size, module.config.pos_embed_max_size))
-            init.copy_(module.positions, token_positions(module.config.num_tokens))
+            init.copy_(module.positions, token_positions(module.config.num_image_tokens))
         elif isinstance(module, CosineVectorQuantizer):
             # Unit-norm random codes; `initted` stays 0 so training starts with k-means.
             init.copy_(module.embed, F.normalize(torch.randn_like(module.embed), dim=-1))
@@ -405,7 +405,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
     def __init__(self, config: SelftokConfig) -> None:
         super().__init__(config)
         self.encoder = SelftokEncoder(config)
-        self.quantizer = CosineVectorQuantizer(config.query_dim, num_positions=config.num_tokens, settings=QuantizerSettings.from_config(config))
+        self.quantizer = CosineVectorQuantizer(config.query_dim, num_positions=config.num_image_tokens, settings=QuantizerSettings.from_config(config))
         self.__dict__["_vae"] = None  # see attach_vae: deliberately not a submodule
         self.__dict__["_vae_source"] = None  # (folder or repo id, subfolder, hub kwargs) of a VAE to load on first use
         self.post_init()
@@ -552,7 +552,7 @@ class SelftokModel(SelftokHubMixin, SelftokPreTrainedModel):
             raise TypeError(f"token_ids must be a torch.Tensor, got {type(token_ids).__name__}")
         if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
             raise TypeError(f"token_ids must be an integer tensor, got {token_ids.dtype}")
-        K, C = self.config.num_tokens, self.config.codebook_size
+        K, C = self.config.num_image_tokens, self.config.codebook_size
         if token_ids.ndim != 2 or token_ids.shape[1] != K:
             raise ValueError(f"token_ids must have shape (batch, {K}), got {tuple(token_ids.shape)}")
         if token_ids.shape[0] == 0:

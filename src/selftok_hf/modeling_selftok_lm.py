@@ -250,7 +250,7 @@ def add_visual_tokens(
     vocabulary = VisualVocabulary(
         first_visual_id=first_visual_id,
         codebook_size=num_codes,
-        num_image_tokens=image_config.num_tokens,
+        num_image_tokens=image_config.num_image_tokens,
         boi_token_id=first_visual_id + num_codes,
         eoi_token_id=first_visual_id + num_codes + 1,
         lm_vocab_size=new_rows,

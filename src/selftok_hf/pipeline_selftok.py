@@ -52,6 +52,7 @@ from .generation_selftok import (
 from .hub import CARD_NAME, SelftokHubMixin, hub_model_id, push_saved, remote_code_files
 from .pipeline_selftok_decoder import PerCallState, SelftokDecoderPipeline
 from .processing_selftok import DEFAULT_QUESTION, SelftokProcessor
+from .renamed import renamed_kwargs
 from .visual_vocabulary import VisualVocabulary
 
 __all__ = ["SelftokPipeline", "SelftokPipelineOutput"]
@@ -292,6 +293,7 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
 
     # ---------------------------------------------------------------------------- text -> image
     @torch.no_grad()
+    @renamed_kwargs(decoder_steps="num_inference_steps")
     def __call__(
         self,
         prompt: str | list[str],
@@ -303,7 +305,7 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        decoder_steps: int = 50,
+        num_inference_steps: int = 50,
         decoder_guidance_scale: float = 1.0,
         use_renderer: bool = False,
         output_type: str = "pil",
@@ -325,7 +327,9 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
             generator: a ``torch.Generator`` or one per image (N = prompts x images per prompt): with a list, every
                 image is sampled exactly as it would be alone.
             do_sample / temperature / top_k / top_p: token sampling (``do_sample=False``: greedy).
-            decoder_steps / decoder_guidance_scale / use_renderer: passed to the [`SelftokDecoderPipeline`].
+            num_inference_steps / decoder_guidance_scale / use_renderer: the decoder's flow steps (formerly
+                ``decoder_steps``), classifier-free guidance and one-step renderer: passed to the
+                [`SelftokDecoderPipeline`] as ``num_inference_steps`` / ``guidance_scale`` / ``use_renderer``.
             output_type: ``"pil"``, ``"np"``, ``"pt"``, ``"latent"``, or ``"ids"`` (no decoding).
             callback_on_step_end: called as ``fn(pipe, step, token_index, callback_kwargs)`` after every sampled
                 visual token, in diffusers' ``(pipe, i, t, kwargs)`` form. A *step* is one visual-token position:
@@ -411,7 +415,7 @@ class SelftokPipeline(PerCallState, SelftokHubMixin):
                 raise ValueError(f"generation stopped after {generated} of {K} tokens; the renderer needs all of them (use output_type='ids' or the decoder)")
             images = self.decoder(
                 decode_ids,
-                num_inference_steps=decoder_steps,
+                num_inference_steps=num_inference_steps,
                 guidance_scale=decoder_guidance_scale,
                 generator=generator,
                 use_renderer=use_renderer,

@@ -340,9 +340,9 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
         if not _is_integer(num_images_per_prompt) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
         if prefix_length is not None:
-            num_tokens = self.image_tokenizer.config.num_tokens
-            if not _is_integer(prefix_length) or not 0 <= prefix_length <= num_tokens:
-                raise ValueError(f"prefix_length must be an integer in [0, {num_tokens}] (or None for all tokens), got {prefix_length!r}")
+            K = self.image_tokenizer.config.num_image_tokens
+            if not _is_integer(prefix_length) or not 0 <= prefix_length <= K:
+                raise ValueError(f"prefix_length must be an integer in [0, {K}] (or None for all tokens), got {prefix_length!r}")
             if use_renderer:
                 raise ValueError("prefix_length cannot be used with use_renderer=True: the renderer decodes from all K tokens")
         if use_renderer:
@@ -522,7 +522,7 @@ class SelftokDecoderPipeline(PerCallState, SelftokHubMixin, DiffusionPipeline):
                         timestep=timesteps[i],
                         token_codes=codes,
                         visibility=visibilities[i],
-                        context_sees_image=False if official else None,
+                        context_see_xt=False if official else None,
                     ).sample.float()
                     if do_cfg:
                         cond, uncond = velocity.chunk(2)

@@ -5,6 +5,7 @@ The old spelling still works and warns with a ``FutureWarning`` naming the new o
 
 - keyword arguments: :func:`renamed_kwargs`, a decorator;
 - the fields of a config or a dataclass, as keywords of ``__init__`` and as attributes: :func:`renamed_fields`;
+- other attributes (properties): :class:`RenamedAttribute`;
 - module-level names (classes, functions): :func:`renamed_names_getattr`, a module ``__getattr__``;
 - command-line options: :func:`add_renamed_option`.
 
@@ -24,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = [
+    "RenamedAttribute",
     "RenamedKeysMixin",
     "add_renamed_option",
     "renamed_fields",
@@ -72,11 +74,15 @@ def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-class _RenamedAttribute:
-    """The class attribute ``old``: reads and writes the attribute ``new``, with a ``FutureWarning``."""
+class RenamedAttribute:
+    """In a class body, ``old = RenamedAttribute("new")``: the attribute ``old`` reads and writes ``new``, with a
+    ``FutureWarning``."""
 
-    def __init__(self, owner: str, old: str, new: str) -> None:
-        self.owner, self.old, self.new = owner, old, new
+    def __init__(self, new: str) -> None:
+        self.new = new
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.owner, self.old = owner.__name__, name
 
     def __get__(self, instance, owner=None):
         if instance is None:
@@ -105,7 +111,9 @@ def renamed_fields(**renames: str) -> Callable[[type], type]:
     def decorate(cls: type) -> type:
         cls.__init__ = renamed_kwargs(**renames)(cls.__init__)
         for old, new in renames.items():
-            setattr(cls, old, _RenamedAttribute(cls.__name__, old, new))
+            attribute = RenamedAttribute(new)
+            setattr(cls, old, attribute)
+            attribute.__set_name__(cls, old)
         cls._renamed_fields = {**getattr(cls, "_renamed_fields", {}), **renames}
         return cls
 

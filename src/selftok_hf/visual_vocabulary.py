@@ -199,10 +199,10 @@ class VisualVocabulary:
     def check_image_tokenizer(self, image_tokenizer_config) -> None:
         """Raise ``ValueError`` unless the Selftok tokenizer config has this K and codebook size."""
         config = getattr(image_tokenizer_config, "config", image_tokenizer_config)
-        if config.num_tokens != self.num_image_tokens or config.codebook_size != self.codebook_size:
+        if config.num_image_tokens != self.num_image_tokens or config.codebook_size != self.codebook_size:
             raise ValueError(
                 f"the language model was extended for K={self.num_image_tokens} tokens per image and a codebook of "
-                f"{self.codebook_size}, but the Selftok image tokenizer has K={config.num_tokens} and a codebook of "
+                f"{self.codebook_size}, but the Selftok image tokenizer has K={config.num_image_tokens} and a codebook of "
                 f"{config.codebook_size}"
             )
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..renamed import add_renamed_option, renamed_kwargs
 from ..utils.atomic import atomic_write
 
 __all__ = ["DELEGATED_COMMANDS", "atomic_write", "build_parser", "main", "read_token_ids", "write_token_ids"]
@@ -123,10 +124,12 @@ def _add_decoder_pipeline_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokDecoderPipeline folder (default: the bundled trained 32-px model)")
 
 
-def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_decoding_arguments(parser: argparse.ArgumentParser, guidance_option: str = "--guidance-scale") -> None:
+    """The decoder's options; its guidance is ``guidance_option``, the name of its keyword in the Python call
+    (``SelftokDecoderPipeline(guidance_scale=)``, ``SelftokPipeline(decoder_guidance_scale=)``)."""
     parser.add_argument("--steps", type=_steps, default=50, help="Euler steps of the diffusion decoder, 1 to 1000 (default: 50)")
     parser.add_argument("--renderer", action="store_true", help="decode with the one-step renderer instead of the diffusion decoder")
-    parser.add_argument("--guidance-scale", type=_guidance_scale, default=1.0, help="decoder classifier-free guidance, >= 1; 1 disables it (default: 1)")
+    parser.add_argument(guidance_option, type=_guidance_scale, default=1.0, help="decoder classifier-free guidance, >= 1; 1 disables it (default: 1)")
 
 
 def _add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
@@ -180,10 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--pipeline", default=None, metavar="DIR", help="a SelftokPipeline folder (default: the bundled shapes-world VLM)")
     generate.add_argument("-o", "--output", required=True, help="PNG path; with --num-images N > 1, NAME_0.png ... NAME_{N-1}.png")
     generate.add_argument("--num-images", type=_positive_int, default=1, help="images to sample (default: 1)")
-    generate.add_argument("--cfg", type=float, default=5.0, help="classifier-free guidance on the LM's logits; 1 disables it (default: 5)")
+    generate.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=5.0,
+        help="classifier-free guidance on the LM's logits; 1 disables it (default: 5). Formerly --cfg; the decoder's guidance is --decoder-guidance-scale",
+    )
+    add_renamed_option(generate, "--cfg", "--guidance-scale")
     generate.add_argument("--temperature", type=float, default=1.0, help="token sampling temperature (default: 1)")
     generate.add_argument("--top-k", type=_positive_int, default=None, help="sample among the k most likely visual tokens")
-    _add_decoding_arguments(generate)
+    _add_decoding_arguments(generate, guidance_option="--decoder-guidance-scale")
     _add_runtime_arguments(generate)
 
     describe = command("describe", "image -> text answer with a Selftok VLM (default: the bundled shapes-world one)", "selftok describe shapes.png")
@@ -337,14 +346,15 @@ def read_token_ids(path: str | Path) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def write_token_ids(path: str | Path, token_ids: np.ndarray, image_names: list[str], num_tokens: int, codebook_size: int) -> None:
+@renamed_kwargs(num_tokens="num_image_tokens")
+def write_token_ids(path: str | Path, token_ids: np.ndarray, image_names: list[str], num_image_tokens: int, codebook_size: int) -> None:
     """Write ids ``(N, K)`` as ``.npy`` (the array) or ``.json`` (with the image names and the codebook size),
     atomically (:func:`atomic_write`): a failed write leaves a previous file intact."""
     path = Path(path)
     if path.suffix == ".npy":
         atomic_write(path, lambda temporary: np.save(temporary, token_ids.astype(np.int64)))
     elif path.suffix == ".json":
-        record = {"num_tokens": num_tokens, "codebook_size": codebook_size, "images": image_names, "token_ids": token_ids.tolist()}
+        record = {"num_image_tokens": num_image_tokens, "codebook_size": codebook_size, "images": image_names, "token_ids": token_ids.tolist()}
         atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(record) + "\n"))
     else:
         raise ValueError(f"--output must end in .npy or .json, got {path.name!r}")
@@ -365,7 +375,7 @@ def _encode(parser: argparse.ArgumentParser, args) -> int:
         token_ids = torch.cat([pipe.encode(batch).cpu() for batch in tqdm(batches, desc="encoding", unit="batch", disable=len(batches) == 1)])
     cfg = pipe.image_tokenizer.config
     try:
-        write_token_ids(args.output, token_ids.numpy(), args.images, cfg.num_tokens, cfg.codebook_size)
+        write_token_ids(args.output, token_ids.numpy(), args.images, cfg.num_image_tokens, cfg.codebook_size)
     except OSError as error:
         parser.exit(1, f"{parser.prog}: error: cannot write {args.output}: {error} (any previous file is unchanged)\n")
     print(f"wrote {args.output}: {token_ids.shape[0]} images x {token_ids.shape[1]} tokens (codebook of {cfg.codebook_size})")
@@ -388,9 +398,9 @@ def _decode(parser: argparse.ArgumentParser, args) -> int:
         parser.error(f"--output-dir {args.output_dir}: {len(existing)} of the output files exist (first: {existing[0].name}); pass --overwrite to replace them")
     pipe = _load_decoder_pipeline(args)
     cfg = pipe.image_tokenizer.config
-    if ids.shape[1] != cfg.num_tokens or ids.min() < 0 or ids.max() >= cfg.codebook_size:
+    if ids.shape[1] != cfg.num_image_tokens or ids.min() < 0 or ids.max() >= cfg.codebook_size:
         parser.error(
-            f"{args.ids}: this pipeline takes {cfg.num_tokens} ids per image in [0, {cfg.codebook_size}), "
+            f"{args.ids}: this pipeline takes {cfg.num_image_tokens} ids per image in [0, {cfg.codebook_size}), "
             f"got {ids.shape[1]} ids per image in [{ids.min()}, {ids.max()}]"
         )
     if args.renderer and pipe.renderer is None:
@@ -458,13 +468,13 @@ def _generate(parser: argparse.ArgumentParser, args) -> int:
     generators = [_generator(args.seed + index) for index in range(args.num_images)]
     output = pipe(
         args.prompt,
-        guidance_scale=args.cfg,
+        guidance_scale=args.guidance_scale,
         num_images_per_prompt=args.num_images,
         generator=generators,
         temperature=args.temperature,
         top_k=args.top_k,
-        decoder_steps=args.steps,
-        decoder_guidance_scale=args.guidance_scale,
+        num_inference_steps=args.steps,
+        decoder_guidance_scale=args.decoder_guidance_scale,
         use_renderer=args.renderer,
     )
     output_path = Path(args.output)

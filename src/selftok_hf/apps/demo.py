@@ -22,6 +22,7 @@ import torch
 from ..evaluation.metrics import psnr
 from ..image_processing_selftok import postprocess_images
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..renamed import renamed_kwargs
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -50,9 +51,10 @@ def grid_table(token_ids: torch.Tensor) -> dict:
     return {"headers": ["positions", *(f"+{j}" for j in range(columns))], "data": data}
 
 
-def prefix_lengths(num_tokens: int) -> list[int]:
+@renamed_kwargs(num_tokens="num_image_tokens")
+def prefix_lengths(num_image_tokens: int) -> list[int]:
     """The prefixes of the coarse-to-fine strip: 1, 2, 4, ... and K."""
-    return [2**i for i in range(int(math.log2(num_tokens)) + 1) if 2**i < num_tokens] + [num_tokens]
+    return [2**i for i in range(int(math.log2(num_image_tokens)) + 1) if 2**i < num_image_tokens] + [num_image_tokens]
 
 
 def zoom(image: PIL.Image.Image, side: int = DISPLAY_SIDE) -> PIL.Image.Image:
@@ -150,7 +152,7 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
         if use_renderer:
             how = "one-step renderer, all tokens"
         else:
-            how = f"{int(steps)}-step decoder, first {int(prefix)} of {cfg.num_tokens} tokens"
+            how = f"{int(steps)}-step decoder, first {int(prefix)} of {cfg.num_image_tokens} tokens"
         summary = f"**PSNR {value:.2f} dB** ({how}) against the tokenizer's input"
         return zoom(model_input), ids, grid_table(ids), zoom(reconstruction), summary
 
@@ -161,8 +163,8 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
 
     with gr.Blocks(title="Selftok") as demo:
         gr.Markdown(
-            f"# Selftok: image → {cfg.num_tokens} discrete tokens → image\n"
-            f"Tokenizer: {cfg.image_size} px images, {cfg.num_tokens} tokens from a codebook of {cfg.codebook_size}, "
+            f"# Selftok: image → {cfg.num_image_tokens} discrete tokens → image\n"
+            f"Tokenizer: {cfg.image_size} px images, {cfg.num_image_tokens} tokens from a codebook of {cfg.codebook_size}, "
             "in autoregressive order (the first tokens carry the coarse content). Images are shown enlarged."
         )
         with gr.Tab("Image → tokens → image"):
@@ -172,7 +174,7 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
                 reconstruction = gr.Image(label="Reconstruction", format="png", interactive=False, elem_id="reconstruction")
             with gr.Row():
                 steps = gr.Slider(1, 100, value=50, step=1, label="Decoding steps (diffusion decoder)")
-                prefix = gr.Slider(0, cfg.num_tokens, value=cfg.num_tokens, step=1, label="Decode from the first p tokens (0: unconditional)")
+                prefix = gr.Slider(0, cfg.num_image_tokens, value=cfg.num_image_tokens, step=1, label="Decode from the first p tokens (0: unconditional)")
                 use_renderer = gr.Checkbox(value=False, label="One-step renderer (all tokens)", visible=has_renderer)
                 seed = gr.Number(value=0, precision=0, label="Seed")
             button = gr.Button("Tokenize and reconstruct", variant="primary", elem_id="run")
@@ -180,7 +182,7 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
             score = gr.Markdown(elem_id="psnr")
             grid = gr.Dataframe(label="Token ids (AR order, row-major)", interactive=False, elem_id="token-grid")
             strip = gr.Gallery(
-                label="Coarse to fine: decodes from the first p tokens", columns=len(prefix_lengths(cfg.num_tokens)), height="auto", elem_id="coarse-to-fine"
+                label="Coarse to fine: decodes from the first p tokens", columns=len(prefix_lengths(cfg.num_image_tokens)), height="auto", elem_id="coarse-to-fine"
             )
 
             reconstruction_io = {
@@ -205,13 +207,13 @@ def build_demo(pipeline: SelftokDecoderPipeline | None = None, vlm: SelftokPipel
                     prompt,
                     guidance_scale=float(guidance),
                     generator=torch.Generator().manual_seed(int(seed)),
-                    decoder_steps=int(steps),
+                    num_inference_steps=int(steps),
                     use_renderer=bool(use_renderer),
                 )
                 return zoom(out.images[0]), grid_table(out.token_ids[0])
 
             with gr.Tab("Text → image"):
-                gr.Markdown(f"The language model samples {vlm_cfg.num_tokens} visual tokens, the Selftok decoder turns them into an image.")
+                gr.Markdown(f"The language model samples {vlm_cfg.num_image_tokens} visual tokens, the Selftok decoder turns them into an image.")
                 with gr.Row():
                     prompt = gr.Textbox(label="Prompt", value="a red circle left of a blue square", elem_id="prompt")
                     generated = gr.Image(label="Generated image", format="png", interactive=False, elem_id="generated")

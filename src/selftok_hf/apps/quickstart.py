@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline) if args.pipeline else embedded_pipeline()
     pipe.set_progress_bar_config(desc="decoding")
     cfg = pipe.image_tokenizer.config
-    print(f"Selftok: {cfg.image_size}x{cfg.image_size} images -> {cfg.num_tokens} tokens from {cfg.codebook_size} codes")
+    print(f"Selftok: {cfg.image_size}x{cfg.image_size} images -> {cfg.num_image_tokens} tokens from {cfg.codebook_size} codes")
     pixel_values = pipe.image_processor(list(images.values()), return_tensors="pt").pixel_values
     token_ids = pipe.encode(pixel_values)
     result = {}
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int
         result[name] = ids
         print(f"{name}: {len(ids)} tokens (AR order, coarse first): {ids[:12]} ...")
     with open(args.output, "w") as f:
-        json.dump({"num_tokens": cfg.num_tokens, "codebook_size": cfg.codebook_size, "token_ids": result}, f)
+        json.dump({"num_image_tokens": cfg.num_image_tokens, "codebook_size": cfg.codebook_size, "token_ids": result}, f)
     print(f"wrote {args.output}")
 
     generator = torch.Generator().manual_seed(args.seed)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int
     columns = {"input": target, f"{args.steps}-step decoder": pipe(token_ids, num_inference_steps=args.steps, generator=generator, output_type="pt").images}
     if pipe.renderer is not None:
         columns["one-step renderer"] = pipe(token_ids, use_renderer=True, output_type="pt").images
-    bits = cfg.num_tokens * math.log2(cfg.codebook_size)
+    bits = cfg.num_image_tokens * math.log2(cfg.codebook_size)
     thumbnail, choice = best_bicubic_thumbnail(target, bits)
     thumbnail_name = f"bicubic {choice['side']}x{choice['side']}x{choice['bits_per_channel']}-bit thumbnail ({choice['bits']} bits)"
     columns[thumbnail_name] = thumbnail
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-quickstart") -> int
     print(f"wrote {args.png} (columns: {' | '.join(columns)})")
 
     # Coarse to fine: the decoder from the first p tokens in AR order (the same noise for every p).
-    prefixes, strips = sorted({2**i for i in range(int(math.log2(cfg.num_tokens)) + 1)} | {cfg.num_tokens}), []
+    prefixes, strips = sorted({2**i for i in range(int(math.log2(cfg.num_image_tokens)) + 1)} | {cfg.num_image_tokens}), []
     for p in prefixes:
         generator = torch.Generator().manual_seed(args.seed)
         strips.append(pipe(token_ids, num_inference_steps=args.steps, prefix_length=p, generator=generator, output_type="pt").images)

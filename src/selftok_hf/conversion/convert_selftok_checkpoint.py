@@ -272,7 +272,7 @@ def selftok_config_from_official(params: dict, state_dict: Optional[Mapping[str,
         encoder_num_heads=int(sizes["num_heads"]),
         encoder_depth=int(sizes["depth"]),
         pos_embed_max_size=2 * latent_size if params.get("enable_enc_variable_size", False) else latent_size // int(sizes["patch_size"]),
-        num_tokens=K,
+        num_image_tokens=K,
         query_dim=int(sizes["query_dim"]),
         query_heads=int(sizes["query_heads"]),
         query_adaln=bool(enc_cfg.get("time_adaln", False)),
@@ -456,18 +456,18 @@ def build_pipeline_from_official(
     from ..pipeline_selftok_decoder import SelftokDecoderPipeline
     from ..vae import random_sd3_vae
 
-    tokenizer = build_tokenizer_from_official(params, official)
+    image_tokenizer = build_tokenizer_from_official(params, official)
     transformer = build_decoder_from_official(params, official)
     renderer = None
     if renderer_official is not None:
-        _check_same_codebook(tokenizer, renderer_params, renderer_official)
+        _check_same_codebook(image_tokenizer, renderer_params, renderer_official)
         renderer = build_renderer_from_official(renderer_params, renderer_official)
     if vae is None:
         vae = random_sd3_vae(seed=0)
-    if vae.config.latent_channels != tokenizer.config.latent_channels:
-        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the tokenizer expects {tokenizer.config.latent_channels}")
+    if vae.config.latent_channels != image_tokenizer.config.latent_channels:
+        raise ValueError(f"VAE has {vae.config.latent_channels} latent channels, the tokenizer expects {image_tokenizer.config.latent_channels}")
     return SelftokDecoderPipeline(
-        image_tokenizer=tokenizer,
+        image_tokenizer=image_tokenizer,
         transformer=transformer,
         vae=vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
@@ -475,7 +475,7 @@ def build_pipeline_from_official(
     )
 
 
-def _check_same_codebook(tokenizer, renderer_params: dict, renderer_official: Mapping[str, torch.Tensor]) -> None:
+def _check_same_codebook(image_tokenizer, renderer_params: dict, renderer_official: Mapping[str, torch.Tensor]) -> None:
     """The renderer checkpoint's encoder must map to the tokenizer's model (keys and shapes, checked on the meta
     device), and its codebook and post-quantizer norm, all that decoding reads, must equal the tokenizer's."""
     from ..modeling_selftok import SelftokModel
@@ -484,7 +484,7 @@ def _check_same_codebook(tokenizer, renderer_params: dict, renderer_official: Ma
     state_dict, _ = convert_official_tokenizer_state_dict(renderer_official, config)
     with torch.device("meta"):
         _check_against_model(state_dict, SelftokModel(config), "renderer checkpoint's image_tokenizer")
-    ours = tokenizer.state_dict()
+    ours = image_tokenizer.state_dict()
     for name in ("quantizer.embed", "quantizer.post_norm.weight", "quantizer.post_norm.bias"):
         a, b = ours[name], state_dict[name].to(ours[name].dtype)
         if a.shape != b.shape or not torch.equal(a, b):

@@ -196,7 +196,7 @@ def _official_backbone_sizes(official: Mapping[str, torch.Tensor]) -> dict[str, 
     missing = [k for k in required if k not in official]
     if missing:
         raise ValueError(f"not an official Selftok MMDiT state dict (keys must not carry 'model.'); missing {missing}")
-    width, code_dim = official["context_embedder.weight"].shape
+    width, token_dim = official["context_embedder.weight"].shape
     if width % _OFFICIAL_HEAD_DIM:
         raise ValueError(f"official width {width} is not a multiple of the head size {_OFFICIAL_HEAD_DIM}")
     blocks = {int(m.group(1)) for k in official for m in [re.match(r"joint_blocks\.(\d+)\.", k)] if m}
@@ -204,8 +204,8 @@ def _official_backbone_sizes(official: Mapping[str, torch.Tensor]) -> dict[str, 
         num_layers=max(blocks) + 1,
         attention_head_dim=_OFFICIAL_HEAD_DIM,
         num_attention_heads=width // _OFFICIAL_HEAD_DIM,
-        num_tokens=int(official["context_pos_embed"].shape[-2]),
-        code_dim=int(code_dim),
+        num_image_tokens=int(official["context_pos_embed"].shape[-2]),
+        token_dim=int(token_dim),
         mlp_ratio=official["joint_blocks.0.x_block.mlp.fc1.weight"].shape[0] / width,
         qkv_bias="joint_blocks.0.x_block.attn.qkv.bias" in official,
     )

@@ -18,6 +18,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from ..quantizer import CosineVectorQuantizer, QuantizerSettings
+from ..renamed import RenamedAttribute
 
 __all__ = ["RasterVQAutoencoder", "train_raster_vq"]
 
@@ -71,8 +72,11 @@ class RasterVQAutoencoder(ModelMixin, ConfigMixin):
         self.decoder = nn.Sequential(*decoder)
 
     @property
-    def num_tokens(self) -> int:
+    def num_image_tokens(self) -> int:
+        """Tokens per image: the cells of the grid (formerly ``num_tokens``)."""
         return self.grid * self.grid
+
+    num_tokens = RenamedAttribute("num_image_tokens")
 
     def _features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` -> grid features in raster order ``(B, s*s, width)``."""

@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from ..image_processing_selftok import postprocess_images, to_rgb
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..renamed import renamed_kwargs
 from ..vae import latents_to_images, pixels_to_latents
 from .metrics import (
     LPIPS,
@@ -114,9 +115,10 @@ def decode_settings(steps: Sequence[int], renderer: bool) -> list[DecodeSetting]
     return settings
 
 
-def default_prefix_lengths(num_tokens: int) -> list[int]:
+@renamed_kwargs(num_tokens="num_image_tokens")
+def default_prefix_lengths(num_image_tokens: int) -> list[int]:
     """0 (no token: unconditional), then K/32, K/16, ..., K (those >= 1)."""
-    return [0] + sorted({num_tokens >> shift for shift in range(6)} - {0})
+    return [0] + sorted({num_image_tokens >> shift for shift in range(6)} - {0})
 
 
 @dataclass
@@ -429,10 +431,10 @@ def _check_arguments(
         raise ValueError("save_images=True needs an output_dir")
     if isinstance(metrics.ssim_data_range, str) and metrics.ssim_data_range != "target":
         raise ValueError(f"ssim_data_range must be 'target' or a number, got {metrics.ssim_data_range!r}")
-    num_tokens = pipe.image_tokenizer.config.num_tokens
-    prefix_lengths = default_prefix_lengths(num_tokens) if outputs.prefix_lengths is None else list(outputs.prefix_lengths)
-    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= num_tokens for p in prefix_lengths) or not prefix_lengths:
-        raise ValueError(f"prefix_lengths must be integers in [0, {num_tokens}], got {prefix_lengths}")
+    K = pipe.image_tokenizer.config.num_image_tokens
+    prefix_lengths = default_prefix_lengths(K) if outputs.prefix_lengths is None else list(outputs.prefix_lengths)
+    if any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= K for p in prefix_lengths) or not prefix_lengths:
+        raise ValueError(f"prefix_lengths must be integers in [0, {K}], got {prefix_lengths}")
     return prefix_lengths
 
 
@@ -612,7 +614,7 @@ def _summary(
     summary: dict[str, Any] = {
         "num_images": num_images,
         "image_size": config.image_size,
-        "num_tokens": config.num_tokens,
+        "num_image_tokens": config.num_image_tokens,
         "seed": seed,
         "guidance_scale": guidance_scale,
         "batch_size": batch_size,
@@ -769,9 +771,9 @@ def main(argv: list[str] | None = None, prog: str = "selftok-eval") -> int:
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=dtypes).to(device)
     if args.renderer and pipe.renderer is None:
         parser.error(f"--renderer: the pipeline in {args.pipeline} has no renderer component")
-    num_tokens = pipe.image_tokenizer.config.num_tokens
-    if args.prefix_lengths is not None and any(not 0 <= p <= num_tokens for p in args.prefix_lengths):
-        parser.error(f"--prefix-lengths must lie in [0, {num_tokens}] (K of this tokenizer), got {args.prefix_lengths}")
+    K = pipe.image_tokenizer.config.num_image_tokens
+    if args.prefix_lengths is not None and any(not 0 <= p <= K for p in args.prefix_lengths):
+        parser.error(f"--prefix-lengths must lie in [0, {K}] (K of this tokenizer), got {args.prefix_lengths}")
 
     try:
         lpips = LPIPS.from_pretrained(*args.lpips_weights).to(device) if args.lpips_weights else None
@@ -800,7 +802,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-eval") -> int:
         show_progress=not args.no_progress,
     )
     summary = result.summary
-    print(f"{summary['num_images']} images, {summary['image_size']} px, K = {summary['num_tokens']} tokens")
+    print(f"{summary['num_images']} images, {summary['image_size']} px, K = {summary['num_image_tokens']} tokens")
     for name, entry in summary["settings"].items():
         for reference in REFERENCES:
             metrics = entry[reference]

@@ -1,6 +1,7 @@
 """RL on Selftok visual tokens (Selftok-Zero style): a synthetic compositional world with exact ground truth,
 a pixel-space detector, program / QA rewards, and the simplified GRPO objective and trainer."""
 
+from ..renamed import renamed_names_getattr
 from .detector import Detection, ShapeDetector, as_image_batch
 from .evaluation import shapes_describe, shapes_geneval
 from .grpo import (
@@ -38,7 +39,7 @@ from .shapes_world import (
     render_scene,
     score_description,
 )
-from .trainer import GRPOArguments, GRPOTrainer, build_reward, load_prompts
+from .trainer import GRPOArguments, SelftokGRPOTrainer, build_reward, load_prompts
 
 __all__ = [
     "CATEGORIES",
@@ -50,7 +51,6 @@ __all__ = [
     "DetectorJudge",
     "GRPOArguments",
     "GRPOLossOutput",
-    "GRPOTrainer",
     "ObjectSpec",
     "ProgramResult",
     "ProgramReward",
@@ -59,6 +59,7 @@ __all__ = [
     "QAReward",
     "Question",
     "RewardFunction",
+    "SelftokGRPOTrainer",
     "ShapeDetector",
     "ShapeInstance",
     "ShapesWorld",
@@ -80,3 +81,6 @@ __all__ = [
     "shapes_describe",
     "shapes_geneval",
 ]
+
+# GRPOTrainer was renamed so as not to share trl's class name with another API (issue 17); the old name warns.
+__getattr__ = renamed_names_getattr(__name__, {"GRPOTrainer": "SelftokGRPOTrainer"})

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..generation_selftok import generate_image_tokens
+from ..renamed import renamed_kwargs
 from .rewards import ProgramReward, program_accuracy
 from .shapes_world import PromptSpec, ShapeInstance, score_description
 
@@ -25,13 +26,15 @@ def prompt_batch(processor, prompts: Sequence[str], device=None) -> dict[str, to
 
 
 @torch.no_grad()
-def decode_images(decoder, token_ids: torch.LongTensor, use_renderer: bool, decoder_steps: int) -> torch.Tensor:
+@renamed_kwargs(decoder_steps="num_inference_steps")
+def decode_images(decoder, token_ids: torch.LongTensor, use_renderer: bool, num_inference_steps: int) -> torch.Tensor:
     """Selftok ids `(N, K)` -> images `(N, 3, H, W)` in [0, 1] through a :class:`SelftokDecoderPipeline`
-    (one-step renderer, or ``decoder_steps`` flow steps)."""
-    return decoder(token_ids, num_inference_steps=decoder_steps, use_renderer=use_renderer, output_type="pt").images
+    (one-step renderer, or ``num_inference_steps`` flow steps)."""
+    return decoder(token_ids, num_inference_steps=num_inference_steps, use_renderer=use_renderer, output_type="pt").images
 
 
 @torch.no_grad()
+@renamed_kwargs(decoder_steps="num_inference_steps")
 def shapes_geneval(
     pipeline,
     specs: Sequence[PromptSpec],
@@ -40,7 +43,7 @@ def shapes_geneval(
     batch_size: int = 64,
     temperature: float = 1.0,
     use_renderer: bool = True,
-    decoder_steps: int = 4,
+    num_inference_steps: int = 4,
     reward: ProgramReward | None = None,
     image_decoder: Callable[[torch.LongTensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
@@ -54,10 +57,11 @@ def shapes_geneval(
         seed: seeds the token sampling and the decoder noise.
         batch_size: sequences generated at once.
         temperature: sampling temperature (no CFG, no top-k: the policy RL optimises).
-        use_renderer / decoder_steps: how ids become pixels.
+        use_renderer / num_inference_steps: how ids become pixels: the one-step renderer, or that many flow steps
+            of the decoder (formerly ``decoder_steps``).
         reward: the program checker (default: the exact shapes detector).
         image_decoder: ``ids (N, K) -> images (N, 3, H, W) in [0, 1]`` (default: ``pipeline.decoder`` per
-            ``use_renderer`` / ``decoder_steps``).
+            ``use_renderer`` / ``num_inference_steps``).
     Returns:
         ``{category: accuracy, ..., "overall": mean over categories}`` plus ``"reward"``: the mean program reward.
     """
@@ -79,7 +83,7 @@ def shapes_geneval(
             if image_decoder is not None:
                 images = image_decoder(ids)
             else:
-                images = decode_images(pipeline.decoder, ids, use_renderer, decoder_steps)
+                images = decode_images(pipeline.decoder, ids, use_renderer, num_inference_steps)
             results += reward.evaluate(chunk, images, metadata[start : start + batch_size])
     finally:
         model.train(was_training)

@@ -58,6 +58,7 @@ import torch
 
 from ..generation_selftok import generate_image_tokens
 from ..pipeline_selftok import SelftokPipeline
+from ..renamed import renamed_fields, renamed_names_getattr
 from ..training.loader import DataLoaderArguments, DataLoaderTrainingLoop, is_streaming
 from ..training.loop import (
     TrainingArgumentParser,
@@ -71,7 +72,10 @@ from .grpo import constrained_logprobs, group_advantages, grpo_loss
 from .rewards import CombinedReward, DetectorJudge, ProgramReward, QAReward
 from .shapes_world import ShapesWorld, parse_prompt
 
-__all__ = ["GRPOArguments", "GRPOTrainer", "PromptBatches", "build_reward", "load_prompt_stream", "load_prompts", "main"]
+__all__ = ["GRPOArguments", "PromptBatches", "SelftokGRPOTrainer", "build_reward", "load_prompt_stream", "load_prompts", "main"]
+
+# GRPOTrainer was renamed so as not to share trl's class name with another API (issue 17); the old name warns.
+__getattr__ = renamed_names_getattr(__name__, {"GRPOTrainer": "SelftokGRPOTrainer"})
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +88,7 @@ BUILTIN_REWARDS: dict[str, Callable[[], Callable]] = {
 }
 
 
+@renamed_fields(decoder_steps="num_inference_steps")
 @dataclass
 class GRPOArguments(DataLoaderArguments):
     """Options of ``selftok-rl`` (plus :class:`~selftok_hf.training.loader.DataLoaderArguments`; there ``batch_size``
@@ -113,7 +118,7 @@ class GRPOArguments(DataLoaderArguments):
     temperature: float = field(default=1.0, metadata={"help": "Sampling temperature, applied identically in the log-probs."})
     rewards: str = field(default="program=1", metadata={"help": "Comma-separated name=weight of built-in rewards (program, qa)."})
     use_renderer: bool = field(default=True, metadata={"help": "Decode ids to pixels for the rewards with the one-step renderer (else flow steps)."})
-    decoder_steps: int = field(default=4, metadata={"help": "Flow steps of the decoder when the renderer is not used."})
+    num_inference_steps: int = field(default=4, metadata={"help": "Flow steps of the decoder when the renderer is not used (formerly --decoder-steps)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -259,7 +264,7 @@ class PromptBatches:
         return {"rows": rows, **prompt_batch(self.processor, [row["prompt"] for row in rows])}
 
 
-class GRPOTrainer(DataLoaderTrainingLoop):
+class SelftokGRPOTrainer(DataLoaderTrainingLoop):
     """Simplified-GRPO RL of the LM of a :class:`SelftokPipeline` (see the module docstring).
 
     Args:
@@ -272,7 +277,7 @@ class GRPOTrainer(DataLoaderTrainingLoop):
         reward: a reward callable (default: :func:`build_reward` of ``args.rewards``). A plain callable is wrapped as
             ``CombinedReward({"reward": reward})``.
         image_decoder: ``ids (N, K) -> images (N, 3, H, W) in [0, 1]`` for the rewards (default: the pipeline's
-            :class:`SelftokDecoderPipeline`, per ``use_renderer`` / ``decoder_steps``). With one, ``pipeline`` only
+            :class:`SelftokDecoderPipeline`, per ``use_renderer`` / ``num_inference_steps``). With one, ``pipeline`` only
             needs ``language_model``, ``processor`` and ``vocabulary``: any visual tokenizer's ids can be trained on
             (e.g. a raster VQ control).
     """
@@ -306,7 +311,7 @@ class GRPOTrainer(DataLoaderTrainingLoop):
         if self.image_decoder is None:
             decoder = self.pipeline.decoder.to(self.accelerator.device)
             decoder.set_progress_bar_config(disable=True)
-            self.image_decoder = lambda ids: decode_images(decoder, ids, args.use_renderer, args.decoder_steps)
+            self.image_decoder = lambda ids: decode_images(decoder, ids, args.use_renderer, args.num_inference_steps)
         if self.prompt_rows is None:
             if args.streaming:
                 self.prompt_rows = load_prompt_stream(args.prompts)
@@ -442,7 +447,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-rl") -> int:
     parser = TrainingArgumentParser(GRPOArguments, prog=prog, description=DESCRIPTION)
     (args,) = parse_training_arguments(parser, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    trainer = GRPOTrainer(args)
+    trainer = SelftokGRPOTrainer(args)
     history = trainer.run()
     path = trainer.export()
     if history:

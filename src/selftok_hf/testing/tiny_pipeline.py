@@ -28,10 +28,10 @@ def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        tokenizer = SelftokModel(SelftokConfig(**SELFTOK_TINY_CONFIG)).eval()
+        image_tokenizer = SelftokModel(SelftokConfig(**SELFTOK_TINY_CONFIG)).eval()
         # The official init zeroes the query adaLN (each block starts as the identity on the queries),
         # which makes every image give the same ids; randomise it so the demo ids depend on the image.
-        for block in tokenizer.encoder.blocks:
+        for block in image_tokenizer.encoder.blocks:
             torch.nn.init.normal_(block.query_modulation.weight, std=0.5)
         transformer = SelftokDecoderTransformer(**SELFTOK_DECODER_TINY_CONFIG).eval()
         renderer = SelftokRenderer(**SELFTOK_RENDERER_TINY_CONFIG).eval()
@@ -40,5 +40,5 @@ def random_tiny_pipeline(seed: int = 0) -> SelftokDecoderPipeline:
             vae = random_sd3_vae(seed)
     finally:
         torch.random.set_rng_state(state)
-    pipe = SelftokDecoderPipeline(tokenizer, transformer, vae, FlowMatchEulerDiscreteScheduler(shift=1.0), renderer)
+    pipe = SelftokDecoderPipeline(image_tokenizer, transformer, vae, FlowMatchEulerDiscreteScheduler(shift=1.0), renderer)
     return pipe

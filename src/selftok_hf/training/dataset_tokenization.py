@@ -139,7 +139,7 @@ def _describe_pipeline(pipeline, fingerprint: str) -> dict[str, Any]:
         "pipeline": str(getattr(decoder, "name_or_path", "") or ""),
         "pipeline_class": type(pipeline).__name__,
         "tokenizer_weights_sha256": fingerprint,
-        "num_tokens": cfg.num_tokens,
+        "num_image_tokens": cfg.num_image_tokens,
         "codebook_size": cfg.codebook_size,
         "image_size": cfg.image_size,
         "order": "ar",

@@ -49,6 +49,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 
+from ..renamed import add_renamed_option, with_new_keys
 from ..utils.atomic import (
     atomic_write_text,
     check_export_target,
@@ -148,6 +149,9 @@ class TrainingArgumentParser(HfArgumentParser):
     are ``--flag`` / ``--flag false`` and, for those whose default is True, ``--no-flag`` (transformers); those whose
     default is False also take ``--no-flag`` (hidden from ``--help``), the spelling these CLIs always had.
 
+    A field renamed with :func:`~selftok_hf.renamed.renamed_fields` also takes its old spellings, with a
+    ``FutureWarning``.
+
     Instead of options, the command line may name one JSON or YAML file holding them (:func:`parse_training_arguments`).
     """
 
@@ -164,6 +168,9 @@ class TrainingArgumentParser(HfArgumentParser):
                 if hints[f.name] is bool and f.default is False:
                     flags = (f"--no_{f.name}", f"--no-{f.name.replace('_', '-')}")
                     self.add_argument(*flags, action="store_false", dest=f.name, default=False, help=argparse.SUPPRESS)
+            for old, new in getattr(dtype, "_renamed_fields", {}).items():
+                add_renamed_option(self, f"--{old}", f"--{new}")
+                add_renamed_option(self, f"--{old.replace('_', '-')}", f"--{new.replace('_', '-')}")
 
 
 def _config_value_error(name: str, value: Any, hint: Any) -> str | None:
@@ -196,6 +203,7 @@ def _parse_config_file(parser: HfArgumentParser, path: str) -> tuple[Any, ...]:
     if not isinstance(values, dict):
         parser.error(f"config file {path}: expected an object of option names and values, got {type(values).__name__}")
     for dtype in parser.dataclass_types:
+        values = with_new_keys(values, getattr(dtype, "_renamed_fields", {}), warn_as=f"config file {path}")
         hints = get_type_hints(dtype)
         for f in fields(dtype):
             if f.name in values:

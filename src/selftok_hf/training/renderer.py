@@ -33,6 +33,7 @@ from torch import nn
 
 from ..modeling_selftok_decoder import SelftokRenderer
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
+from ..renamed import RenamedAttribute
 from ..token_schedule import to_code_order
 from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
@@ -103,8 +104,8 @@ def renderer_from_decoder(decoder, **overrides) -> SelftokRenderer:
         num_layers=dc.num_layers,
         attention_head_dim=dc.attention_head_dim,
         num_attention_heads=dc.num_attention_heads,
-        num_tokens=dc.num_tokens,
-        code_dim=dc.code_dim,
+        num_image_tokens=dc.num_image_tokens,
+        token_dim=dc.token_dim,
         mlp_ratio=dc.mlp_ratio,
         qkv_bias=dc.qkv_bias,
         **overrides,
@@ -156,6 +157,7 @@ class RendererTrainer(TrainingLoop):
     """
 
     args: RendererTrainingArguments
+    tokenizer = RenamedAttribute("image_tokenizer")  # the frozen SelftokModel, set by build()
 
     def __init__(
         self,
@@ -171,7 +173,7 @@ class RendererTrainer(TrainingLoop):
         # Master weights in float32 even from a float16 folder (what a package ships); --mixed-precision sets the compute dtype.
         pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline, dtype=torch.float32)
         device = self.accelerator.device
-        self.tokenizer = pipe.image_tokenizer.to(device).eval().requires_grad_(False)
+        self.image_tokenizer = pipe.image_tokenizer.to(device).eval().requires_grad_(False)
         self.vae = pipe.vae.to(device).eval().requires_grad_(False)
         self.decoder_pipeline = pipe
         renderer = pipe.renderer if pipe.renderer is not None else renderer_from_decoder(pipe.transformer)
@@ -189,7 +191,7 @@ class RendererTrainer(TrainingLoop):
             "renderer": torch.optim.AdamW(renderer.parameters(), lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=0.0),
             "discriminator": torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_lr, betas=(0.9, 0.99), weight_decay=0.0),
         }
-        tc = self.tokenizer.config
+        tc = self.image_tokenizer.config
         dataset = load_image_dataset(args.dataset, args.split, args.image_column, args.data_dir, args.max_train_images, args.max_image_side)
         self.batches = StepBatches(
             dataset, args.batch_size, tc.image_size, args.seed, self.accelerator.num_processes, self.accelerator.process_index
@@ -197,15 +199,15 @@ class RendererTrainer(TrainingLoop):
 
     @torch.no_grad()
     def _codes(self, latents: torch.Tensor) -> torch.Tensor:
-        """Frozen tokenizer: latents -> post-normed code vectors ``(B, K, D)`` in code order."""
-        return to_code_order(self.tokenizer.encode(latents=latents).token_embeddings)
+        """Frozen image tokenizer: latents -> post-normed code vectors ``(B, K, D)`` in code order."""
+        return to_code_order(self.image_tokenizer.encode(latents=latents).token_embeddings)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        tc = self.tokenizer.config
+        tc = self.image_tokenizer.config
         return self.vae.decode((latents / tc.vae_scaling_factor + tc.vae_shift_factor).to(self.vae.dtype)).sample.float()
 
     def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        tc = self.tokenizer.config
+        tc = self.image_tokenizer.config
         pixels = self.batches.batch(micro_step).to(self.accelerator.device)
         latents = pixels_to_latents(self.vae, pixels, tc.vae_scaling_factor, tc.vae_shift_factor)
         codes = self._codes(latents)

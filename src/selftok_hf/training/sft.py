@@ -47,6 +47,7 @@ import torch
 from ..modeling_selftok_lm import visual_lora_config
 from ..pipeline_selftok import SelftokPipeline
 from ..processing_selftok import DEFAULT_QUESTION, IGNORE_INDEX, SelftokProcessor
+from ..renamed import renamed_names_getattr
 from ..utils.atomic import export_folder
 from .data import load_image_dataset
 from .dataset_tokenization import (
@@ -66,13 +67,16 @@ __all__ = [
     "SFTArguments",
     "SFTBatches",
     "SFTExampleBuilder",
-    "SFTTrainer",
+    "SelftokSFTTrainer",
     "collate_examples",
     "main",
     "parse_task_mix",
     "pipeline_or_load",
     "pretokenize_images",
 ]
+
+# SFTTrainer was renamed so as not to share trl's class name with another API (issue 17); the old name warns.
+__getattr__ = renamed_names_getattr(__name__, {"SFTTrainer": "SelftokSFTTrainer"})
 
 logger = logging.getLogger(__name__)
 
@@ -331,7 +335,7 @@ def _load_stream(source: str, split: str):
     return datasets.load_dataset(source, split=split, streaming=True)
 
 
-class SFTTrainer(DataLoaderTrainingLoop):
+class SelftokSFTTrainer(DataLoaderTrainingLoop):
     """Fine-tunes the LM of a :class:`SelftokPipeline` on a mixture of T2I / I2T / image / text examples; the
     micro-batches are built by a ``DataLoader`` (:class:`SFTBatches`, ``dataloader_num_workers``).
 
@@ -498,7 +502,7 @@ def main(argv: list[str] | None = None, prog: str = "selftok-train-lm") -> int:
     parser = TrainingArgumentParser(SFTArguments, prog=prog, description=DESCRIPTION)
     (args,) = parse_training_arguments(parser, argv, existing_paths=("pipeline",))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    trainer = SFTTrainer(args)
+    trainer = SelftokSFTTrainer(args)
     history = trainer.run()
     written = trainer.export()
     if history:

@@ -129,7 +129,7 @@ def train_selftok_stack(
             eval_dataset=str(eval_dataset),
             eval_images=32,
             eval_every=b.eval_every,
-            eval_decoder_steps=10,
+            eval_num_inference_steps=10,
             tokenizer_config=tokenizer_config,
             decoder_config=decoder_config,
             max_steps=b.steps,

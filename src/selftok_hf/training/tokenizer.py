@@ -3,7 +3,7 @@
 The objective is the release's (``trainer_selftok_enc.py`` / ``image_tokenizer.py`` / ``rectified_flow.py`` of the
 training repository), written out in :class:`SelftokTokenizerObjective`:
 
-1. the tokenizer's forward (``SelftokModel.forward`` in training mode) reads the normalised latent ``x0``: the encoder's
+1. the image tokenizer's forward (``SelftokModel.forward`` in training mode) reads the normalised latent ``x0``: the encoder's
    K queries become code vectors through the EMA quantizer's training step (commitment + diversity losses, k-means
    initialisation, dead-code reactivation: see ``quantizer.py``);
 2. a code time ``τ ~ U[0, 1)`` per image (shift 1, as the release runs), noise ``ε``, ``x_τ = τ ε + (1 - τ) x0``;
@@ -39,6 +39,7 @@ from ..modeling_selftok_decoder import (
 )
 from ..pipeline_selftok_decoder import SelftokDecoderPipeline
 from ..pixel_space import PixelSpaceAutoencoder
+from ..renamed import RenamedAttribute, renamed_fields, renamed_kwargs
 from ..token_schedule import to_code_order
 from ..utils.atomic import export_folder
 from ..vae import pixels_to_latents
@@ -87,26 +88,31 @@ def scale_token_gradients(codes: torch.Tensor) -> torch.Tensor:
 
 
 class SelftokTokenizerObjective(nn.Module):
-    """The tokenizer and the decoder, trained together by the rectified-flow objective (module docstring).
+    """The image tokenizer and the decoder, trained together by the rectified-flow objective (module docstring).
 
     Args:
-        tokenizer: the encoder + EMA quantizer.
-        decoder: the MMDiT velocity model; its token count / code width must match the tokenizer.
+        image_tokenizer: the encoder + EMA quantizer (formerly ``tokenizer``, the name of the text tokenizer in the
+            LM code).
+        decoder: the MMDiT velocity model; its token count / width must match the image tokenizer's.
         cfg_dropout: probability of hiding every token from an image (classifier-free guidance).
     """
 
-    def __init__(self, tokenizer: SelftokModel, decoder: SelftokDecoderTransformer, cfg_dropout: float = 0.1) -> None:
+    tokenizer = RenamedAttribute("image_tokenizer")
+
+    @renamed_kwargs(tokenizer="image_tokenizer")
+    def __init__(self, image_tokenizer: SelftokModel, decoder: SelftokDecoderTransformer, cfg_dropout: float = 0.1) -> None:
         super().__init__()
-        tc, dc = tokenizer.config, decoder.config
-        if (dc.num_tokens, dc.code_dim, dc.in_channels) != (tc.num_tokens, tc.token_dim, tc.latent_channels):
+        tc, dc = image_tokenizer.config, decoder.config
+        if (dc.num_image_tokens, dc.token_dim, dc.in_channels) != (tc.num_image_tokens, tc.token_dim, tc.latent_channels):
             raise ValueError(
-                f"decoder (num_tokens={dc.num_tokens}, code_dim={dc.code_dim}, in_channels={dc.in_channels}) does not fit "
-                f"the tokenizer (num_tokens={tc.num_tokens}, token_dim={tc.token_dim}, latent_channels={tc.latent_channels})"
+                f"decoder (num_image_tokens={dc.num_image_tokens}, token_dim={dc.token_dim}, in_channels={dc.in_channels}) does not fit "
+                f"the image tokenizer (num_image_tokens={tc.num_image_tokens}, token_dim={tc.token_dim}, latent_channels={tc.latent_channels})"
             )
         if not 0 <= cfg_dropout < 1:
             raise ValueError(f"cfg_dropout must be in [0, 1), got {cfg_dropout}")
-        self.tokenizer, self.decoder, self.cfg_dropout = tokenizer, decoder, cfg_dropout
+        self.image_tokenizer, self.decoder, self.cfg_dropout = image_tokenizer, decoder, cfg_dropout
         self.schedule = tc.token_schedule
+        self.register_load_state_dict_pre_hook(_load_renamed_checkpoint_keys)
 
     def forward(self, latents: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """
@@ -116,8 +122,8 @@ class SelftokTokenizerObjective(nn.Module):
             the scalar loss and floats to log (``mse``, per-τ-third MSEs, quantizer statistics).
         """
         B, device = latents.shape[0], latents.device
-        # The tokenizer's own forward: in training mode its quantizer step (EMA codebook, commitment + diversity).
-        tokens = self.tokenizer(latents=latents)
+        # The image tokenizer's own forward: in training mode its quantizer step (EMA codebook, commitment + diversity).
+        tokens = self.image_tokenizer(latents=latents)
         # Eval mode is encode(): no quantizer step, so no quantizer loss (as the quantizer's eval forward, 0).
         quantizer_loss = latents.new_zeros(()) if tokens.loss is None else tokens.loss
 
@@ -143,6 +149,13 @@ class SelftokTokenizerObjective(nn.Module):
         return loss, logs
 
 
+def _load_renamed_checkpoint_keys(objective, state_dict, prefix, *args) -> None:
+    """A checkpoint saved while the objective's image tokenizer was its ``tokenizer`` (``tokenizer.*`` keys) resumes."""
+    old = prefix + "tokenizer."
+    for key in [key for key in state_dict if key.startswith(old)]:
+        state_dict[prefix + "image_tokenizer." + key[len(old) :]] = state_dict.pop(key)
+
+
 def decoder_parameter_groups(decoder: SelftokDecoderTransformer) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Split the decoder's parameters into (image stream, rest): the patch embedding and each block's image half
     (adaLN, q/k/v/out projections, MLP) are the part initialised from SD3; the rest is the token stream and head."""
@@ -153,6 +166,7 @@ def decoder_parameter_groups(decoder: SelftokDecoderTransformer) -> tuple[list[n
     return image, rest
 
 
+@renamed_fields(eval_decoder_steps="eval_num_inference_steps")
 @dataclass
 class TokenizerTrainingArguments(LoopArguments):
     """Options of :class:`TokenizerTrainer` (plus those of :class:`LoopArguments`); each field's ``metadata["help"]``
@@ -168,7 +182,7 @@ class TokenizerTrainingArguments(LoopArguments):
     eval_split: str = field(default="test", metadata={"help": "Split of the held-out images."})
     eval_images: int = field(default=8, metadata={"help": "How many held-out centre crops to reconstruct."})
     eval_every: int = field(default=0, metadata={"help": "Steps between held-out PSNRs (0: none)."})
-    eval_decoder_steps: int = field(default=10, metadata={"help": "Flow steps of the held-out decodes."})
+    eval_num_inference_steps: int = field(default=10, metadata={"help": "Flow steps of the held-out decodes (formerly --eval-decoder-steps)."})
     tokenizer_config: str | None = field(default="tiny", metadata={"help": "The tokenizer: a preset (tiny, release), a JSON file or a JSON object."})
     decoder_config: str | None = field(
         default="tiny",
@@ -231,17 +245,18 @@ class TokenizerTrainer(TrainingLoop):
             tok_kwargs.setdefault("latent_downsample", 2 ** (len(vae.config.block_out_channels) - 1))
             tok_kwargs.setdefault("vae_scaling_factor", vae.config.scaling_factor)
             tok_kwargs.setdefault("vae_shift_factor", vae.config.shift_factor or 0.0)
-        tokenizer = SelftokModel(SelftokConfig(**tok_kwargs))
-        tc = tokenizer.config
+        # from_dict: a JSON file may be a config.json saved before a field was renamed (num_tokens).
+        image_tokenizer = SelftokModel(SelftokConfig.from_dict(tok_kwargs))
+        tc = image_tokenizer.config
         dec_kwargs = load_json_or_preset(
             args.decoder_config, {"tiny": SELFTOK_DECODER_TINY_CONFIG, "release": SELFTOK_DECODER_RELEASE_CONFIG}
         )
         dec_kwargs.update(
-            num_tokens=tc.num_tokens, code_dim=tc.token_dim, in_channels=tc.latent_channels, out_channels=tc.latent_channels,
+            num_image_tokens=tc.num_image_tokens, token_dim=tc.token_dim, in_channels=tc.latent_channels, out_channels=tc.latent_channels,
             sample_size=tc.latent_size,
         )
         dec_kwargs["pos_embed_max_size"] = max(dec_kwargs.get("pos_embed_max_size", 0), tc.latent_size // dec_kwargs.get("patch_size", 2))
-        decoder = SelftokDecoderTransformer(**dec_kwargs)
+        decoder = SelftokDecoderTransformer.from_config(dec_kwargs)  # reads the keys of older configs too
         if args.sd3_transformer:
             from diffusers import SD3Transformer2DModel
 
@@ -249,20 +264,20 @@ class TokenizerTrainer(TrainingLoop):
             missing, unexpected = decoder.load_state_dict(decoder_state_dict_from_sd3(sd3.state_dict(), decoder.config), strict=False)
             assert not unexpected, unexpected
             logger.info("decoder image stream initialised from %s (%d token-stream tensors start from scratch)", args.sd3_transformer, len(missing))
-        return tokenizer, decoder, vae
+        return image_tokenizer, decoder, vae
 
     def build(self) -> None:
         args = self.args
-        tokenizer, decoder, vae = self._build_models()
+        image_tokenizer, decoder, vae = self._build_models()
         if args.gradient_checkpointing:
-            enable_activation_checkpointing(tokenizer)
+            enable_activation_checkpointing(image_tokenizer)
             decoder.enable_gradient_checkpointing()
         self.vae = vae.to(self.accelerator.device).eval().requires_grad_(False)
-        self.objective = SelftokTokenizerObjective(tokenizer, decoder, cfg_dropout=args.cfg_dropout)
+        self.objective = SelftokTokenizerObjective(image_tokenizer, decoder, cfg_dropout=args.cfg_dropout)
         image_params, token_params = decoder_parameter_groups(decoder)
         optimizer = torch.optim.AdamW(
             [
-                {"params": list(tokenizer.parameters()), "lr": args.encoder_lr, "name": "encoder"},
+                {"params": list(image_tokenizer.parameters()), "lr": args.encoder_lr, "name": "encoder"},
                 {"params": image_params, "lr": args.decoder_image_lr, "name": "decoder_image_stream"},
                 {"params": token_params, "lr": args.decoder_token_lr, "name": "decoder_rest"},
             ],
@@ -272,7 +287,7 @@ class TokenizerTrainer(TrainingLoop):
         self.models = {"objective": self.objective}
         self.optimizers = {"optimizer": optimizer}
 
-        tc = tokenizer.config
+        tc = image_tokenizer.config
         dataset = load_image_dataset(
             args.dataset, args.split, args.image_column, args.data_dir, args.max_train_images, args.max_image_side
         )
@@ -291,7 +306,7 @@ class TokenizerTrainer(TrainingLoop):
         batch = batch.to(self.accelerator.device)
         if "latents" in getattr(self.batches.dataset, "column_names", ()):
             return batch
-        tc = self.objective.tokenizer.config
+        tc = self.objective.image_tokenizer.config
         return pixels_to_latents(self.vae, batch, tc.vae_scaling_factor, tc.vae_shift_factor)
 
     def training_step(self, micro_step: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -300,7 +315,7 @@ class TokenizerTrainer(TrainingLoop):
             return self.models["objective"](latents)
 
     def on_log(self, logs: dict[str, float]) -> dict[str, float]:
-        quantizer = self.accelerator.unwrap_model(self.models["objective"]).tokenizer.quantizer
+        quantizer = self.accelerator.unwrap_model(self.models["objective"]).image_tokenizer.quantizer
         expected = self.args.batch_size * self.accelerator.num_processes * quantizer.position_code_usage.shape[0] / quantizer.codebook_size
         logs["dead_codes"] = int((quantizer.cluster_size < quantizer.dead_code_threshold * expected).sum())
         logs["codes_in_use"] = int((quantizer.cluster_size >= quantizer.dead_code_threshold * expected).sum())
@@ -317,7 +332,7 @@ class TokenizerTrainer(TrainingLoop):
         """The models being trained, assembled (by reference) into a decoder pipeline."""
         objective = self.accelerator.unwrap_model(self.models["objective"])
         pipe = SelftokDecoderPipeline(
-            image_tokenizer=objective.tokenizer,
+            image_tokenizer=objective.image_tokenizer,
             transformer=objective.decoder,
             vae=self.vae,
             scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
@@ -327,7 +342,7 @@ class TokenizerTrainer(TrainingLoop):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out PSNR (dB, images in [0, 1]) of an ``eval_decoder_steps``-step decode, fixed noise."""
+        """Held-out PSNR (dB, images in [0, 1]) of an ``eval_num_inference_steps``-step decode, fixed noise."""
         objective = self.accelerator.unwrap_model(self.models["objective"])
         objective.eval()
         try:
@@ -336,17 +351,17 @@ class TokenizerTrainer(TrainingLoop):
                 pixels = self.eval_pixels.to(self.accelerator.device)
                 ids = pipe.encode(pixels)
                 generator = torch.Generator(pixels.device).manual_seed(self.args.seed)
-                decoded = pipe(ids, num_inference_steps=self.args.eval_decoder_steps, generator=generator, output_type="pt").images
+                decoded = pipe(ids, num_inference_steps=self.args.eval_num_inference_steps, generator=generator, output_type="pt").images
         finally:
             objective.train()
         target = (pixels.float().clamp(-1, 1) + 1) / 2
         mse = (decoded.float() - target).pow(2).flatten(1).mean(1)
         psnr = (10 * torch.log10(1.0 / mse.clamp(min=1e-10))).mean().item()
-        return {f"eval/psnr_{self.args.eval_decoder_steps}_steps": psnr}
+        return {f"eval/psnr_{self.args.eval_num_inference_steps}_steps": psnr}
 
     def export(self, save_directory: str | os.PathLike) -> SelftokDecoderPipeline:
         """Save the trained tokenizer + decoder (+ VAE, scheduler) as a ``SelftokDecoderPipeline`` folder, renamed into
-        place when complete (:func:`~selftok_hf.atomic.export_folder`)."""
+        place when complete (:func:`~selftok_hf.utils.atomic.export_folder`)."""
         pipe = self.pipeline()
         if self.accelerator.is_main_process:
             with export_folder(save_directory) as staged:
