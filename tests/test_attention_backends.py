@@ -161,9 +161,9 @@ def _decoder_inputs(pipe):
     generator = torch.Generator().manual_seed(2)
     x = torch.randn(3, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=generator)
     tau = torch.rand(3, generator=generator)
-    codes = torch.randn(3, cfg.num_tokens, cfg.code_dim, generator=generator)
-    mask = torch.ones(3, cfg.num_tokens, dtype=torch.bool)
-    mask[1, cfg.num_tokens // 2 :] = False
+    codes = torch.randn(3, cfg.num_image_tokens, cfg.token_dim, generator=generator)
+    mask = torch.ones(3, cfg.num_image_tokens, dtype=torch.bool)
+    mask[1, cfg.num_image_tokens // 2 :] = False
     mask[2, :3] = False
     return x, tau, codes, mask
 
@@ -261,7 +261,7 @@ def test_layerwise_casting(pipe, storage_dtype):
     rounding moves the result by about the storage dtype's precision."""
     generator = torch.Generator().manual_seed(3)
     cfg = pipe.image_tokenizer.config
-    ids = torch.randint(0, cfg.codebook_size, (2, cfg.num_tokens), generator=generator)
+    ids = torch.randint(0, cfg.codebook_size, (2, cfg.num_image_tokens), generator=generator)
 
     def decode(pipeline):
         pipeline.set_progress_bar_config(disable=True)

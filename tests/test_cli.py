@@ -40,13 +40,13 @@ def test_encode_decode_round_trip(tiny_pipeline_dir, tmp_path, capsys):
     result = run_selftok("encode", *PHOTOS, "--pipeline", tiny_pipeline_dir, "-o", "ids.npy", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     ids = np.load(tmp_path / "ids.npy")
-    assert ids.shape == (2, cfg.num_tokens) and ids.dtype == np.int64
+    assert ids.shape == (2, cfg.num_image_tokens) and ids.dtype == np.int64
     np.testing.assert_array_equal(ids, pipe.encode(images).numpy())
 
     # The JSON form carries the same ids, the image names and the codebook size.
     assert main(["encode", *PHOTOS, "--pipeline", str(tiny_pipeline_dir), "-o", str(tmp_path / "ids.json")]) == 0
     record = json.loads((tmp_path / "ids.json").read_text())
-    assert record["images"] == PHOTOS and record["codebook_size"] == cfg.codebook_size and record["num_tokens"] == cfg.num_tokens
+    assert record["images"] == PHOTOS and record["codebook_size"] == cfg.codebook_size and record["num_image_tokens"] == cfg.num_image_tokens
     np.testing.assert_array_equal(np.asarray(record["token_ids"]), ids)
 
     result = run_selftok("decode", "ids.npy", "--pipeline", tiny_pipeline_dir, "-o", "decoded", "--steps", 3, "--seed", 7, cwd=tmp_path)
@@ -81,12 +81,12 @@ def test_reconstruct_prints_psnr(tiny_pipeline_dir, tmp_path):
 def test_generate_and_describe(vlm_dir, tmp_path, capsys):
     from selftok_hf.pipeline_selftok import SelftokPipeline
 
-    assert main(["generate", "a red circle", "--pipeline", str(vlm_dir), "-o", str(tmp_path / "out.png"), "--num-images", "2", "--steps", "2", "--cfg", "2", "--seed", "3"]) == 0
+    assert main(["generate", "a red circle", "--pipeline", str(vlm_dir), "-o", str(tmp_path / "out.png"), "--num-images", "2", "--steps", "2", "--guidance-scale", "2", "--seed", "3"]) == 0
     generated = [PIL.Image.open(tmp_path / f"out_{i}.png") for i in range(2)]
     pipe = SelftokPipeline.from_pretrained(vlm_dir)
     size = pipe.decoder.image_tokenizer.config.image_size
     assert all(image.size == (size, size) for image in generated)
-    expected = pipe("a red circle", guidance_scale=2.0, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], decoder_steps=2, output_type="np").images
+    expected = pipe("a red circle", guidance_scale=2.0, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (3, 4)], num_inference_steps=2, output_type="np").images
     for got, want in zip(generated, expected):
         np.testing.assert_array_equal(np.asarray(got), np.round(want * 255).astype(np.uint8))
 

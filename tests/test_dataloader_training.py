@@ -10,11 +10,11 @@ import torch
 
 from selftok_hf import SelftokPipeline
 from selftok_hf.assets import bundled_images
-from selftok_hf.rl.trainer import GRPOArguments, GRPOTrainer, load_prompt_stream
+from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer, load_prompt_stream
 from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.loader import stream_batches
 from selftok_hf.training.loop import latest_checkpoint
-from selftok_hf.training.sft import SFTArguments, SFTTrainer
+from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -49,7 +49,7 @@ class Killed(Exception):
     pass
 
 
-class Recording(SFTTrainer):
+class Recording(SelftokSFTTrainer):
     """Records the batches it trains on; ``kill_at``: dies (an exception) at that micro step."""
 
     def __init__(self, *args, kill_at=None, **kwargs):
@@ -88,7 +88,7 @@ def test_a_streaming_dataset_trains_on_its_rows_in_order(base_dir, pairs, pairs_
     history = trainer.run()
     assert [h["step"] for h in history] == [1, 2, 3, 4] and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     # The stream's images were tokenised as they were read: the same ids as the map-style pre-tokenisation.
-    tokenised = SFTTrainer(SFTArguments(cache_dir=str(tmp_path / "cache")), trainer.pipeline, pairs)
+    tokenised = SelftokSFTTrainer(SFTArguments(cache_dir=str(tmp_path / "cache")), trainer.pipeline, pairs)
     tokenised._load_data()
     rows = list(tokenised.dataset)
     # Rows in file order, 2 per step, the next epoch continuing the stream: 0 1 | 2 0 | 1 2 | 0 1.
@@ -159,7 +159,7 @@ def low_codes(prompts, token_ids, images, metadata):
     return (token_ids < 32).float().mean(1).tolist()
 
 
-class RecordingGRPO(GRPOTrainer):
+class RecordingGRPO(SelftokGRPOTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.seen = []

@@ -94,8 +94,8 @@ def _max_diff(a, b):
 def test_config_inferred_from_official_weights(decoder, reference):
     params, cases = reference["params"], reference["cases"]
     cfg = decoder.config
-    assert cfg.num_tokens == params["k"] == cases["dec.codes"].shape[1]
-    assert cfg.code_dim == params["quantizer_config"]["code_dim"] == cases["dec.codes"].shape[2]
+    assert cfg.num_image_tokens == params["k"] == cases["dec.codes"].shape[1]
+    assert cfg.token_dim == params["quantizer_config"]["code_dim"] == cases["dec.codes"].shape[2]
     assert cfg.num_layers == params["decoder_config"]["depth"]
     assert cfg.pos_embed_max_size == params["decoder_config"]["pos_embed_max_size"]
     assert cfg.in_channels == params["in_channels"] == cases["dec.x_t"].shape[2]
@@ -117,8 +117,8 @@ def test_decoder_velocity_matches_official(decoder, decoder64, reference, parity
     cases = reference["cases"]
     cfg = decoder.config
     num_patches = (cases["dec.x_t"].shape[-1] // cfg.patch_size) ** 2
-    reduction = max(_max_linear_input(decoder), num_patches + cfg.num_tokens)
-    angle = 1000.0 + 8 * (cfg.num_tokens - 1)  # the token positions' timestep angles
+    reduction = max(_max_linear_input(decoder), num_patches + cfg.num_image_tokens)
+    angle = 1000.0 + 8 * (cfg.num_image_tokens - 1)  # the token positions' timestep angles
     for m in range(cases["dec.tau"].shape[0]):
         # Zeroing invisible code vectors changes nothing (they are masked everywhere).
         zeroed = cases["dec.codes"] * cases["dec.mask"][m, :, :, None]
@@ -383,7 +383,7 @@ def test_sd3_image_stream_mapping():
     batch = 2
     x = torch.randn(batch, cfg["in_channels"], cfg["sample_size"], cfg["sample_size"])
     tau = torch.tensor([0.3, 0.9])
-    codes = torch.randn(batch, cfg["num_tokens"], cfg["code_dim"])
+    codes = torch.randn(batch, cfg["num_image_tokens"], cfg["token_dim"])
     context = decoder.context_embedder(codes) + decoder.context_pos_embed
     expected = sd3(x, encoder_hidden_states=context, pooled_projections=torch.randn(batch, 8), timestep=tau * 1000).sample
     assert _max_diff(decoder(x, tau, codes).sample, expected) <= 1e-5
@@ -408,8 +408,8 @@ def _random_tiny_decoder(**overrides):
 def _tiny_inputs(model, batch=2):
     cfg = model.config
     x = torch.randn(batch, cfg.in_channels, cfg.sample_size, cfg.sample_size)
-    codes = torch.randn(batch, cfg.num_tokens, cfg.code_dim)
-    mask = torch.arange(cfg.num_tokens) <= torch.tensor([cfg.num_tokens // 2, 1])[:batch, None]
+    codes = torch.randn(batch, cfg.num_image_tokens, cfg.token_dim)
+    mask = torch.arange(cfg.num_image_tokens) <= torch.tensor([cfg.num_image_tokens // 2, 1])[:batch, None]
     return x, torch.tensor([0.7, 0.1])[:batch], codes, mask
 
 
@@ -421,7 +421,7 @@ def test_bad_inputs_raise():
         "channels": lambda: model(x[:, :-1], tau, codes),
         "patch multiple": lambda: model(x[..., :-1], tau, codes),
         "too large": lambda: model(torch.randn(2, cfg.in_channels, 2 * cfg.pos_embed_max_size + 2, 2), tau, codes),
-        "code_dim": lambda: model(x, tau, codes[..., :-1]),
+        "token_dim": lambda: model(x, tau, codes[..., :-1]),
         "batch": lambda: model(x, tau, codes[:1]),
         "too many tokens": lambda: model(x, tau, torch.cat([codes, codes], 1)),
         "mask shape": lambda: model(x, tau, codes, token_mask=mask[:, :-1]),

@@ -36,7 +36,7 @@ def batch(model):
     rows = CONDITIONAL + UNCONDITIONAL
     x = torch.randn(rows, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
     tau = torch.rand(rows, generator=g)
-    codes = torch.randn(rows, cfg.num_tokens - 5, cfg.code_dim, generator=g)
+    codes = torch.randn(rows, cfg.num_image_tokens - 5, cfg.token_dim, generator=g)
     return x, tau, codes
 
 
@@ -131,7 +131,7 @@ def _count_host_syncs(fn):
 )
 def test_decode_loop_makes_no_per_step_host_syncs(steering_pipeline, guidance_scale, official_guidance, prefix_length):
     pipe = steering_pipeline
-    ids = torch.randint(0, pipe.image_tokenizer.config.codebook_size, (2, pipe.image_tokenizer.config.num_tokens), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, pipe.image_tokenizer.config.codebook_size, (2, pipe.image_tokenizer.config.num_image_tokens), generator=torch.Generator().manual_seed(0))
 
     def decode(steps):
         return lambda: pipe(ids, num_inference_steps=steps, guidance_scale=guidance_scale, official_guidance=official_guidance,

@@ -43,7 +43,7 @@ def test_loads_offline_and_generates_and_describes(vlm):
 
 def test_cli_generate_and_describe_default_to_it(vlm, tmp_path, capsys):
     path = tmp_path / "out.png"
-    assert main(["generate", "a red circle left of a blue square", "-o", str(path), "--renderer", "--cfg", "1", "--seed", "0"]) == 0
+    assert main(["generate", "a red circle left of a blue square", "-o", str(path), "--renderer", "--guidance-scale", "1", "--seed", "0"]) == 0
     assert PIL.Image.open(path).size == (32, 32)
     expected = vlm("a red circle left of a blue square", guidance_scale=1.0, generator=[torch.Generator().manual_seed(0)], use_renderer=True).images[0]
     assert PIL.Image.open(path).tobytes() == expected.tobytes()

@@ -110,7 +110,7 @@ def test_summary_equals_metrics_recomputed_from_the_pngs(cli_run, lpips_file):
         rows = list(csv.DictReader(handle))
     lpips = LPIPS.from_pretrained(lpips_file)
     references = {"original": saved(cli_run, "original"), "vae": saved(cli_run, "vae_round_trip")}
-    assert summary["num_images"] == 3 and summary["batch_size"] == 2 and summary["num_tokens"] == 32
+    assert summary["num_images"] == 3 and summary["batch_size"] == 2 and summary["num_image_tokens"] == 32
     assert "rfid" not in summary["settings"]["renderer"]["vae"]  # no Inception weights were given
 
     def check(recon, reference, entry, csv_rows=None, name=""):

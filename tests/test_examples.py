@@ -156,7 +156,7 @@ def test_convert_official_weights(tmp_path):
 
 
 def test_vlm_text_to_image(tmp_path):
-    run_example("vlm_text_to_image.py", "--tiny", "--decoder-steps", "2", "--output", tmp_path / "t2i.png", cwd=tmp_path)
+    run_example("vlm_text_to_image.py", "--tiny", "--steps", "2", "--output", tmp_path / "t2i.png", cwd=tmp_path)
     assert PIL.Image.open(tmp_path / "t2i.png").size == (2 * 64, 64)  # one prompt, two 64-px images
 
 

@@ -37,7 +37,7 @@ def run_cli(capsys, *argv):
 
 def _token_ids(pipe, rows=2, seed=0):
     cfg = pipe.image_tokenizer.config
-    return torch.randint(0, cfg.codebook_size, (rows, cfg.num_tokens), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, cfg.codebook_size, (rows, cfg.num_image_tokens), generator=torch.Generator().manual_seed(seed))
 
 
 def _photo_like(mode: str, size=(40, 36)) -> PIL.Image.Image:
@@ -56,7 +56,7 @@ def _photo_like(mode: str, size=(40, 36)) -> PIL.Image.Image:
 def test_one_decoder_pipeline_shared_by_threads_gives_the_single_threaded_results(tiny_pipeline):
     """Servers share one pipeline between request threads: 4 threads (started together, and staggered) must get
     bitwise the outputs of one thread. It used to fail on every call (the scheduler's step index was shared)."""
-    K, C = tiny_pipeline.image_tokenizer.config.num_tokens, tiny_pipeline.image_tokenizer.config.codebook_size
+    K, C = tiny_pipeline.image_tokenizer.config.num_image_tokens, tiny_pipeline.image_tokenizer.config.codebook_size
     requests = [
         dict(token_ids=torch.randint(0, C, (1, K), generator=torch.Generator().manual_seed(i)), num_inference_steps=3 + i,
              guidance_scale=1.0 + (i % 2), prefix_length=None if i < 2 else K // 2)
@@ -113,7 +113,7 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
     from selftok_hf.assets import bundled_images
     from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
     from selftok_hf.training.loop import latest_checkpoint
-    from selftok_hf.training.sft import SFTArguments, SFTTrainer
+    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
 
     torch.set_num_threads(1)
     base = tmp_path / "base"
@@ -125,7 +125,7 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
         return SFTArguments(output_dir=str(tmp_path / "run"), max_steps=steps, batch_size=2, learning_rate=1e-3, warmup_steps=4,
                             log_every=1, checkpoint_every=2, resume_from="latest")
 
-    first = SFTTrainer(args(2), SelftokPipeline.from_pretrained(base), pairs)
+    first = SelftokSFTTrainer(args(2), SelftokPipeline.from_pretrained(base), pairs)
     history = first.run()
     assert [h["lr/language_model"] for h in history] == pytest.approx([1e-3 / 4, 2e-3 / 4])
     assert first.accelerator._custom_objects == []
@@ -136,10 +136,10 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
     marker = tmp_path / "pwned"
     monkeypatch.setenv("SELFTOK_PWNED", str(marker))
     with pytest.raises(ValueError, match="refusing to load"):
-        SFTTrainer(args(4), SelftokPipeline.from_pretrained(base), pairs).run()
+        SelftokSFTTrainer(args(4), SelftokPipeline.from_pretrained(base), pairs).run()
     assert not marker.exists()
     (checkpoint / "custom_checkpoint_0.pkl").unlink()
-    resumed = SFTTrainer(args(4), SelftokPipeline.from_pretrained(base), pairs)
+    resumed = SelftokSFTTrainer(args(4), SelftokPipeline.from_pretrained(base), pairs)
     history = resumed.run()
     # The warm-up continues where it stopped: a resumed run needs no scheduler state.
     assert [h["step"] for h in history] == [3, 4]
@@ -295,7 +295,7 @@ def test_encode_refuses_tensors_that_are_not_pixels_in_minus_one_one(tiny_pipeli
 def test_encode_accepts_pixels_within_the_tolerance(tiny_pipeline):
     pixels = torch.rand(1, 3, 32, 32) * 2 - 1
     pixels[0, 0, 0, 0] = 1.001
-    assert tiny_pipeline.encode(pixels).shape == (1, tiny_pipeline.image_tokenizer.config.num_tokens)
+    assert tiny_pipeline.encode(pixels).shape == (1, tiny_pipeline.image_tokenizer.config.num_image_tokens)
 
 
 def test_encode_refuses_non_finite_latents(tiny_pipeline):

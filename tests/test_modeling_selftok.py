@@ -30,9 +30,9 @@ def latents_for(config, batch=2, seed=0):
 def test_encode_shapes_and_dtypes(tiny):
     cfg = tiny.config
     out = tiny.encode(latents=latents_for(cfg))
-    assert out.token_ids.shape == (2, cfg.num_tokens) and out.token_ids.dtype == torch.int64
-    assert out.token_embeddings.shape == (2, cfg.num_tokens, cfg.token_dim)
-    assert out.query_features.shape == (2, cfg.num_tokens, cfg.query_dim)
+    assert out.token_ids.shape == (2, cfg.num_image_tokens) and out.token_ids.dtype == torch.int64
+    assert out.token_embeddings.shape == (2, cfg.num_image_tokens, cfg.token_dim)
+    assert out.query_features.shape == (2, cfg.num_image_tokens, cfg.query_dim)
     assert torch.allclose(tiny.embed_tokens(out.token_ids), out.token_embeddings)
     assert int(out.token_ids.min()) >= 0 and int(out.token_ids.max()) < cfg.codebook_size
 
@@ -163,14 +163,14 @@ def test_exactly_one_input(tiny):
 )
 def test_bad_token_ids(tiny, ids, error, match):
     with pytest.raises(error, match=match):
-        tiny.embed_tokens(ids(tiny.config.num_tokens, tiny.config.codebook_size))
+        tiny.embed_tokens(ids(tiny.config.num_image_tokens, tiny.config.codebook_size))
 
 
 def test_config_validation():
     with pytest.raises(Exception, match="divisible"):
         SelftokConfig(**dict(SELFTOK_TINY_CONFIG, query_heads=5))
     with pytest.raises(Exception, match="sums to"):
-        SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_tokens=40))
+        SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_image_tokens=40))
 
 
 def test_release_preset_sizes():

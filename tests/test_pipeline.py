@@ -127,7 +127,7 @@ def test_encode_images_round_trip(pipe):
     size = pipe.image_tokenizer.config.image_size
     images = [PIL.Image.new("RGB", (size + 10, size), (200, 30, 30)), PIL.Image.new("L", (size, size), 90)]
     ids = pipe.encode(images)
-    assert ids.shape == (2, pipe.image_tokenizer.config.num_tokens) and ids.dtype == torch.int64
+    assert ids.shape == (2, pipe.image_tokenizer.config.num_image_tokens) and ids.dtype == torch.int64
     pixel_values = pipe.image_processor(images, return_tensors="pt").pixel_values
     assert torch.equal(pipe.encode(pixel_values), ids)
     assert pipe(ids, num_inference_steps=1, output_type="pt").images.shape == (2, 3, size, size)

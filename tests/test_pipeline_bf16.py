@@ -38,7 +38,7 @@ def pipes(steering_pipeline):
 @pytest.fixture(scope="module")
 def ids(steering_pipeline):
     cfg = steering_pipeline.image_tokenizer.config
-    return torch.randint(0, cfg.codebook_size, (3, cfg.num_tokens), generator=torch.Generator().manual_seed(0))
+    return torch.randint(0, cfg.codebook_size, (3, cfg.num_image_tokens), generator=torch.Generator().manual_seed(0))
 
 
 def _relative_l2(x, reference):

@@ -20,7 +20,7 @@ def vlm():
 
 def _ids(pipe, rows, seed=0):
     cfg = pipe.image_tokenizer.config
-    return torch.randint(0, cfg.codebook_size, (rows, cfg.num_tokens), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, cfg.codebook_size, (rows, cfg.num_image_tokens), generator=torch.Generator().manual_seed(seed))
 
 
 # ------------------------------------------------------------------------------------------ decoder
@@ -193,7 +193,7 @@ def test_vlm_interrupt_stops_early_and_decodes_the_prefix(vlm):
         return {}
 
     generator = torch.Generator().manual_seed(0)
-    out = vlm("a cat", guidance_scale=2.0, generator=generator, decoder_steps=2, output_type="pt", callback_on_step_end=callback, streamer=streamer)
+    out = vlm("a cat", guidance_scale=2.0, generator=generator, num_inference_steps=2, output_type="pt", callback_on_step_end=callback, streamer=streamer)
     assert calls == list(range(5)) and vlm.interrupt
     assert out.token_ids.shape == (1, 5) and len(streamer.puts) == 1 + 5 and streamer.ended
     full = vlm("a cat", guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="ids")

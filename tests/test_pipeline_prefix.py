@@ -39,7 +39,7 @@ def record_transformer_inputs(pipe):
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
 def test_full_prefix_is_the_default_decode(pipe, ids, noise, guidance_scale):
-    num_tokens = pipe.image_tokenizer.config.num_tokens
+    num_tokens = pipe.image_tokenizer.config.num_image_tokens
     default = decode(pipe, ids, noise, guidance_scale=guidance_scale)
     assert torch.equal(decode(pipe, ids, noise, guidance_scale=guidance_scale, prefix_length=num_tokens), default)
 
@@ -63,7 +63,7 @@ def test_empty_prefix_is_the_unconditional_decode(pipe, ids, noise):
 
 @pytest.mark.parametrize("guidance_scale", [1.0, 2.0])
 def test_decoder_sees_exactly_the_prefix(pipe, ids, noise, guidance_scale):
-    num_tokens, prefix = pipe.image_tokenizer.config.num_tokens, 10
+    num_tokens, prefix = pipe.image_tokenizer.config.num_image_tokens, 10
     batch = ids.shape[0]
     seen, hook = record_transformer_inputs(pipe)
     try:

@@ -102,7 +102,7 @@ def test_settings_are_the_config_fields_with_the_same_defaults():
     assert settings == QuantizerSettings(**{k: getattr(config, k) for k in dataclasses.asdict(settings)})
     assert settings.ema_decay == 0.9 and settings.diversity_schedule == (0.2, 0.4) and settings.codebook_size == 64
     assert QuantizerSettings.from_config(SelftokConfig()) == QuantizerSettings()  # one set of release defaults
-    q = CosineVectorQuantizer(config.query_dim, num_positions=config.num_tokens, settings=settings)
+    q = CosineVectorQuantizer(config.query_dim, num_positions=config.num_image_tokens, settings=settings)
     assert q.settings == settings and q.ema_decay == 0.9 and q.dead_code_threshold == 0.2
     assert isinstance(q.post_norm, torch.nn.LayerNorm) and q.position_code_usage.shape == (32, 64)
     assert not isinstance(make(post_norm=False).post_norm, torch.nn.LayerNorm) and make(post_norm=False).settings.post_norm is False

@@ -30,7 +30,7 @@ def test_main_job_runs_offline_and_is_deterministic(tmp_path):
     assert len(psnr_lines[0]) == 4 and psnr_lines[0] == psnr_lines[1]
     ids = outputs[0]["token_ids"]
     assert set(ids) == {"astronaut.jpg", "coffee.jpg", "chelsea.jpg", "fashion_mnist_ankle_boot.png", "fashion_mnist_pullover.png", "fashion_mnist_trouser.png"}
-    assert outputs[0]["num_tokens"] == 32 and outputs[0]["codebook_size"] == 1024
+    assert outputs[0]["num_image_tokens"] == 32 and outputs[0]["codebook_size"] == 1024
     assert all(len(v) == 32 for v in ids.values())
     assert len({tuple(v) for v in ids.values()}) == 6  # different images, different ids
     png = PIL.Image.open(tmp_path / "r0.png")
@@ -54,7 +54,7 @@ RENDERER_PSNR_FLOOR = 19.0
 def test_embedded_pipeline_is_the_documented_model():
     pipe = embedded_pipeline()
     cfg = pipe.image_tokenizer.config
-    assert (cfg.image_size, cfg.num_tokens, cfg.codebook_size) == (32, 32, 1024)
+    assert (cfg.image_size, cfg.num_image_tokens, cfg.codebook_size) == (32, 32, 1024)
     assert pipe.renderer is not None and type(pipe.vae).__name__ == "AutoencoderKL"
     # The paper's structure at 32 px: a small SD3-shaped VAE (16 channels, 4x down) trained here, 8 x 8 x 16 latents.
     assert (pipe.vae.config.latent_channels, cfg.latent_channels, cfg.latent_size, cfg.latent_downsample) == (16, 16, 8, 4)

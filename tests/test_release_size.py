@@ -62,7 +62,7 @@ def _check_outputs(outputs, config: SelftokConfig, batch: int):
     latent = (batch, config.latent_channels, config.latent_size, config.latent_size)
     for dtype, out in outputs.items():
         ids = out["encode"]
-        assert ids.dtype == torch.int64 and ids.shape == (batch, config.num_tokens)
+        assert ids.dtype == torch.int64 and ids.shape == (batch, config.num_image_tokens)
         assert 0 <= int(ids.min()) and int(ids.max()) < config.codebook_size
         for stage in ("decoder_step", "decode", "renderer"):
             assert out[stage].shape == latent and torch.isfinite(out[stage]).all(), (dtype, stage)
@@ -112,11 +112,11 @@ def test_release_sizes_keep_the_release_widths():
     sizes = release_size.release_sizes(image_size=64, depth_scale=0.01)
     release = SelftokConfig(**SELFTOK_RELEASE_CONFIG)
     config = SelftokConfig(**sizes.tokenizer)
-    for key in ("encoder_hidden_size", "encoder_num_heads", "num_tokens", "query_dim", "query_heads", "codebook_size", "code_dim",
+    for key in ("encoder_hidden_size", "encoder_num_heads", "num_image_tokens", "query_dim", "query_heads", "codebook_size", "code_dim",
                 "latent_channels", "pos_embed_max_size"):
         assert getattr(config, key) == getattr(release, key), key
     assert config.encoder_depth == sizes.decoder["num_layers"] == sizes.renderer["num_layers"] == 2  # at least 2 blocks
-    for key in ("attention_head_dim", "num_attention_heads", "num_tokens", "code_dim", "pos_embed_max_size"):
+    for key in ("attention_head_dim", "num_attention_heads", "num_image_tokens", "token_dim", "pos_embed_max_size"):
         assert sizes.decoder[key] == SELFTOK_DECODER_RELEASE_CONFIG[key], key
     assert config.latent_size == sizes.decoder["sample_size"] == sizes.renderer["sample_size"] == 8
     assert release_size.release_sizes().decoder == SELFTOK_DECODER_RELEASE_CONFIG

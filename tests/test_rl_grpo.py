@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def tiny_vlm():
     tokenizer = tiny_text_tokenizer()
     model = tiny_language_model("llama", len(tokenizer), seed=0, tokenizer=tokenizer)
-    image_config = SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_tokens=K, codebook_size=CODES, schedule_tokens_per_stage=[3, 2, 1, 1, 1]))
+    image_config = SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_image_tokens=K, codebook_size=CODES, schedule_tokens_per_stage=[3, 2, 1, 1, 1]))
     vocabulary = add_visual_tokens(model, tokenizer, image_config, init="mean", seed=0)
     # Spread the new rows so that the policy is far from uniform and differs between prompts.
     with torch.no_grad():

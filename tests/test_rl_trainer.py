@@ -12,7 +12,7 @@ from selftok_hf.rl import ProgramReward, ShapeInstance, ShapesWorld, program_acc
 from selftok_hf.rl.evaluation import shapes_geneval
 from selftok_hf.rl.trainer import (
     GRPOArguments,
-    GRPOTrainer,
+    SelftokGRPOTrainer,
     build_reward,
     load_prompts,
     main,
@@ -40,7 +40,7 @@ def args_for(tmp_path, **overrides):
 
 def test_training_raises_the_reward_and_logs_per_category(tiny_pipeline, tmp_path):
     pipeline = copy.deepcopy(tiny_pipeline)
-    trainer = GRPOTrainer(args_for(tmp_path, max_steps=12), pipeline=pipeline, reward=low_codes)
+    trainer = SelftokGRPOTrainer(args_for(tmp_path, max_steps=12), pipeline=pipeline, reward=low_codes)
     history = trainer.run()
     first, last = history[0], history[-1]
     assert [h["step"] for h in history] == list(range(1, 13))
@@ -58,11 +58,11 @@ def test_training_raises_the_reward_and_logs_per_category(tiny_pipeline, tmp_pat
 
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_pipeline, tmp_path):
-    straight = GRPOTrainer(args_for(tmp_path / "a", max_steps=2, reference_sync_steps=1), pipeline=copy.deepcopy(tiny_pipeline), reward=low_codes)
+    straight = SelftokGRPOTrainer(args_for(tmp_path / "a", max_steps=2, reference_sync_steps=1), pipeline=copy.deepcopy(tiny_pipeline), reward=low_codes)
     straight_history = straight.run()
-    first = GRPOTrainer(args_for(tmp_path / "b", max_steps=1, reference_sync_steps=1), pipeline=copy.deepcopy(tiny_pipeline), reward=low_codes)
+    first = SelftokGRPOTrainer(args_for(tmp_path / "b", max_steps=1, reference_sync_steps=1), pipeline=copy.deepcopy(tiny_pipeline), reward=low_codes)
     first.run()
-    resumed = GRPOTrainer(
+    resumed = SelftokGRPOTrainer(
         args_for(tmp_path / "b", max_steps=2, reference_sync_steps=1, resume_from="latest"), pipeline=copy.deepcopy(tiny_pipeline), reward=low_codes
     )
     resumed_history = resumed.run()
@@ -81,7 +81,7 @@ def test_console_script_trains_and_exports(tiny_pipeline, tmp_path, capsys):
     tiny_pipeline.save_pretrained(source)
     out = tmp_path / "rl"
     argv = ["--pipeline", str(source), "--output-dir", str(out), "--max-steps", "1", "--batch-size", "1", "--group-size", "2"]
-    assert main(argv + ["--rewards", "program=1,qa=0.5", "--no-use-renderer", "--decoder-steps", "2"]) == 0
+    assert main(argv + ["--rewards", "program=1,qa=0.5", "--no-use-renderer", "--num-inference-steps", "2"]) == 0
     assert "wrote pipeline" in capsys.readouterr().out
     log = json.loads((out / "log.jsonl").read_text().splitlines()[-1])
     assert {"reward_program", "reward_qa"} <= set(log)

@@ -19,7 +19,7 @@ from selftok_hf.token_schedule import TokenVisibility
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 SCHEDULE = SelftokConfig(**SELFTOK_TINY_CONFIG).token_schedule
-K = SCHEDULE.num_tokens
+K = SCHEDULE.num_image_tokens
 SIGMAS = torch.linspace(1, 0, 9)[:-1]
 
 
@@ -92,7 +92,7 @@ def batch(models):
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, cfg.in_channels, cfg.sample_size, cfg.sample_size, generator=g)
     tau = torch.rand(5, generator=g)
-    codes = torch.randn(5, cfg.num_tokens, cfg.code_dim, generator=g)
+    codes = torch.randn(5, cfg.num_image_tokens, cfg.token_dim, generator=g)
     return x, tau, codes
 
 

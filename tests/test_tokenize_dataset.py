@@ -71,7 +71,7 @@ def test_ids_are_the_pipelines_and_other_columns_are_kept(pairs, pipe, expected_
     assert reloaded[IMAGE_IDS_COLUMN] == expected_ids
     record = tokenization_record(reloaded)
     assert record["tokenizer_weights_sha256"] == tokenizer_fingerprint(pipe)
-    assert (record["num_tokens"], record["codebook_size"], record["order"]) == (32, 64, "ar")
+    assert (record["num_image_tokens"], record["codebook_size"], record["order"]) == (32, 64, "ar")
     assert record["ids_column"] == IMAGE_IDS_COLUMN and record["pipeline_class"] == "SelftokDecoderPipeline"
 
     with pytest.raises(FileExistsError, match="not empty"):
@@ -155,7 +155,7 @@ def test_output_feeds_selftok_train_lm(pairs, tmp_path, caplog):
 
     vlm.processor.encode_images = no_encoding
     args = sft.SFTArguments(output_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, log_every=1, checkpoint_every=0)
-    trainer = sft.SFTTrainer(args, vlm, datasets.load_from_disk(str(tmp_path / "ids")))
+    trainer = sft.SelftokSFTTrainer(args, vlm, datasets.load_from_disk(str(tmp_path / "ids")))
     with caplog.at_level("WARNING"):
         history = trainer.run()
     assert torch.isfinite(torch.tensor(history[-1]["loss"])) and trainer.dataset[IMAGE_IDS_COLUMN] == ids
@@ -168,7 +168,7 @@ def test_output_feeds_selftok_train_lm(pairs, tmp_path, caplog):
     assert tokenizer_fingerprint(other) != tokenizer_fingerprint(vlm)
     tokenize_dataset(pairs, other, tmp_path / "other-ids")
     with caplog.at_level("WARNING"):
-        sft.SFTTrainer(args, vlm, datasets.load_from_disk(str(tmp_path / "other-ids"))).build()
+        sft.SelftokSFTTrainer(args, vlm, datasets.load_from_disk(str(tmp_path / "other-ids"))).build()
     assert "another image tokenizer" in caplog.text
 
 

@@ -37,8 +37,8 @@ def _decoder(config: SelftokConfig) -> SelftokDecoderTransformer:
     decoder = SelftokDecoderTransformer(
         **{
             **SELFTOK_DECODER_TINY_CONFIG,
-            "num_tokens": config.num_tokens,
-            "code_dim": config.token_dim,
+            "num_image_tokens": config.num_image_tokens,
+            "token_dim": config.token_dim,
             "in_channels": config.latent_channels,
             "out_channels": config.latent_channels,
             "sample_size": config.latent_size,
@@ -147,13 +147,13 @@ def test_objective_steps_equal_the_former_direct_path_exactly():
         loss, logs = objective(latents)
         loss.backward()
         torch.manual_seed(step)
-        expected, mse, quantized = _former_objective(reference.tokenizer, reference.decoder, latents, cfg_dropout=0.5)
+        expected, mse, quantized = _former_objective(reference.image_tokenizer, reference.decoder, latents, cfg_dropout=0.5)
         expected.backward()
 
         assert torch.equal(loss, expected), step
         assert logs["mse"] == mse.item() and logs["quantizer_loss"] == quantized.loss.item()
         assert {k: logs[k] for k in quantized.stats} == quantized.stats
-        assert objective.tokenizer.encoder.queries.grad.abs().sum() > 0
+        assert objective.image_tokenizer.encoder.queries.grad.abs().sum() > 0
         assert objective.decoder.transformer_blocks[0].attn.add_q_proj.weight.grad.abs().sum() > 0
         _assert_same_grads(objective, reference)
         _assert_same_state(objective, reference)  # the codebook buffers included

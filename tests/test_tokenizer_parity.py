@@ -107,7 +107,7 @@ def _encoder_reduction_and_angle(encoder, num_patches):
     """Longest reduction of one encoder block (widest Linear input, or the query attention's key count) and the
     largest sinusoid angle (token positions 1000 + 8 (K - 1), frequency 1), read from the model."""
     widest = max(m.in_features for m in encoder.modules() if isinstance(m, torch.nn.Linear))
-    return max(widest, num_patches + encoder.config.num_tokens), float(encoder.positions.abs().max())
+    return max(widest, num_patches + encoder.config.num_image_tokens), float(encoder.positions.abs().max())
 
 
 def test_encoder_is_fp64_accurate(tokenizer, tokenizer64, cases, parity):

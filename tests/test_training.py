@@ -113,11 +113,11 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path, image_dir):
 
     def fixed_batch_mse():
         objective = trainer.accelerator.unwrap_model(trainer.models["objective"]) if trainer.models else trainer.objective
-        objective.tokenizer.quantizer.eval()  # no EMA update while measuring
+        objective.image_tokenizer.quantizer.eval()  # no EMA update while measuring
         torch.manual_seed(123)
         with torch.no_grad():
             _, logs = objective(trainer._latents(trainer.batches.batch(0)))
-        objective.tokenizer.quantizer.train()
+        objective.image_tokenizer.quantizer.train()
         return logs["mse"]
 
     torch.manual_seed(args.seed)
@@ -174,12 +174,12 @@ def test_export_writes_a_loadable_pipeline_and_cli_errors(tmp_path, image_dir, c
     assert isinstance(pipe.vae, PixelSpaceAutoencoder)
     index = json.loads((tmp_path / "export" / "model_index.json").read_text())
     assert index["vae"] == ["pixel_space", "PixelSpaceAutoencoder"]
-    trained = trainer.accelerator.unwrap_model(trainer.models["objective"]).tokenizer.state_dict()
+    trained = trainer.accelerator.unwrap_model(trainer.models["objective"]).image_tokenizer.state_dict()
     for k, v in pipe.image_tokenizer.state_dict().items():
         assert torch.equal(v, trained[k]), k
     pipe.set_progress_bar_config(disable=True)
     ids = pipe.encode(PIL.Image.open(os.path.join(os.path.dirname(__file__), "..", "src", "selftok_hf", "assets", "coffee.jpg")))
-    assert ids.shape == (1, pipe.image_tokenizer.config.num_tokens)
+    assert ids.shape == (1, pipe.image_tokenizer.config.num_image_tokens)
     assert pipe(ids, num_inference_steps=2, output_type="pil").images[0].size == (IMAGE_SIZE, IMAGE_SIZE)
 
     with pytest.raises(SystemExit) as err:
@@ -241,7 +241,7 @@ def test_renderer_starts_from_the_decoder_and_trains(tmp_path, image_dir):
     trained = trainer.accelerator.unwrap_model(trainer.models["renderer"]).state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in pipe.renderer.state_dict().items())
     assert not torch.equal(pipe.renderer.state_dict()["canvas_token"], renderer.state_dict()["canvas_token"])
-    ids = torch.zeros(1, pipe.image_tokenizer.config.num_tokens, dtype=torch.long)
+    ids = torch.zeros(1, pipe.image_tokenizer.config.num_image_tokens, dtype=torch.long)
     assert pipe(ids, use_renderer=True, output_type="pt").images.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     shutil.rmtree(tmp_path / "ren")
 
@@ -279,7 +279,7 @@ def test_training_options_accumulation_bf16_checkpointing_cached_latents(tmp_pat
     # Recomputing activations changes nothing but memory: same loss as the base run.
     assert checkpointed.run()[0]["loss"] == pytest.approx(base_loss, rel=1e-5)
     objective = checkpointed.accelerator.unwrap_model(checkpointed.models["objective"])
-    assert objective.tokenizer.encoder.gradient_checkpointing and objective.decoder.gradient_checkpointing
+    assert objective.image_tokenizer.encoder.gradient_checkpointing and objective.decoder.gradient_checkpointing
     # accelerate fixes the precision once per process: bf16 autocast runs in a fresh one.
     out = tmp_path / "bf16"
     result = subprocess.run(

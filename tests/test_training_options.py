@@ -58,7 +58,7 @@ def test_ema_weights_are_exported_and_resume_exactly(tmp_path, image_dir):
     assert any(not torch.equal(a, b.detach()) for a, b in zip(shadow, plain._trained_parameters()))
     # ... and the exported pipeline is the averaged model.
     exported = SelftokDecoderPipeline.from_pretrained(str(tmp_path / "export"))
-    tokenizer = straight.accelerator.unwrap_model(straight.models["objective"]).tokenizer
+    tokenizer = straight.accelerator.unwrap_model(straight.models["objective"]).image_tokenizer
     for name, value in exported.image_tokenizer.state_dict().items():
         assert torch.equal(value, tokenizer.state_dict()[name]), name
 
@@ -126,7 +126,7 @@ def test_small_vae_trainer_learns_normalises_and_a_tokenizer_reads_its_latents(t
     tok = TokenizerTrainer(_args(tmp_path / "tok", image_dir, latent_space="vae", vae_path=str(tmp_path / "vae"), max_steps=1,
                                  tokenizer_config=json.dumps({"latent_size": IMAGE_SIZE // 4, "patch_size": 1})))
     tok.run()
-    config = tok.accelerator.unwrap_model(tok.models["objective"]).tokenizer.config
+    config = tok.accelerator.unwrap_model(tok.models["objective"]).image_tokenizer.config
     assert (config.latent_channels, config.latent_downsample, config.image_size) == (16, 4, IMAGE_SIZE)
     assert (config.vae_scaling_factor, config.vae_shift_factor) == (vae.config.scaling_factor, vae.config.shift_factor)
 

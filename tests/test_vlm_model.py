@@ -98,7 +98,7 @@ def test_codebook_init_needs_the_model(image_tokenizer):
     with pytest.raises(ValueError, match="pass the SelftokModel"):
         add_visual_tokens(model, tokenizer, SelftokConfig(**SELFTOK_TINY_CONFIG), init="codebook")
     with pytest.raises(TypeError, match="SelftokModel or SelftokConfig"):
-        add_visual_tokens(model, tokenizer, {"num_tokens": 32})
+        add_visual_tokens(model, tokenizer, {"num_image_tokens": 32})
     assert len(tokenizer) == 1024  # nothing was added by the failed calls
 
 

@@ -86,10 +86,10 @@ def test_sampled_batch_equals_one_by_one(pipe):
 
 
 def test_images_and_output_types(pipe):
-    out = pipe(["a cat", "a dog"], guidance_scale=1.0, generator=torch.Generator().manual_seed(0), decoder_steps=2)
+    out = pipe(["a cat", "a dog"], guidance_scale=1.0, generator=torch.Generator().manual_seed(0), num_inference_steps=2)
     assert len(out.images) == 2 and all(isinstance(im, PIL.Image.Image) and im.size == (64, 64) for im in out.images)
     # the images are the decoder's rendering of the returned ids (greedy tokens leave the generator to the decoder)
-    out = pipe(["a cat", "a dog"], guidance_scale=1.0, do_sample=False, generator=torch.Generator().manual_seed(0), decoder_steps=2, output_type="np")
+    out = pipe(["a cat", "a dog"], guidance_scale=1.0, do_sample=False, generator=torch.Generator().manual_seed(0), num_inference_steps=2, output_type="np")
     expected = pipe.decoder(out.token_ids, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert out.images.shape == (2, 64, 64, 3) and np.array_equal(out.images, expected)
     rendered = pipe("a cat", guidance_scale=1.0, use_renderer=True, output_type="pt", generator=torch.Generator().manual_seed(0))
@@ -132,7 +132,7 @@ def test_model_cpu_offload_hooks(pipe):
     offloaded.set_progress_bar_config(disable=True)
     offloaded.enable_model_cpu_offload(device="cpu")
     assert offloaded.device.type == "cpu" and offloaded._lm_offload_hook is not None
-    kwargs = {"guidance_scale": 2.0, "decoder_steps": 2, "output_type": "np"}
+    kwargs = {"guidance_scale": 2.0, "num_inference_steps": 2, "output_type": "np"}
     a = offloaded("a cat", generator=torch.Generator().manual_seed(0), **kwargs)
     b = pipe("a cat", generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(a.token_ids, b.token_ids) and np.allclose(a.images, b.images, atol=1e-6)
@@ -178,7 +178,7 @@ def test_model_without_visual_tokens_or_mismatched_k(pipe):
     from selftok_hf import SelftokConfig, SelftokModel
     from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG
 
-    config = SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_tokens=16, schedule_tokens_per_stage=[6, 6, 2, 1, 1]))
+    config = SelftokConfig(**dict(SELFTOK_TINY_CONFIG, num_image_tokens=16, schedule_tokens_per_stage=[6, 6, 2, 1, 1]))
     decoder.image_tokenizer = SelftokModel(config)
     with pytest.raises(ValueError, match=r"K=32 tokens per image .* image tokenizer has K=16"):
         SelftokPipeline(pipe.language_model, pipe.processor, decoder)

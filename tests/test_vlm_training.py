@@ -15,7 +15,7 @@ from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.sft import (
     SFTArguments,
     SFTExampleBuilder,
-    SFTTrainer,
+    SelftokSFTTrainer,
     main,
     parse_task_mix,
     pretokenize_images,
@@ -46,7 +46,7 @@ def test_overfit_reproduces_images_and_captions(base_dir, pairs, tmp_path):
         output_dir=str(tmp_path), max_steps=150, batch_size=6, learning_rate=3e-3, log_every=10, checkpoint_every=0,
         task_mix="t2i=0.5,i2t=0.5", caption_dropout=0.1,
     )
-    trainer = SFTTrainer(args, SelftokPipeline.from_pretrained(base_dir), pairs)
+    trainer = SelftokSFTTrainer(args, SelftokPipeline.from_pretrained(base_dir), pairs)
     history = trainer.run()
     losses = [h["loss"] for h in history]
     assert losses[0] > 1.0 and losses[-1] < 0.05, losses
@@ -66,7 +66,7 @@ def test_lora_adapter_holds_new_rows_reloads_exactly_and_merges(base_dir, pairs,
         pipeline=str(base_dir), output_dir=str(tmp_path), max_steps=6, batch_size=4, learning_rate=1e-2, log_every=3,
         checkpoint_every=0, lora=True, lora_rank=4, lora_alpha=8,
     )
-    trainer = SFTTrainer(args, dataset=pairs)
+    trainer = SelftokSFTTrainer(args, dataset=pairs)
     trainer.run()
     adapter_dir = trainer.export()["adapter"]
     trained = trainer.pipeline.language_model.eval()
