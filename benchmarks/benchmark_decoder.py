@@ -27,24 +27,24 @@ from selftok_hf.pipeline_selftok_decoder import sampler_sigmas
 from selftok_hf.vae import RandomWeightsWarning, random_sd3_vae
 
 REDUCED_TOKENIZER = dict(SELFTOK_TINY_CONFIG)  # the reference fixture's sizes (see tests/fixtures)
-REDUCED_DECODER = dict(SELFTOK_DECODER_RELEASE_CONFIG, sample_size=8, num_layers=2, num_attention_heads=2, pos_embed_max_size=12, num_tokens=32, code_dim=8)
-REDUCED_RENDERER = dict(SELFTOK_RENDERER_RELEASE_CONFIG, sample_size=8, num_layers=2, num_attention_heads=2, num_tokens=32, code_dim=8)
+REDUCED_DECODER = dict(SELFTOK_DECODER_RELEASE_CONFIG, sample_size=8, num_layers=2, num_attention_heads=2, pos_embed_max_size=12, num_image_tokens=32, token_dim=8)
+REDUCED_RENDERER = dict(SELFTOK_RENDERER_RELEASE_CONFIG, sample_size=8, num_layers=2, num_attention_heads=2, num_image_tokens=32, token_dim=8)
 
 
 # ------------------------------------------------------------------------------------ FLOP counts
 def encoder_flops(cfg: SelftokConfig) -> float:
     """Per image: image-stream ViT blocks, image->query K/V, query blocks, both attentions, adaLN."""
     N = (cfg.latent_size // cfg.patch_size) ** 2
-    h, q, K, L = cfg.encoder_hidden_size, cfg.query_dim, cfg.num_tokens, cfg.encoder_depth
+    h, q, K, L = cfg.encoder_hidden_size, cfg.query_dim, cfg.num_image_tokens, cfg.encoder_depth
     image = 12 * h * h * N + 2 * N * N * h  # qkv+out+mlp, attention (the last block skips this)
     queries = 12 * q * q * K + 2 * h * q * N + 2 * K * (N + K) * q + 6 * q * q * K
     macs = (L - 1) * image + L * queries + cfg.latent_channels * cfg.patch_size**2 * h * N + q * cfg.code_dim * K + K * cfg.codebook_size * cfg.code_dim
     return 2.0 * macs
 
 
-def mmdit_flops(d: int, layers: int, N: int, n: int, context_sees_image: bool) -> float:
+def mmdit_flops(d: int, layers: int, N: int, n: int, context_see_xt: bool) -> float:
     """One MMDiT forward per image with N image and n context tokens (the last context block is pre-only)."""
-    per_layer = 12 * d * d * N + 12 * d * d * n + 2 * N * (N + n) * d + 2 * n * ((N + n) if context_sees_image else n) * d
+    per_layer = 12 * d * d * N + 12 * d * d * n + 2 * N * (N + n) * d + 2 * n * ((N + n) if context_see_xt else n) * d
     last = 12 * d * d * N + 2 * d * d * n + 2 * N * (N + n) * d
     return 2.0 * ((layers - 1) * per_layer + last)
 
@@ -60,7 +60,7 @@ def decode_flops(cfg: SelftokConfig, dcfg, steps: int, cfg_scale: float = 1.0) -
 
 def renderer_flops(rcfg) -> float:
     d, N = rcfg.num_attention_heads * rcfg.attention_head_dim, (rcfg.sample_size // rcfg.patch_size) ** 2
-    return mmdit_flops(d, rcfg.num_layers, N, rcfg.num_tokens, False)
+    return mmdit_flops(d, rcfg.num_layers, N, rcfg.num_image_tokens, False)
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -134,7 +134,7 @@ def main() -> None:
           f"{args.size} sizes, {args.dtype}, batch {B}, torch {torch.__version__}")
 
     latents = torch.randn(B, tok_cfg.latent_channels, tok_cfg.latent_size, tok_cfg.latent_size, device=dev)
-    ids = torch.randint(0, tok_cfg.codebook_size, (B, tok_cfg.num_tokens), device=dev)
+    ids = torch.randint(0, tok_cfg.codebook_size, (B, tok_cfg.num_image_tokens), device=dev)
     with torch.no_grad():
         report("encode (latents -> ids)", timed(lambda: pipe.image_tokenizer.encode(latents=latents), dev, args.repeats), B, encoder_flops(tok_cfg), dev)
         t = timed(lambda: pipe(ids, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, output_type="latent"), dev, args.repeats)

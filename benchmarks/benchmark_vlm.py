@@ -52,7 +52,7 @@ def build(lm: str, vocab: str, device: str, dtype: torch.dtype):
     tiny = tiny_selftok_pipeline("llama")
     image_tokenizer = tiny.decoder.image_tokenizer
     if vocab == "release":
-        release_like = dict(SELFTOK_TINY_CONFIG, num_tokens=512, codebook_size=32768, schedule_tokens_per_stage=[192, 184, 72, 48, 16])
+        release_like = dict(SELFTOK_TINY_CONFIG, num_image_tokens=512, codebook_size=32768, schedule_tokens_per_stage=[192, 184, 72, 48, 16])
         image_tokenizer = SelftokModel(SelftokConfig(**release_like))
     tokenizer = tiny_text_tokenizer()
     if lm == "tiny":
@@ -94,7 +94,7 @@ def measure(batch: int, pipe, language_model, processor, vocabulary, args) -> di
         )
 
     def end_to_end():
-        return pipe(prompts, guidance_scale=args.guidance_scale, generator=generators, decoder_steps=args.decoder_steps, use_renderer=args.renderer, output_type="pt")
+        return pipe(prompts, guidance_scale=args.guidance_scale, generator=generators, num_inference_steps=args.decoder_steps, use_renderer=args.renderer, output_type="pt")
 
     seconds = time_call(lm_only, args.repeats, args.device)
     row = {"batch": batch, "lm_seconds": round(seconds, 4), "visual_tokens_per_s": round(batch * K / seconds, 1), "lm_images_per_s": round(batch / seconds, 3)}

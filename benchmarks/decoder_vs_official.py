@@ -93,7 +93,7 @@ def inputs(ours: SelftokDecoderPipeline, batch: int, seed: int) -> tuple[torch.T
     """Random ids in code order (the official order; ours takes them flipped) and initial noise."""
     g = torch.Generator().manual_seed(seed)
     cfg = ours.image_tokenizer.config
-    ids = torch.randint(0, cfg.codebook_size, (batch, cfg.num_tokens), generator=g)
+    ids = torch.randint(0, cfg.codebook_size, (batch, cfg.num_image_tokens), generator=g)
     return ids, torch.randn(ours._latent_shape(batch), generator=g)
 
 

@@ -106,7 +106,7 @@ def main() -> None:
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline or str(run / "pipeline"), dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     tc = pipe.image_tokenizer.config
-    size, K = tc.image_size, tc.num_tokens
+    size, K = tc.image_size, tc.num_image_tokens
     bits = K * math.log2(tc.codebook_size)
     sets = held_out_sets(size)
 
@@ -134,7 +134,7 @@ def main() -> None:
         budget["raster_vq"] = {"steps": raster_steps, "seconds": round(time.perf_counter() - started)}
         (raster_path / "budget.json").write_text(json.dumps(budget["raster_vq"]))
         (raster_path / "history.json").write_text(json.dumps(history))
-    raster_bits = raster.num_tokens * math.log2(raster.config.codebook_size)
+    raster_bits = raster.num_image_tokens * math.log2(raster.config.codebook_size)
 
     results: dict = {"bits_per_image": {"selftok": bits, "raster_vq": raster_bits}, "training_budget": budget, "sets": {}, "prefix_psnr": {}}
     prefix_lengths = sorted({2**i for i in range(int(math.log2(K)) + 1)} | {K})

@@ -276,7 +276,7 @@ class Inputs:
 def make_inputs(config: SelftokConfig, batch: int, device: str, seed: int = 0) -> Inputs:
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.rand(batch, 3, config.image_size, config.image_size, generator=generator) * 2 - 1
-    ids = torch.randint(0, config.codebook_size, (batch, config.num_tokens), generator=generator)
+    ids = torch.randint(0, config.codebook_size, (batch, config.num_image_tokens), generator=generator)
     noise = torch.randn(batch, config.latent_channels, config.latent_size, config.latent_size, generator=generator)
     return Inputs(pixels.to(device), ids.to(device), noise.to(device))
 

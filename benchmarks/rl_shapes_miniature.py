@@ -18,9 +18,9 @@ token-level MDP satisfy the Bellman equation. This script measures it at a scale
    reconstruction accuracy (the detector's verdict on encode -> decode of ground-truth images) says how well each
    codec can express the world at all (a policy may still exceed it: it can emit ids no real image encodes to).
 3. **LM.** For each arm and seed, the same small Llama (random init, the bundled BPE, extended by
-   :func:`~selftok_hf.add_visual_tokens`) is fine-tuned by :class:`~selftok_hf.training.sft.SFTTrainer` on
+   :func:`~selftok_hf.add_visual_tokens`) is fine-tuned by :class:`~selftok_hf.training.sft.SelftokSFTTrainer` on
    (prompt, image ids) pairs of *held-in prompts only* (``--sft-categories`` restricts them further), then trained
-   by :class:`~selftok_hf.rl.trainer.GRPOTrainer` with the exact program reward on held-in prompts only.
+   by :class:`~selftok_hf.rl.trainer.SelftokGRPOTrainer` with the exact program reward on held-in prompts only.
 4. **Evaluation.** GenEval-style accuracy (all checks of a prompt pass, by the exact detector on decoded
    pixels) per category on held-out prompts (and held-in, for reference) before SFT, after SFT and after RL.
    Mean and 95% t-interval over seeds. Same LM, SFT and RL budgets for every arm.
@@ -165,7 +165,7 @@ def load_codec(cfg: Config, arm: str):
 
 @dataclass
 class TokenLM:
-    """The language side of a Selftok VLM, codec-agnostic: what ``SFTTrainer`` and ``GRPOTrainer`` read from a
+    """The language side of a Selftok VLM, codec-agnostic: what ``SelftokSFTTrainer`` and ``SelftokGRPOTrainer`` read from a
     pipeline when the image decoder is passed separately (this script has no diffusers pipeline for the raster arm,
     so both arms use this same object). Nothing here draws progress bars."""
 
@@ -196,7 +196,7 @@ def build_lm(cfg: Config, seed: int) -> TokenLM:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     # Only K and the codebook size of the image tokenizer matter for the id layout ("mean" init for both arms).
-    layout = SelftokConfig(num_tokens=cfg.num_tokens, codebook_size=cfg.codebook_size, schedule_tokens_per_stage=cfg.schedule)
+    layout = SelftokConfig(num_image_tokens=cfg.num_tokens, codebook_size=cfg.codebook_size, schedule_tokens_per_stage=cfg.schedule)
     vocabulary = add_visual_tokens(model, tokenizer, layout, init="mean", seed=seed)
     processor = SelftokProcessor(image_processor=SelftokImageProcessorPil(), tokenizer=tokenizer, visual_vocabulary=vocabulary)
     return TokenLM(model, processor, vocabulary)
@@ -248,7 +248,7 @@ def train_tokenizers(cfg: Config, arm: str) -> dict:
         patch = 2
         tokenizer_config = {
             "latent_size": cfg.image_size // patch, "latent_downsample": patch, "encoder_hidden_size": 64, "encoder_num_heads": 4, "encoder_depth": 4,
-            "num_tokens": cfg.num_tokens, "query_dim": 128, "query_heads": 4, "codebook_size": cfg.codebook_size, "code_dim": 8, "token_dim": 8,
+            "num_image_tokens": cfg.num_tokens, "query_dim": 128, "query_heads": 4, "codebook_size": cfg.codebook_size, "code_dim": 8, "token_dim": 8,
             "schedule_tokens_per_stage": cfg.schedule,
         }
         decoder_config = {**SELFTOK_DECODER_TINY_CONFIG, "num_layers": 4, "attention_head_dim": 16, "num_attention_heads": 4}
@@ -328,8 +328,8 @@ def run_arm(cfg: Config, arm: str, seed: int) -> dict:
     import datasets
 
     from selftok_hf.rl import ShapesWorld
-    from selftok_hf.rl.trainer import GRPOArguments, GRPOTrainer
-    from selftok_hf.training.sft import SFTArguments, SFTTrainer
+    from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
+    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -356,7 +356,7 @@ def run_arm(cfg: Config, arm: str, seed: int) -> dict:
         output_dir=str(out / "sft"), max_steps=cfg.sft_steps, batch_size=cfg.sft_batch, learning_rate=cfg.sft_lr, warmup_steps=50,
         task_mix="t2i=1", caption_dropout=0.0, log_every=100, checkpoint_every=0, seed=seed,
     )
-    sft = SFTTrainer(sft_args, pipeline=lm, dataset=dataset)
+    sft = SelftokSFTTrainer(sft_args, pipeline=lm, dataset=dataset)
     sft_history = sft.run()
     lm.language_model = sft.accelerator.unwrap_model(sft.models["language_model"])
     timings["sft"] = time.perf_counter() - t
@@ -371,7 +371,7 @@ def run_arm(cfg: Config, arm: str, seed: int) -> dict:
         learning_rate=cfg.rl_lr, beta=cfg.beta, log_every=10, checkpoint_every=0, seed=seed, image_size=cfg.image_size,
         split_seed=cfg.split_seed, held_out_fraction=cfg.held_out_fraction, prompts="shapes:held_in",
     )
-    rl = GRPOTrainer(rl_args, pipeline=lm, image_decoder=codec.decode)
+    rl = SelftokGRPOTrainer(rl_args, pipeline=lm, image_decoder=codec.decode)
     rl_history = rl.run()
     lm.language_model = rl.accelerator.unwrap_model(rl.models["language_model"])
     timings["rl"] = time.perf_counter() - t

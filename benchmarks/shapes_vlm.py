@@ -200,7 +200,7 @@ def main() -> None:
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").exists() else {}
     if previous.get("run") != str(run):
         previous = {}
-    results = {"run": str(run), "bits_per_image": int(config.num_tokens * math.log2(config.codebook_size)),
+    results = {"run": str(run), "bits_per_image": int(config.num_image_tokens * math.log2(config.codebook_size)),
                "sets": {k: len(v) for k, v in sets.items()}, "codec": previous.get("codec") or codec_report(decoder, world),
                "t2i": previous.get("t2i", {}), "describe": previous.get("describe", {})}
     print("codec:", {k: (v["prompt_checks"]["overall"]["mean"], v["exact_scene"]) for k, v in results["codec"].items()}, flush=True)

@@ -72,7 +72,7 @@ def main() -> None:
     pipe = SelftokDecoderPipeline.from_pretrained(args.output)
     pipe.set_progress_bar_config(disable=True)
     cfg = pipe.image_tokenizer.config
-    print(f"tokenizer: {cfg.image_size} px -> {cfg.num_tokens} tokens from a codebook of {cfg.codebook_size}")
+    print(f"tokenizer: {cfg.image_size} px -> {cfg.num_image_tokens} tokens from a codebook of {cfg.codebook_size}")
     pixel_values = pipe.image_processor([bundled_images()["coffee.jpg"]], return_tensors="pt").pixel_values
     token_ids = pipe.encode(pixel_values)
     print(f"coffee.jpg ids (AR order): {token_ids[0, :8].tolist()} ...; official order: {token_ids.flip(1)[0, :8].tolist()} ...")

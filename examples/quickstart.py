@@ -33,7 +33,7 @@ def main() -> None:
     pipe = SelftokDecoderPipeline.from_pretrained(args.pipeline) if args.pipeline else embedded_pipeline()
     pipe.set_progress_bar_config(disable=True)
     images = {path: PIL.Image.open(path).convert("RGB") for path in args.images} if args.images else {**bundled_images(), **bundled_fashion_images()}
-    num_tokens = pipe.image_tokenizer.config.num_tokens
+    K = pipe.image_tokenizer.config.num_image_tokens
 
     # 1. Images -> ids (B, K), AR order. The pipeline's image processor resizes and centre-crops to its image size.
     pixel_values = pipe.image_processor(list(images.values()), return_tensors="pt").pixel_values
@@ -51,13 +51,13 @@ def main() -> None:
 
     # 3. Coarse to fine: decode from the first p tokens only (the rest hidden from the decoder at every step);
     #    p = K is the "decoder" column.
-    for p in [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p < num_tokens]:
+    for p in [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256) if p < K]:
         columns[f"{p} tokens"] = pipe(
             token_ids, num_inference_steps=args.steps, generator=torch.Generator().manual_seed(args.seed), prefix_length=p, output_type="pt"
         ).images
 
     for name, ids in zip(images, token_ids.tolist()):
-        print(f"{name}: {num_tokens} tokens, first 8 (coarsest): {ids[:8]}")
+        print(f"{name}: {K} tokens, first 8 (coarsest): {ids[:8]}")
     rows = zip(postprocess_images(target, "pil"), *(postprocess_images(c, "pil") for c in columns.values()))
     grid = side_by_side([list(row) for row in rows])
     zoom = max(1, 128 // target.shape[-1])  # 32-px images are tiny: enlarge them

@@ -21,8 +21,8 @@ from selftok_hf.rl import (
     COLORS,
     CombinedReward,
     GRPOArguments,
-    GRPOTrainer,
     ProgramReward,
+    SelftokGRPOTrainer,
     ShapesWorld,
     shapes_geneval,
 )
@@ -81,7 +81,7 @@ def main() -> None:
         grpo["max_steps"] = args.max_steps
     training_args = GRPOArguments(output_dir=args.output_dir, beta=0.04, use_renderer=True, log_every=1, checkpoint_every=0, **grpo)
     reward = CombinedReward({"program": ProgramReward(), "colour": colour_match}, weights={"program": 1.0, "colour": 0.5})
-    trainer = GRPOTrainer(training_args, pipeline=pipe, prompts=[spec.text() for spec in split["held_in"]], reward=reward)
+    trainer = SelftokGRPOTrainer(training_args, pipeline=pipe, prompts=[spec.text() for spec in split["held_in"]], reward=reward)
     history = trainer.run()
     for logs in history:
         print(

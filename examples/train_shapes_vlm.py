@@ -9,10 +9,10 @@ shapes, 32 px):
    whole grammar (an image codec sees no text, so both sides of the prompt split).
 2. **Text tokenizer** (``text-tokenizer/``): a byte-level BPE trained on the held-in sentences and answers, so that
    every word of the world is one token.
-3. **SFT** (``sft/``, :class:`~selftok_hf.training.sft.SFTTrainer`): a small Llama from random init, extended with
+3. **SFT** (``sft/``, :class:`~selftok_hf.training.sft.SelftokSFTTrainer`): a small Llama from random init, extended with
    the visual vocabulary, learns text-to-image (held-in sentence -> ids of a scene drawn for it) and understanding
    (ids -> :func:`~selftok_hf.rl.shapes_world.describe_scene`, the question "What is shown?").
-4. **RL** (``rl/``, :class:`~selftok_hf.rl.trainer.GRPOTrainer`): simplified GRPO with the exact program reward on
+4. **RL** (``rl/``, :class:`~selftok_hf.rl.trainer.SelftokGRPOTrainer`): simplified GRPO with the exact program reward on
    held-in sentences.
 
 Held out, by meaning (:class:`~selftok_hf.rl.shapes_world.PromptSplit`, ``split_seed`` 0, half of every category):
@@ -199,8 +199,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from selftok_hf import SelftokPipeline
-    from selftok_hf.rl.trainer import GRPOArguments, GRPOTrainer
-    from selftok_hf.training.sft import SFTArguments, SFTTrainer
+    from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
+    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
     from selftok_hf.training.stack import StackBudget, train_selftok_stack
 
     tiny = args.tiny
@@ -261,7 +261,7 @@ def main() -> None:
             caption_dropout=0.1, log_every=max(min(50, args.sft_steps // 4), 1), checkpoint_every=max(args.sft_steps // 6, 1),
             ema_decay=0.0 if tiny else 0.999, seed=args.seed, resume_from=args.resume_from,
         )
-        run_and_export(SFTTrainer(sft_args, pipeline=pipe, dataset=datasets.load_from_disk(str(pairs))))
+        run_and_export(SelftokSFTTrainer(sft_args, pipeline=pipe, dataset=datasets.load_from_disk(str(pairs))))
 
     if args.until == "sft":
         print(f"trained SFT language model: {sft_pipeline.resolve()}")
@@ -284,7 +284,7 @@ def main() -> None:
             log_every=max(min(10, args.rl_steps // 4), 1), checkpoint_every=max(args.rl_steps // 5, 1), seed=args.seed,
             resume_from=args.resume_from,
         )
-        run_and_export(GRPOTrainer(rl_args))
+        run_and_export(SelftokGRPOTrainer(rl_args))
 
     # The shipped copy: float16 weights (loaded back in float32).
     SelftokPipeline.from_pretrained(str(rl_pipeline)).to(dtype=torch.float16).save_pretrained(str(out / "pipeline-fp16"))

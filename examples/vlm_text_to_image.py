@@ -10,6 +10,7 @@ import torch
 
 from selftok_hf import SelftokPipeline
 from selftok_hf.evaluation import side_by_side
+from selftok_hf.renamed import add_renamed_option
 from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 
 
@@ -24,7 +25,8 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=2, help="images per prompt")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--decoder-steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=50, help="flow steps of the decoder (as selftok generate --steps)")
+    add_renamed_option(parser, "--decoder-steps", "--steps")
     parser.add_argument("--renderer", action="store_true", help="decode with the one-step renderer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="selftok_t2i.png")
@@ -46,7 +48,7 @@ def main() -> None:
         temperature=args.temperature,
         top_k=args.top_k,
         generator=[torch.Generator().manual_seed(args.seed + i) for i in range(n)],
-        decoder_steps=args.decoder_steps,
+        num_inference_steps=args.steps,
         use_renderer=args.renderer,
     )
     for i, ids in enumerate(out.token_ids.tolist()):
