@@ -42,6 +42,18 @@ def warn_renamed(old: str, new: str, stacklevel: int = 2) -> None:
     warnings.warn(f"{old} was renamed {new}; use {new} instead (the old name goes in the next release)", FutureWarning, stacklevel=stacklevel + 1)
 
 
+def _stacklevel() -> int:
+    """:func:`warn_renamed`'s ``stacklevel`` for the function calling this one: the line that used the old name,
+    past the plumbing between them (torch's ``Module.__call__`` and ``no_grad`` wrappers; attribute hooks such as
+    transformers' configs' ``__getattribute__`` / ``__setattr__`` and huggingface_hub's ``__strict_setattr__``)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and (
+        frame.f_globals.get("__name__", "").startswith("torch.") or frame.f_code.co_name.endswith(("__getattribute__", "__getattr__", "setattr__"))
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def with_new_keys(mapping: Mapping[str, Any], renames: Mapping[str, str], warn_as: str | None = None) -> dict[str, Any]:
     """``mapping`` with each old key of ``renames`` (old -> new) under its new name; where both are there, the new
     one's value is kept. Silent for a saved file; ``warn_as`` (e.g. ``"config file run.yaml"``) warns for each old key,
@@ -65,7 +77,7 @@ def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
                 new = renames[old]
                 if new in kwargs:
                     raise TypeError(f"{name}() got both {old}= and {new}= ({old} is the old name of {new})")
-                warn_renamed(f"{name}({old}=...)", f"{name}({new}=...)", stacklevel=2)
+                warn_renamed(f"{name}({old}=...)", f"{name}({new}=...)", stacklevel=_stacklevel())
                 kwargs[new] = kwargs.pop(old)
             return function(*args, **kwargs)
 
@@ -87,20 +99,12 @@ class RenamedAttribute:
     def __get__(self, instance, owner=None):
         if instance is None:
             return self
-        self._warn()
+        warn_renamed(f"{self.owner}.{self.old}", f"{self.owner}.{self.new}", stacklevel=_stacklevel())
         return getattr(instance, self.new)
 
     def __set__(self, instance, value) -> None:
-        self._warn()
+        warn_renamed(f"{self.owner}.{self.old}", f"{self.owner}.{self.new}", stacklevel=_stacklevel())
         setattr(instance, self.new, value)
-
-    def _warn(self) -> None:
-        # Attributed to the line using the attribute: past the attribute hooks between it and this descriptor
-        # (transformers' configs define __getattribute__ and __setattr__, huggingface_hub's strict ones __strict_setattr__).
-        frame, level = sys._getframe(2), 3
-        while frame is not None and frame.f_code.co_name.endswith(("__getattribute__", "__getattr__", "setattr__")):
-            frame, level = frame.f_back, level + 1
-        warn_renamed(f"{self.owner}.{self.old}", f"{self.owner}.{self.new}", stacklevel=level)
 
 
 def renamed_fields(**renames: str) -> Callable[[type], type]:
