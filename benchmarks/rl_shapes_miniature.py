@@ -329,7 +329,7 @@ def run_arm(cfg: Config, arm: str, seed: int) -> dict:
 
     from selftok_hf.rl import ShapesWorld
     from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
-    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
+    from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
 
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)

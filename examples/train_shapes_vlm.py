@@ -200,7 +200,7 @@ def main() -> None:
 
     from selftok_hf import SelftokPipeline
     from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
-    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
+    from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
     from selftok_hf.training.stack import StackBudget, train_selftok_stack
 
     tiny = args.tiny

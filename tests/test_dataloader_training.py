@@ -14,7 +14,7 @@ from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer, load_prompt
 from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.loader import stream_batches
 from selftok_hf.training.loop import latest_checkpoint
-from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
+from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,10 +10,19 @@ from importlib import resources
 import pytest
 import torch
 
-from selftok_hf import SelftokConfig, SelftokDecoderTransformer, SelftokRenderer, TokenSchedule
+from selftok_hf import (
+    SelftokConfig,
+    SelftokDecoderTransformer,
+    SelftokRenderer,
+    TokenSchedule,
+)
 from selftok_hf.configuration_selftok import SELFTOK_TINY_CONFIG
 from selftok_hf.modeling_selftok import SelftokModel
-from selftok_hf.modeling_selftok_decoder import SELFTOK_DECODER_TINY_CONFIG, SELFTOK_RENDERER_TINY_CONFIG, SelftokJointBlock
+from selftok_hf.modeling_selftok_decoder import (
+    SELFTOK_DECODER_TINY_CONFIG,
+    SELFTOK_RENDERER_TINY_CONFIG,
+    SelftokJointBlock,
+)
 from selftok_hf.renamed import renamed_kwargs
 
 ASSETS = resources.files("selftok_hf") / "assets"
@@ -21,13 +30,11 @@ SMALL32 = ASSETS / "selftok-small32"  # saved before the renames: num_tokens, co
 
 
 @contextlib.contextmanager
-def renamed(old, new, here=True):
-    """Expects a FutureWarning for ``old`` naming ``new``, attributed to the line using the old name (in this file,
-    with ``here``)."""
+def renamed(old, new):
+    """Expects a FutureWarning for ``old`` naming ``new``, attributed to the line using the old name (in this file)."""
     with pytest.warns(FutureWarning, match=rf"{old}.* was renamed .*{new}") as record:
         yield
-    if here:
-        assert all(w.filename == __file__ for w in record if issubclass(w.category, FutureWarning)), [w.filename for w in record]
+    assert all(w.filename == __file__ for w in record if issubclass(w.category, FutureWarning)), [w.filename for w in record]
 
 
 @contextlib.contextmanager
@@ -134,7 +141,7 @@ def test_decoder_token_dim_and_num_image_tokens(model_class, tiny):
         with renamed(rf"config\['{old}'\]", new):
             assert model.config[old] == model.config[new]
     with pytest.raises(AttributeError):
-        model.config.no_such_key
+        _ = model.config.no_such_key
     with no_future_warning():  # a saved config with the old keys
         assert dict(model_class.from_config(_with_old_keys(tiny, renames)).config) == dict(model.config)
 
@@ -187,7 +194,9 @@ def test_rl_evaluation_num_inference_steps(tiny_pipeline):
         decode_images(tiny_pipeline, ids, use_renderer=False, decoder_steps=1)
     vlm = tiny_selftok_pipeline("llama", seed=0)
     specs = ShapesWorld(image_size=32).split(seed=0)["held_out"][:1]
-    blank = lambda token_ids: torch.ones(token_ids.shape[0], 3, 32, 32)  # noqa: E731
+    def blank(token_ids):
+        return torch.ones(token_ids.shape[0], 3, 32, 32)
+
     with renamed(r"shapes_geneval\(decoder_steps", "num_inference_steps"):
         shapes_geneval(vlm, specs, images_per_prompt=1, decoder_steps=1, image_decoder=blank)
 
@@ -217,9 +226,8 @@ def test_trainer_arguments_num_inference_steps(tmp_path):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trainer, "SelftokGRPOTrainer", capture)
-        with pytest.warns(FutureWarning, match=r"config file .*rl.yaml: decoder_steps was renamed num_inference_steps"):
-            with pytest.raises(Parsed) as parsed:
-                main([str(config)])
+        with pytest.warns(FutureWarning, match=r"config file .*rl.yaml: decoder_steps was renamed num_inference_steps"), pytest.raises(Parsed) as parsed:
+            main([str(config)])
     assert parsed.value.args[0].num_inference_steps == 3
 
 
@@ -239,10 +247,8 @@ def test_trainer_class_names(module, old, new):
     assert new in namespace.__all__ and old not in namespace.__all__
     with renamed(rf"{module}.{old}", f"{module}.{new}"):
         assert getattr(namespace, old) is getattr(namespace, new)
-    with renamed(rf"{module}.{old}", new, here=False):  # attributed to the import statement, in <string>
-        exec(f"from {module} import {old}", {})
     with pytest.raises(AttributeError, match="no attribute 'NoSuchTrainer'"):
-        namespace.NoSuchTrainer
+        _ = namespace.NoSuchTrainer
 
 
 # ------------------------------------------------------------------- the image model: image_tokenizer

@@ -113,7 +113,7 @@ def test_resuming_sft_never_unpickles_code_from_the_checkpoint_folder(tmp_path, 
     from selftok_hf.assets import bundled_images
     from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
     from selftok_hf.training.loop import latest_checkpoint
-    from selftok_hf.training.sft import SFTArguments, SelftokSFTTrainer
+    from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
 
     torch.set_num_threads(1)
     base = tmp_path / "base"

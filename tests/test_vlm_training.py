@@ -13,9 +13,9 @@ from selftok_hf.assets import bundled_images
 from selftok_hf.processing_selftok import IGNORE_INDEX
 from selftok_hf.testing.tiny_vlm import tiny_selftok_pipeline
 from selftok_hf.training.sft import (
+    SelftokSFTTrainer,
     SFTArguments,
     SFTExampleBuilder,
-    SelftokSFTTrainer,
     main,
     parse_task_mix,
     pretokenize_images,
