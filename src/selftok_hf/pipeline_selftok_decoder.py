@@ -33,14 +33,15 @@ from diffusers import AutoencoderKL, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-# `configuration_selftok`, `embeddings`, `loading`, `portable_config` and `quantizer` are imported only so that
-# diffusers' remote-code loader, which copies a file's *direct* relative imports, ships them alongside this file
+# `configuration_selftok`, `embeddings`, `loading`, `portable_config`, `quantizer` and `renamed` are imported only so
+# that diffusers' remote-code loader, which copies a file's *direct* relative imports, ships them alongside this file
 # (tests/test_repo_root.py and tests/test_hub.py load saved folders where selftok_hf is not installed).
 from .configuration_selftok import SelftokConfig  # noqa: F401
 from .embeddings import TimestepEmbedder  # noqa: F401
 from .loading import check_loading_info  # noqa: F401
 from .portable_config import without_local_name_or_path  # noqa: F401
 from .quantizer import CosineVectorQuantizer  # noqa: F401
+from .renamed import with_new_keys  # noqa: F401
 from .hub import CARD_NAME, SelftokHubMixin, remote_code_files, drop_local_name_or_path
 from .image_processing_selftok import SelftokImageProcessorPil, postprocess_images
 from .modeling_selftok import VAE_SUBFOLDER_KEY, WEIGHTS_SUBFOLDER_KEY, SelftokModel, check_pixel_values
