@@ -92,7 +92,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", required=True, help="output folder of examples/train_default_tokenizer.py")
     parser.add_argument("--pipeline", default=None, help="pipeline to measure (default: RUN/pipeline)")
-    parser.add_argument("--raster-steps", type=int, default=None, help="default: the run's tokenizer + renderer steps")
+    parser.add_argument(
+        "--raster-steps", type=int, default=None, help="default: the run's tokenizer + renderer steps; 0: no raster VQ baseline"
+    )
+    parser.add_argument(
+        "--earlier-budget",
+        default=None,
+        help="results.json of the pipeline an --init-from run continued: its training budget is reported with this one's",
+    )
     parser.add_argument("--raster-grid", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -116,12 +123,17 @@ def main() -> None:
             steps, seconds = run_steps_and_seconds(run / stage / "log.jsonl")
             budget[f"selftok_{stage}"] = {"steps": steps, "seconds": round(seconds)}
     selftok_steps = sum(v["steps"] for k, v in budget.items() if k != "selftok_vae-run")
+    if args.earlier_budget:
+        # The continued pipeline's own training comes first; the raster default stays this run's steps only.
+        budget = {"continued_from": json.loads(Path(args.earlier_budget).read_text())["training_budget"], **budget}
 
     # Raster VQ at the same bits, trained on the same data and batch for as many steps as Selftok's two stages.
     raster_path = out / "raster-vq"
-    raster_steps = args.raster_steps or selftok_steps
+    raster_steps = selftok_steps if args.raster_steps is None else args.raster_steps
     raster_codebook = int(2 ** round(bits / args.raster_grid**2))
-    if (raster_path / "config.json").exists():
+    if not raster_steps:
+        raster = None
+    elif (raster_path / "config.json").exists():
         raster = RasterVQAutoencoder.from_pretrained(str(raster_path))
         budget["raster_vq"] = json.loads((raster_path / "budget.json").read_text())
     else:
@@ -134,9 +146,11 @@ def main() -> None:
         budget["raster_vq"] = {"steps": raster_steps, "seconds": round(time.perf_counter() - started)}
         (raster_path / "budget.json").write_text(json.dumps(budget["raster_vq"]))
         (raster_path / "history.json").write_text(json.dumps(history))
-    raster_bits = raster.num_image_tokens * math.log2(raster.config.codebook_size)
+    bits_per_image = {"selftok": bits}
+    if raster is not None:
+        bits_per_image["raster_vq"] = raster.num_image_tokens * math.log2(raster.config.codebook_size)
 
-    results: dict = {"bits_per_image": {"selftok": bits, "raster_vq": raster_bits}, "training_budget": budget, "sets": {}, "prefix_psnr": {}}
+    results: dict = {"bits_per_image": bits_per_image, "training_budget": budget, "sets": {}, "prefix_psnr": {}}
     prefix_lengths = sorted({2**i for i in range(int(math.log2(K)) + 1)} | {K})
     strips = []
     for name, pixels in sets.items():
@@ -149,7 +163,8 @@ def main() -> None:
                 generator = torch.Generator().manual_seed(args.seed)
                 decoded[f"selftok_decoder_{steps}_steps"] = pipe(ids, num_inference_steps=steps, generator=generator, output_type="pt").images
             decoded["selftok_renderer"] = pipe(ids, use_renderer=True, output_type="pt").images
-            decoded["raster_vq"] = to_unit(raster.decode(raster.encode(pixels)))
+            if raster is not None:
+                decoded["raster_vq"] = to_unit(raster.decode(raster.encode(pixels)))
             for key, images in decoded.items():
                 row[key] = scores(images, target)
             prefix = {}
@@ -201,8 +216,9 @@ def write_table(path: Path, results: dict) -> None:
     for name, entry in results["prefix_psnr"].items():
         prefix.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in entry["psnr"].values()) + " |")
     bits = results["bits_per_image"]
+    raster = f"raster VQ {bits['raster_vq']:.0f}, " if "raster_vq" in bits else ""
     header = (
-        f"PSNR (dB) / SSIM, images in [0, 1]. Bits per image: Selftok {bits['selftok']:.0f}, raster VQ {bits['raster_vq']:.0f}, "
+        f"PSNR (dB) / SSIM, images in [0, 1]. Bits per image: Selftok {bits['selftok']:.0f}, {raster}"
         f"bicubic <= {bits['selftok']:.0f} (best thumbnail per set; side and bits in results.json).\n\n"
         f"Training budget (steps, wall seconds on one CPU thread): {json.dumps(results['training_budget'])}\n\n"
     )
