@@ -320,7 +320,7 @@ _renamed_config_kwargs = renamed_kwargs(**_RENAMED_CONFIG_KEYS)
 
 
 class _RenamedKeysFrozenDict(RenamedKeysMixin, FrozenDict):
-    """The models' ``config``: ``config.code_dim`` (and ``config["code_dim"]``) still read ``token_dim``, warning."""
+    """The models' ``config``: the old keys (``config.code_dim``, ``config["num_tokens"]``) read the new ones, warning."""
 
     _renamed_keys = _RENAMED_CONFIG_KEYS
 
