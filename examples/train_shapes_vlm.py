@@ -201,7 +201,7 @@ def main() -> None:
     from selftok_hf import SelftokPipeline
     from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
     from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
-    from selftok_hf.training.stack import StackBudget, train_selftok_stack
+    from selftok_hf.training.stack import StackBudget, save_float16_copy, train_selftok_stack
 
     tiny = args.tiny
     if tiny:
@@ -287,7 +287,7 @@ def main() -> None:
         run_and_export(SelftokGRPOTrainer(rl_args))
 
     # The shipped copy: float16 weights (loaded back in float32).
-    SelftokPipeline.from_pretrained(str(rl_pipeline)).to(dtype=torch.float16).save_pretrained(str(out / "pipeline-fp16"))
+    save_float16_copy(SelftokPipeline.from_pretrained(str(rl_pipeline)), out / "pipeline-fp16")
     print(f"trained VLM: {rl_pipeline.resolve()} (float16 copy: {out / 'pipeline-fp16'})")
 
 

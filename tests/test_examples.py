@@ -30,6 +30,18 @@ def run_example(script: str, *args, cwd: Path) -> str:
     return result.stdout
 
 
+def assert_float16_weights(folder: Path) -> None:
+    """Every floating tensor of the shipped form is stored in float16, the image tokenizer's too."""
+    from safetensors import safe_open
+
+    files = list(folder.rglob("*.safetensors"))
+    assert any("image_tokenizer" in str(path) for path in files)
+    for path in files:
+        with safe_open(str(path), "pt") as f:
+            dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+        assert dtypes <= {"F16", "BOOL", "I64", "I32", "U8"}, (path, dtypes)
+
+
 def test_every_example_is_tested():
     tested = set(re.findall(r'run_example\(\s*"([a-z_0-9]+\.py)"', Path(__file__).read_text()))
     assert {p.name for p in EXAMPLES.glob("*.py")} == tested
@@ -67,6 +79,7 @@ def test_train_default_tokenizer(tmp_path, latent_space):
         pipe = SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / folder)
         assert pipe.renderer is not None
         assert type(pipe.vae).__name__ == ("AutoencoderKL" if latent_space == "vae" else "PixelSpaceAutoencoder")
+    assert_float16_weights(tmp_path / "run" / "pipeline-fp16")
     # Every stage is finished and resumable: the same command again trains nothing and rewrites the same weights.
     again = run_example("train_default_tokenizer.py", "--tiny", "--latent-space", latent_space, "--output-dir", tmp_path / "run",
                         "--resume-from", "latest", cwd=tmp_path)
@@ -95,6 +108,7 @@ def test_train_shapes_vlm(tmp_path):
     for folder in ("sft-vlm", "rl/pipeline", "pipeline-fp16"):
         pipe = SelftokPipeline.from_pretrained(run / folder)
         assert pipe.decoder.renderer is not None and type(pipe.decoder.vae).__name__ == "AutoencoderKL"
+    assert_float16_weights(run / "pipeline-fp16")
     assert SelftokPipeline.from_pretrained(run / "vlm-init").decoder.renderer is None  # saved before the renderer trained
     # Every word of the world is one token of the trained BPE.
     assert len(pipe.processor.tokenizer(" a blue square left of a green triangle")["input_ids"]) == 8

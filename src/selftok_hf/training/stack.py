@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .autoencoder import AutoencoderTrainingArguments, train_autoencoder
 from .renderer import RendererTrainingArguments, train_renderer
 from .tokenizer import TokenizerTrainingArguments, train_tokenizer
 
-__all__ = ["StackBudget", "train_selftok_stack"]
+__all__ = ["StackBudget", "save_float16_copy", "train_selftok_stack"]
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,17 @@ def train_selftok_stack(
             **shared,
         )
         pipe = train_renderer(ren_args, export_dir=str(pipeline_dir)).decoder_pipeline
-        # The bundled copy (selftok_hf/assets) stores weights in float16; loaded back in float32.
-        pipe.to(torch.float16).save_pretrained(str(out / "pipeline-fp16"))
+        save_float16_copy(pipe, out / "pipeline-fp16")
     return pipeline_dir
+
+
+def save_float16_copy(pipe, save_directory: str | Path) -> None:
+    """Save ``pipe`` (a ``SelftokDecoderPipeline`` or ``SelftokPipeline``) with every floating weight stored in
+    float16, the form a package ships (``selftok_hf/assets``). Casting a pipeline keeps its image tokenizer in float32
+    (the quantizer's cosine argmax), so that file is rewritten in float16 here; its config still says float32, so
+    loading upcasts it again."""
+    pipe.to(dtype=torch.float16).save_pretrained(str(save_directory))
+    for path in Path(save_directory).rglob("*.safetensors"):
+        tensors = load_file(path)
+        if any(t.is_floating_point() and t.dtype != torch.float16 for t in tensors.values()):
+            save_file({k: t.half() if t.is_floating_point() else t for k, t in tensors.items()}, path, metadata={"format": "pt"})
