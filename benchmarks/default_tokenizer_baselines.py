@@ -220,7 +220,7 @@ def write_table(path: Path, results: dict) -> None:
     header = (
         f"PSNR (dB) / SSIM, images in [0, 1]. Bits per image: Selftok {bits['selftok']:.0f}, {raster}"
         f"bicubic <= {bits['selftok']:.0f} (best thumbnail per set; side and bits in results.json).\n\n"
-        f"Training budget (steps, wall seconds on one CPU thread): {json.dumps(results['training_budget'])}\n\n"
+        f"Training budget (steps, wall seconds of the training runs): {json.dumps(results['training_budget'])}\n\n"
     )
     path.write_text(header + "\n".join(lines + prefix) + "\n")
 

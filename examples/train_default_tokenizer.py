@@ -14,11 +14,16 @@ crops, mixed with Fashion-MNIST training images. Never trained on: the README's 
 and ``test`` splits of the opencv-doc photos, the Fashion-MNIST test split. The trainers' held-out curve uses the
 validation split (``benchmarks/default_tokenizer_baselines.py`` reports on the test images).
 
-    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-vae --resume-from latest   # the shipped run
+    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-vae --resume-from latest   # the first part
     python examples/train_default_tokenizer.py --output-dir /tmp/smoke --tiny         # seconds, for CI
 
-The defaults are the shipped run's budgets (1,600 VAE steps at batch 32, 6,000 tokenizer and 2,000 renderer steps at
-batch 16; about 1.5 hours on two shared CPU cores). Every stage resumes exactly (``--resume-from latest``) and a finished stage is skipped, so the same command
+The defaults are the first part of the shipped run (1,600 VAE steps at batch 32, 6,000 tokenizer and 2,000 renderer
+steps at batch 16; about 1.5 hours on two shared CPU cores). The shipped weights then continued that pipeline:
+
+    python examples/train_default_tokenizer.py --output-dir ~/runs/default32-cont --init-from embedded --steps 16000 \
+        --decay-steps 8000 --warmup-steps 300 --renderer-steps 3000 --renderer-decay-steps 1500 --resume-from latest
+
+Every stage resumes exactly (``--resume-from latest``) and a finished stage is skipped, so the same command
 continues a killed run. The result: ``OUTPUT_DIR/pipeline`` and its float16 copy ``OUTPUT_DIR/pipeline-fp16``
 (what ``selftok_hf/assets`` ships).
 """
