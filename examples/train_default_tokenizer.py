@@ -18,7 +18,8 @@ validation split (``benchmarks/default_tokenizer_baselines.py`` reports on the t
     python examples/train_default_tokenizer.py --output-dir /tmp/smoke --tiny         # seconds, for CI
 
 The defaults are the first part of the shipped run (1,600 VAE steps at batch 32, 6,000 tokenizer and 2,000 renderer
-steps at batch 16; about 1.5 hours on two shared CPU cores). The shipped weights then continued that pipeline:
+steps at batch 16; about 1.5 hours on two shared CPU cores). The shipped weights then continued that pipeline
+(``embedded`` was the first part's weights then, as shipped up to commit 4c8ca11; pass that folder to reproduce):
 
     python examples/train_default_tokenizer.py --output-dir ~/runs/default32-cont --init-from embedded --steps 16000 \
         --decay-steps 8000 --warmup-steps 300 --renderer-steps 3000 --renderer-decay-steps 1500 --resume-from latest
