@@ -92,6 +92,15 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps (smoke test)")
     args = parser.parse_args()
+    init_from = args.init_from
+    if init_from == "embedded":
+        from importlib import resources
+
+        from selftok_hf.assets import EMBEDDED_PIPELINE
+
+        init_from = str(resources.files("selftok_hf.assets") / EMBEDDED_PIPELINE)
+    elif init_from is not None and not (Path(init_from).expanduser() / "model_index.json").is_file():
+        parser.error(f"--init-from {init_from}: not a pipeline folder (no model_index.json); pass one, or 'embedded'")
     if args.tiny:
         args.vae_steps, args.steps, args.renderer_steps, args.warmup_steps, args.eval_every = 2, 2, 2, 1, 1
 
@@ -116,13 +125,6 @@ def main() -> None:
         eval_every=args.eval_every,
         seed=args.seed,
     )
-    init_from = args.init_from
-    if init_from == "embedded":
-        from importlib import resources
-
-        from selftok_hf.assets import EMBEDDED_PIPELINE
-
-        init_from = str(resources.files("selftok_hf.assets") / EMBEDDED_PIPELINE)
     name = "default32_vae" if args.latent_space == "vae" else "default32_pixel"
     pipeline = train_selftok_stack(
         out,

@@ -101,6 +101,15 @@ def test_train_default_tokenizer(tmp_path, latent_space):
         assert any(moved)
 
 
+def test_train_default_tokenizer_rejects_a_missing_init_from(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_default_tokenizer.py"), "--init-from", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2 and "not a pipeline folder" in result.stderr
+    assert not (tmp_path / "run").exists()  # refused before building any data
+
+
 def test_train_shapes_vlm(tmp_path):
     out = run_example("train_shapes_vlm.py", "--tiny", "--output-dir", tmp_path / "run", cwd=tmp_path)
     assert "trained VLM:" in out

@@ -73,7 +73,8 @@ def renamed_kwargs(**renames: str) -> Callable[[Callable], Callable]:
 
         @functools.wraps(function)  # inspect.signature (diffusers' config keys, HfArgumentParser) sees the new names
         def wrapper(*args, **kwargs):
-            for old in renames.keys() & kwargs.keys():
+            # The hot callers (the decoder's blocks, every step) pass positionally: no set work for them.
+            for old in (renames.keys() & kwargs.keys()) if kwargs else ():
                 new = renames[old]
                 if new in kwargs:
                     raise TypeError(f"{name}() got both {old}= and {new}= ({old} is the old name of {new})")

@@ -170,7 +170,7 @@ def save_float16_copy(pipe, save_directory: str | Path) -> None:
     """Save ``pipe`` (a ``SelftokDecoderPipeline`` or ``SelftokPipeline``) with every floating weight stored in
     float16, the form a package ships (``selftok_hf/assets``). Casting a pipeline keeps its image tokenizer in float32
     (the quantizer's cosine argmax), so that file is rewritten in float16 here; its config still says float32, so
-    loading upcasts it again."""
+    loading upcasts it again. ``pipe`` itself is left cast to float16."""
     pipe.to(dtype=torch.float16).save_pretrained(str(save_directory))
     for path in Path(save_directory).rglob("*.safetensors"):
         tensors = load_file(path)
