@@ -179,6 +179,12 @@ def main() -> None:
         "--codec-tokenizer-config", default=str(CONFIGS / "default32_vae_tokenizer.json"),
         help="the codec tokenizer's JSON (tokens, codebook, schedule); shapes64_vae_tokenizer.json doubles the tokens",
     )
+    parser.add_argument(
+        "--codec-init-from",
+        default=None,
+        help="continue a finished codec's VAE, tokenizer and decoder for --codec-steps more steps instead of training "
+        "from scratch ('embedded': the shipped VLM's codec); the renderer and the LM are trained anew on its ids",
+    )
     parser.add_argument("--until", choices=("codec", "sft", "rl"), default="rl", help="the last stage to run")
     parser.add_argument("--sft-pairs", type=int, default=40000)
     parser.add_argument("--sft-steps", type=int, default=3000)
@@ -197,6 +203,15 @@ def main() -> None:
     parser.add_argument("--resume-from", default=None, help="'latest' continues every stage from its last checkpoint")
     parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (smoke test)")
     args = parser.parse_args()
+    codec_init = args.codec_init_from
+    if codec_init == "embedded":
+        from importlib import resources
+
+        from selftok_hf.assets import EMBEDDED_VLM
+
+        codec_init = str(resources.files("selftok_hf.assets") / EMBEDDED_VLM / "decoder")
+    elif codec_init is not None and not (Path(codec_init).expanduser() / "model_index.json").is_file():
+        parser.error(f"--codec-init-from {codec_init}: not a decoder pipeline folder (no model_index.json); pass one, or 'embedded'")
 
     from selftok_hf import SelftokPipeline
     from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
@@ -236,6 +251,7 @@ def main() -> None:
             vae_config="tiny" if tiny else "small",
             resume_from=args.resume_from,
             until=until,
+            init_from=codec_init,
         )
 
     # SFT needs only the codec's ids, final once the tokenizer is trained: the renderer can train meanwhile.
