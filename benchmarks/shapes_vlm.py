@@ -8,14 +8,14 @@ Measured (the split is the training script's ``prompt_split``; nothing here was 
    uses (and by 10 steps of the diffusion decoder): the exact detector's verdict on the prompt's checks, the stricter
    exact match (every shape and colour of the scene found, nothing else), PSNR.
 2. **Text-to-image** at every stage (``init``: the random LM, ``vlm-init``; ``sft``: ``sft-vlm``; ``rl``: ``rl/pipeline``), sampled as GRPO samples (temperature
-   1, no guidance, renderer): GenEval-style accuracy per category on (a) the 42 enumerated held-out prompts,
+   1, no guidance, renderer): GenEval-style accuracy per category on (a) the 43 enumerated held-out prompts,
    (b) held-out sentences outside them (colours on both sides of a relation, coloured counts, ...), (c) the quoted
    sentences, (d) held-in prompts for reference. 95% Wilson intervals per category (images are the unit; one
    training seed); the overall interval treats categories as independent binomials.
 3. **Understanding**: ``describe(image, "What is shown?")`` on scenes of held-out sentences, scored aspect by aspect.
 4. **Seconds per image** on this CPU for ``pipe(prompt, use_renderer=True)`` and the pipeline's defaults.
 
-Writes ``results.json`` and ``results.md``.
+Writes ``results.json``, ``results.md`` and ``codec_reconstructions.png``.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from selftok_hf import SelftokDecoderPipeline, SelftokPipeline
+from selftok_hf.apps.quickstart import write_grid
 from selftok_hf.rl import (
     CATEGORIES,
     ProgramReward,
@@ -77,8 +78,11 @@ def with_intervals(accuracy: dict, counts: dict[str, int]) -> dict:
     return rows
 
 
-def codec_report(decoder: SelftokDecoderPipeline, world: ShapesWorld) -> dict:
+def codec_report(decoder: SelftokDecoderPipeline, world: ShapesWorld, grid_path: Path | None = None) -> dict:
+    """Ground-truth scenes through encode -> renderer and -> 10 decoder steps; with ``grid_path``, a PNG of 12 of
+    them (columns: ground truth, renderer, 10 decoder steps; one scene of every 7th prompt, 4x zoom)."""
     data = world.generate(world.all_prompts(), images_per_prompt=8, seed=20_000)
+    decoded = {}
     categories = [s.category for s in data["specs"]]
     detector, reward = ShapeDetector(), ProgramReward()
     report = {}
@@ -87,6 +91,7 @@ def codec_report(decoder: SelftokDecoderPipeline, world: ShapesWorld) -> dict:
         for name, kwargs in (("renderer", {"use_renderer": True}), ("decoder_10_steps", {"num_inference_steps": 10})):
             torch.manual_seed(0)
             images = decoder(ids, output_type="pt", **kwargs).images
+            decoded[name] = images
             results = reward.evaluate(data["prompts"], images, [{"spec": s} for s in data["specs"]])
             accuracy = program_accuracy(results, categories)
             found = detector(images)
@@ -98,6 +103,9 @@ def codec_report(decoder: SelftokDecoderPipeline, world: ShapesWorld) -> dict:
                 "psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()),
                 "images": len(images),
             }
+    if grid_path is not None:
+        shown = slice(0, len(data["images"]), 8 * 7)
+        write_grid(str(grid_path), [data["images"][shown]] + [images[shown].clamp(0, 1) for images in decoded.values()], scale=4)
     return report
 
 
@@ -201,7 +209,7 @@ def main() -> None:
     if previous.get("run") != str(run):
         previous = {}
     results = {"run": str(run), "bits_per_image": int(config.num_image_tokens * math.log2(config.codebook_size)),
-               "sets": {k: len(v) for k, v in sets.items()}, "codec": previous.get("codec") or codec_report(decoder, world),
+               "sets": {k: len(v) for k, v in sets.items()}, "codec": previous.get("codec") or codec_report(decoder, world, out / "codec_reconstructions.png"),
                "t2i": previous.get("t2i", {}), "describe": previous.get("describe", {})}
     print("codec:", {k: (v["prompt_checks"]["overall"]["mean"], v["exact_scene"]) for k, v in results["codec"].items()}, flush=True)
     pipe = None

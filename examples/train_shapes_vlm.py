@@ -20,11 +20,12 @@ no held-out sentence is a prompt in SFT or RL, and no training image's descripti
 sentences the README quotes (``ALSO_HELD_OUT``) are held out too. ``benchmarks/shapes_vlm.py`` measures the result
 on held-out sentences and scenes.
 
-    python examples/train_shapes_vlm.py --output-dir ~/runs/shapes-vlm --resume-from latest   # the shipped run
+    python examples/train_shapes_vlm.py --output-dir ~/runs/shapes-vlm --resume-from latest   # from scratch
     python examples/train_shapes_vlm.py --output-dir /tmp/smoke --tiny                        # seconds, for CI
 
 Outputs: ``vlm-init`` (the random LM before SFT), ``sft-vlm`` (after SFT), ``rl/pipeline`` (full :class:`~selftok_hf.SelftokPipeline` folders) and
-``pipeline-fp16`` (the RL pipeline in float16: what ``selftok_hf/assets`` ships). Every stage resumes
+``pipeline-fp16`` (the RL pipeline in float16). The shipped VLM continued an earlier codec
+(``--codec-init-from embedded``) and its renderer; ``benchmarks/results/shapes_vlm/README.md`` has its exact commands. Every stage resumes
 (``--resume-from latest``) and a finished stage is skipped.
 """
 

@@ -212,3 +212,24 @@ def test_trl_sft_lora(tmp_path):
 
     with safe_open(adapter / "adapter_model.safetensors", "pt") as weights:
         assert not [k for k in weights.keys() if "lora_" not in k and "trainable_tokens_delta" not in k]
+
+
+def test_train_shapes_vlm_continues_the_embedded_codec(tmp_path):
+    refused = subprocess.run(
+        [sys.executable, str(EXAMPLES / "train_shapes_vlm.py"), "--codec-init-from", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "bad")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert refused.returncode == 2 and "not a decoder pipeline folder" in refused.stderr
+    assert not (tmp_path / "bad").exists()  # refused before writing any data
+    # 'embedded': the shipped VLM's codec (float16 on disk), continued in float32 with its own sizes and its VAE kept.
+    out = run_example("train_shapes_vlm.py", "--tiny", "--codec-init-from", "embedded", "--until", "codec",
+                      "--output-dir", tmp_path / "run", cwd=tmp_path)
+    assert "trained codec:" in out
+    from selftok_hf.assets import embedded_vlm
+
+    start = embedded_vlm().decoder
+    continued = SelftokDecoderPipeline.from_pretrained(tmp_path / "run" / "codec" / "pipeline")
+    assert not (tmp_path / "run" / "codec" / "vae-run").exists()
+    torch.testing.assert_close(continued.vae.state_dict(), start.vae.state_dict(), rtol=0, atol=0)
+    assert continued.image_tokenizer.config.num_image_tokens == start.image_tokenizer.config.num_image_tokens
+    assert any(not torch.equal(a, b) for a, b in zip(continued.transformer.state_dict().values(), start.transformer.state_dict().values()))
