@@ -15,6 +15,9 @@ Measured (the split is the training script's ``prompt_split``; nothing here was 
 3. **Understanding**: ``describe(image, "What is shown?")`` on scenes of held-out sentences, scored aspect by aspect.
 4. **Seconds per image** on this CPU for ``pipe(prompt, use_renderer=True)`` and the pipeline's defaults.
 
+``--held-in-validation`` prints only held-in numbers of a run's ``rl/pipeline`` (text-to-image on held-in prompts,
+describe on fresh scenes of them): the rule that chooses between runs, which never reads a reported set.
+
 Writes ``results.json``, ``results.md`` and ``codec_reconstructions.png``.
 """
 
@@ -149,6 +152,17 @@ def describe_report(pipe: SelftokPipeline, world: ShapesWorld, sets: dict) -> di
     return {aspect: {"mean": v, "interval": wilson(v * n, n), "n": n} for aspect, v in result.items() if aspect != "answers"} | {"examples": examples}
 
 
+def held_in_validation(pipe: SelftokPipeline, world: ShapesWorld, split) -> dict[str, float]:
+    """Held-in numbers only, to choose between runs without touching the reported held-out sets: text-to-image on the
+    held-in enumerated prompts (8 images each, seed 101) and describe on fresh scenes of them (6 each, seed 41000)."""
+    held_in = [s for s in split.held_in if not split.is_held_out(s)]
+    data = world.generate(held_in, images_per_prompt=6, seed=41_000)
+    return {
+        "t2i_held_in": shapes_geneval(pipe, held_in, images_per_prompt=8, seed=101, use_renderer=True)["overall"],
+        "describe_held_in": shapes_describe(pipe, data["scenes"], data["images"])["correct"],
+    }
+
+
 def seconds_per_image(pipe: SelftokPipeline, prompt: str, repeats: int = 5) -> dict:
     timings = {}
     for name, kwargs in (("renderer", {"use_renderer": True}), ("defaults", {})):
@@ -191,12 +205,18 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--stages", default=",".join(STAGES))
     parser.add_argument("--images-per-prompt", type=int, default=8)
+    parser.add_argument("--held-in-validation", action="store_true", help="print only the held-in numbers of rl/pipeline (the rule that picks a run) and exit")
     args = parser.parse_args()
     run, out = Path(args.run).expanduser(), Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     script = _training_script()
     world = ShapesWorld(image_size=32)
     split = script.prompt_split(world)
+    if args.held_in_validation:
+        pipe = script.attach_decoder(SelftokPipeline.from_pretrained(str(run / "rl" / "pipeline")), run / "codec" / "pipeline")
+        pipe.set_progress_bar_config(disable=True)
+        print(json.dumps({k: round(v, 3) for k, v in held_in_validation(pipe, world, split).items()}))
+        return
+    out.mkdir(parents=True, exist_ok=True)
     sets = evaluation_sets(world, split, script.ALSO_HELD_OUT)
     per_prompt = {"held_out_enumerated": args.images_per_prompt, "held_out_grammar": max(args.images_per_prompt // 2, 1),
                   "quoted": 2 * args.images_per_prompt, "held_in_enumerated": max(args.images_per_prompt // 2, 1)}

@@ -32,6 +32,7 @@ continues a killed run. The result: ``OUTPUT_DIR/pipeline`` and its float16 copy
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 import datasets
@@ -42,7 +43,8 @@ from selftok_hf.training.data import (
     load_image_dataset,
     random_resize_crop,
 )
-from selftok_hf.training.stack import StackBudget, train_selftok_stack
+from selftok_hf.assets import EMBEDDED_PIPELINE
+from selftok_hf.training.stack import StackBudget, resolve_init_from, train_selftok_stack
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -92,15 +94,10 @@ def main() -> None:
     )
     parser.add_argument("--tiny", action="store_true", help="tiny model and data, a few steps (smoke test)")
     args = parser.parse_args()
-    init_from = args.init_from
-    if init_from == "embedded":
-        from importlib import resources
-
-        from selftok_hf.assets import EMBEDDED_PIPELINE
-
-        init_from = str(resources.files("selftok_hf.assets") / EMBEDDED_PIPELINE)
-    elif init_from is not None and not (Path(init_from).expanduser() / "model_index.json").is_file():
-        parser.error(f"--init-from {init_from}: not a pipeline folder (no model_index.json); pass one, or 'embedded'")
+    try:
+        init_from = resolve_init_from(args.init_from, resources.files("selftok_hf.assets") / EMBEDDED_PIPELINE)
+    except ValueError as error:
+        parser.error(f"--init-from {error}")
     if args.tiny:
         args.vae_steps, args.steps, args.renderer_steps, args.warmup_steps, args.eval_every = 2, 2, 2, 1, 1
 

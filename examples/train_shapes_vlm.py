@@ -204,20 +204,19 @@ def main() -> None:
     parser.add_argument("--resume-from", default=None, help="'latest' continues every stage from its last checkpoint")
     parser.add_argument("--tiny", action="store_true", help="tiny models and data, a few steps (smoke test)")
     args = parser.parse_args()
-    codec_init = args.codec_init_from
-    if codec_init == "embedded":
-        from importlib import resources
 
-        from selftok_hf.assets import EMBEDDED_VLM
-
-        codec_init = str(resources.files("selftok_hf.assets") / EMBEDDED_VLM / "decoder")
-    elif codec_init is not None and not (Path(codec_init).expanduser() / "model_index.json").is_file():
-        parser.error(f"--codec-init-from {codec_init}: not a decoder pipeline folder (no model_index.json); pass one, or 'embedded'")
+    from importlib import resources
 
     from selftok_hf import SelftokPipeline
+    from selftok_hf.assets import EMBEDDED_VLM
     from selftok_hf.rl.trainer import GRPOArguments, SelftokGRPOTrainer
     from selftok_hf.training.sft import SelftokSFTTrainer, SFTArguments
-    from selftok_hf.training.stack import StackBudget, save_float16_copy, train_selftok_stack
+    from selftok_hf.training.stack import StackBudget, resolve_init_from, save_float16_copy, train_selftok_stack
+
+    try:
+        codec_init = resolve_init_from(args.codec_init_from, resources.files("selftok_hf.assets") / EMBEDDED_VLM / "decoder")
+    except ValueError as error:
+        parser.error(f"--codec-init-from {error}")
 
     tiny = args.tiny
     if tiny:

@@ -101,13 +101,18 @@ def test_train_default_tokenizer(tmp_path, latent_space):
         assert any(moved)
 
 
-def test_train_default_tokenizer_rejects_a_missing_init_from(tmp_path):
+def assert_refuses_a_missing_init_from(tmp_path, script: str, flag: str) -> None:
+    """``script FLAG <missing folder>`` exits 2 with the reason, before building any data."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_default_tokenizer.py"), "--init-from", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "run")],
+        [sys.executable, str(EXAMPLES / script), flag, str(tmp_path / "nope"), "--output-dir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=120, check=False,
     )
-    assert result.returncode == 2 and "not a pipeline folder" in result.stderr
-    assert not (tmp_path / "run").exists()  # refused before building any data
+    assert result.returncode == 2 and f"{flag} {tmp_path / 'nope'}: not a pipeline folder" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_default_tokenizer_rejects_a_missing_init_from(tmp_path):
+    assert_refuses_a_missing_init_from(tmp_path, "train_default_tokenizer.py", "--init-from")
 
 
 def test_train_shapes_vlm(tmp_path):
@@ -215,12 +220,7 @@ def test_trl_sft_lora(tmp_path):
 
 
 def test_train_shapes_vlm_continues_the_embedded_codec(tmp_path):
-    refused = subprocess.run(
-        [sys.executable, str(EXAMPLES / "train_shapes_vlm.py"), "--codec-init-from", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "bad")],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert refused.returncode == 2 and "not a decoder pipeline folder" in refused.stderr
-    assert not (tmp_path / "bad").exists()  # refused before writing any data
+    assert_refuses_a_missing_init_from(tmp_path, "train_shapes_vlm.py", "--codec-init-from")
     # 'embedded': the shipped VLM's codec (float16 on disk), continued in float32 with its own sizes and its VAE kept.
     out = run_example("train_shapes_vlm.py", "--tiny", "--codec-init-from", "embedded", "--until", "codec",
                       "--output-dir", tmp_path / "run", cwd=tmp_path)

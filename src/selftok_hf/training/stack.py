@@ -166,6 +166,21 @@ def train_selftok_stack(
     return pipeline_dir
 
 
+def resolve_init_from(value: str | None, embedded: str | Path) -> str | None:
+    """The ``init_from`` folder of an ``--init-from`` value: ``None`` stays ``None``, ``"embedded"`` is ``embedded``
+    (the bundled pipeline the run continues), anything else a pipeline folder.
+
+    Raises:
+        ValueError: if the folder holds no ``model_index.json`` (checked before any data is built).
+    """
+    if value is None:
+        return None
+    folder = Path(str(embedded)) if value == "embedded" else Path(value).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"{value}: not a pipeline folder (no model_index.json); pass one, or 'embedded'")
+    return str(folder)
+
+
 def save_float16_copy(pipe, save_directory: str | Path) -> None:
     """Save ``pipe`` (a ``SelftokDecoderPipeline`` or ``SelftokPipeline``) with every floating weight stored in
     float16, the form a package ships (``selftok_hf/assets``). Casting a pipeline keeps its image tokenizer in float32
